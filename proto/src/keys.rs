@@ -1,0 +1,72 @@
+//! API key format, shared by the control plane (which mints keys) and the edge (which checks
+//! them).
+//!
+//! A key reads `tgk_<id>_<secret><check>`: `id` (12 hex chars) names the key publicly (for
+//! `key revoke`), `secret` is 32 random bytes in hex, and `check` is 6 hex chars of
+//! SHA-256 over what precedes it, so that typos and truncated keys are told apart from
+//! revoked ones without a lookup. Only SHA-256 of the whole key is ever stored.
+
+use aws_lc_rs::digest;
+
+pub const PREFIX: &str = "tgk_";
+const CHECK_LEN: usize = 6;
+const ID_LEN: usize = 12;
+const SECRET_LEN: usize = 64;
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    out
+}
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(digest::digest(&digest::SHA256, data).as_ref())
+}
+
+/// Builds a key from random material: `id_bytes` (6) and `secret_bytes` (32).
+pub fn format_key(id_bytes: &[u8; 6], secret_bytes: &[u8; 32]) -> String {
+    let body = format!("{PREFIX}{}_{}", hex(id_bytes), hex(secret_bytes));
+    let check = &sha256_hex(body.as_bytes())[..CHECK_LEN];
+    format!("{body}{check}")
+}
+
+/// The public id of a well-formed key, or `None` when the key is malformed or its checksum
+/// does not match.
+pub fn parse_key(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix(PREFIX)?;
+    if rest.len() != ID_LEN + 1 + SECRET_LEN + CHECK_LEN || !rest.is_ascii() {
+        return None;
+    }
+    let (id, rest) = rest.split_at(ID_LEN);
+    let rest = rest.strip_prefix('_')?;
+    if !id.bytes().chain(rest.bytes()).all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let body_len = key.len() - CHECK_LEN;
+    let want = &sha256_hex(&key.as_bytes()[..body_len])[..CHECK_LEN];
+    (want == &key[body_len..]).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_and_checksum_catches_typos() {
+        let key = format_key(&[1, 2, 3, 4, 5, 6], &[7; 32]);
+        assert!(key.starts_with("tgk_010203040506_"));
+        assert_eq!(parse_key(&key), Some("010203040506"));
+        let mut typo = key.clone().into_bytes();
+        let i = typo.len() - 10;
+        typo[i] = if typo[i] == b'a' { b'b' } else { b'a' };
+        assert_eq!(parse_key(std::str::from_utf8(&typo).unwrap()), None);
+        assert_eq!(parse_key(&key[..key.len() - 1]), None);
+        assert_eq!(parse_key("Bearer something"), None);
+    }
+}

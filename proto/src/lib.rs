@@ -1,0 +1,20 @@
+//! Tollgate's shared vocabulary: the gRPC protocols (admin API, config stream, internal Raft
+//! transport), the declarative resource model with its validation, and the few helpers both
+//! the control plane and the edge must agree on (API key format, config checksums).
+//!
+//! Invariant: nothing here does I/O; the control plane and the edge share only this crate.
+
+pub mod duration;
+pub mod keys;
+pub mod model;
+pub mod stream;
+pub mod validate;
+
+/// Generated protobuf and gRPC code (package `tollgate.v1`).
+pub mod v1 {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    tonic::include_proto!("tollgate.v1");
+}
+
+pub use model::{Document, Kind, ResourceKey, Spec};
+pub use validate::{ValidationError, ValidationErrors};

@@ -1,0 +1,947 @@
+//! The resource model: the declarative document of DESIGN.md §3 and the records the control
+//! plane keeps besides it (API keys, secrets).
+//!
+//! Every declarative item is keyed by `(kind, tenant, name)`; tenants themselves have an
+//! empty tenant. Unknown fields are refused everywhere (`deny_unknown_fields`), so a typo in
+//! a file is an error instead of a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+
+/// A declarative document: what `tollgate apply -f` reads and `tollgate export` writes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<Tenant>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstreams: Vec<Upstream>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<Policy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<App>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<Subscription>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt_issuers: Vec<JwtIssuer>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ai_providers: Vec<AiProvider>,
+}
+
+/// Every kind of resource the control plane stores. The first eight are declarative (they
+/// appear in documents); the others are managed by their own verbs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Tenant,
+    Upstream,
+    Service,
+    Policy,
+    App,
+    Subscription,
+    JwtIssuer,
+    AiProvider,
+    ApiKey,
+    Secret,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::Tenant,
+        Kind::Upstream,
+        Kind::Service,
+        Kind::Policy,
+        Kind::App,
+        Kind::Subscription,
+        Kind::JwtIssuer,
+        Kind::AiProvider,
+        Kind::ApiKey,
+        Kind::Secret,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Tenant => "tenant",
+            Kind::Upstream => "upstream",
+            Kind::Service => "service",
+            Kind::Policy => "policy",
+            Kind::App => "app",
+            Kind::Subscription => "subscription",
+            Kind::JwtIssuer => "jwt_issuer",
+            Kind::AiProvider => "ai_provider",
+            Kind::ApiKey => "api_key",
+            Kind::Secret => "secret",
+        }
+    }
+
+    /// The document's list name for this kind (`services` for `service`).
+    pub fn list_name(self) -> &'static str {
+        match self {
+            Kind::Tenant => "tenants",
+            Kind::Upstream => "upstreams",
+            Kind::Service => "services",
+            Kind::Policy => "policies",
+            Kind::App => "apps",
+            Kind::Subscription => "subscriptions",
+            Kind::JwtIssuer => "jwt_issuers",
+            Kind::AiProvider => "ai_providers",
+            Kind::ApiKey => "api_keys",
+            Kind::Secret => "secrets",
+        }
+    }
+
+    /// Declarative kinds appear in documents, `apply` and `export`.
+    pub fn is_declarative(self) -> bool {
+        !matches!(self, Kind::ApiKey | Kind::Secret)
+    }
+
+    /// Kinds sent to edge nodes over the config stream (secrets never are).
+    pub fn is_streamed(self) -> bool {
+        !matches!(self, Kind::Secret)
+    }
+
+    /// Parses a kind as operators type it: `service`, `services`, `jwt-issuer`...
+    pub fn parse(s: &str) -> Option<Kind> {
+        let s = s.trim().to_ascii_lowercase().replace('-', "_");
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s || k.list_name() == s)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a stored resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    /// Empty for tenants.
+    pub tenant: String,
+    pub name: String,
+}
+
+impl ResourceKey {
+    pub fn new(kind: Kind, tenant: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            kind,
+            tenant: tenant.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tenant.is_empty() {
+            write!(f, "{} {}", self.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.kind, self.tenant, self.name)
+        }
+    }
+}
+
+/// A stored resource's content, one variant per kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "spec", rename_all = "snake_case")]
+pub enum Spec {
+    Tenant(Tenant),
+    Upstream(Upstream),
+    Service(Service),
+    Policy(Policy),
+    App(App),
+    Subscription(Subscription),
+    JwtIssuer(JwtIssuer),
+    AiProvider(AiProvider),
+    ApiKey(ApiKey),
+    Secret(SecretRecord),
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Spec::Tenant(_) => Kind::Tenant,
+            Spec::Upstream(_) => Kind::Upstream,
+            Spec::Service(_) => Kind::Service,
+            Spec::Policy(_) => Kind::Policy,
+            Spec::App(_) => Kind::App,
+            Spec::Subscription(_) => Kind::Subscription,
+            Spec::JwtIssuer(_) => Kind::JwtIssuer,
+            Spec::AiProvider(_) => Kind::AiProvider,
+            Spec::ApiKey(_) => Kind::ApiKey,
+            Spec::Secret(_) => Kind::Secret,
+        }
+    }
+
+    pub fn key(&self) -> ResourceKey {
+        let (tenant, name) = match self {
+            Spec::Tenant(t) => ("", t.name.clone()),
+            Spec::Upstream(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::Service(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::Policy(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::App(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::Subscription(r) => (r.tenant.as_str(), r.id()),
+            Spec::JwtIssuer(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::AiProvider(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::ApiKey(r) => (r.tenant.as_str(), r.id.clone()),
+            Spec::Secret(r) => (r.tenant.as_str(), r.name.clone()),
+        };
+        ResourceKey::new(self.kind(), tenant, name)
+    }
+
+    /// The optimistic-concurrency guard written in the document, if any.
+    pub fn resource_version(&self) -> Option<u64> {
+        match self {
+            Spec::Tenant(r) => r.resource_version,
+            Spec::Upstream(r) => r.resource_version,
+            Spec::Service(r) => r.resource_version,
+            Spec::Policy(r) => r.resource_version,
+            Spec::App(r) => r.resource_version,
+            Spec::Subscription(r) => r.resource_version,
+            Spec::JwtIssuer(r) => r.resource_version,
+            Spec::AiProvider(r) => r.resource_version,
+            Spec::ApiKey(_) | Spec::Secret(_) => None,
+        }
+    }
+
+    /// The same spec without its `resource_version` guard (what is stored and compared).
+    pub fn without_resource_version(mut self) -> Self {
+        match &mut self {
+            Spec::Tenant(r) => r.resource_version = None,
+            Spec::Upstream(r) => r.resource_version = None,
+            Spec::Service(r) => r.resource_version = None,
+            Spec::Policy(r) => r.resource_version = None,
+            Spec::App(r) => r.resource_version = None,
+            Spec::Subscription(r) => r.resource_version = None,
+            Spec::JwtIssuer(r) => r.resource_version = None,
+            Spec::AiProvider(r) => r.resource_version = None,
+            Spec::ApiKey(_) | Spec::Secret(_) => {}
+        }
+        self
+    }
+
+    /// JSON of the inner resource (the declarative form), as sent in `Resource.spec_json`.
+    pub fn to_json(&self) -> String {
+        let value = match self {
+            Spec::Tenant(r) => serde_json::to_string(r),
+            Spec::Upstream(r) => serde_json::to_string(r),
+            Spec::Service(r) => serde_json::to_string(r),
+            Spec::Policy(r) => serde_json::to_string(r),
+            Spec::App(r) => serde_json::to_string(r),
+            Spec::Subscription(r) => serde_json::to_string(r),
+            Spec::JwtIssuer(r) => serde_json::to_string(r),
+            Spec::AiProvider(r) => serde_json::to_string(r),
+            Spec::ApiKey(r) => serde_json::to_string(r),
+            Spec::Secret(r) => serde_json::to_string(r),
+        };
+        value.expect("model types always serialize")
+    }
+
+    /// Inverse of [`Spec::to_json`].
+    pub fn from_json(kind: Kind, json: &str) -> Result<Spec, serde_json::Error> {
+        Ok(match kind {
+            Kind::Tenant => Spec::Tenant(serde_json::from_str(json)?),
+            Kind::Upstream => Spec::Upstream(serde_json::from_str(json)?),
+            Kind::Service => Spec::Service(serde_json::from_str(json)?),
+            Kind::Policy => Spec::Policy(serde_json::from_str(json)?),
+            Kind::App => Spec::App(serde_json::from_str(json)?),
+            Kind::Subscription => Spec::Subscription(serde_json::from_str(json)?),
+            Kind::JwtIssuer => Spec::JwtIssuer(serde_json::from_str(json)?),
+            Kind::AiProvider => Spec::AiProvider(serde_json::from_str(json)?),
+            Kind::ApiKey => Spec::ApiKey(serde_json::from_str(json)?),
+            Kind::Secret => Spec::Secret(serde_json::from_str(json)?),
+        })
+    }
+}
+
+impl Document {
+    /// Parses YAML or JSON (YAML is a superset of JSON). Errors name the line and field.
+    pub fn parse(text: &str) -> Result<Document, String> {
+        if text.trim().is_empty() {
+            return Err("document is empty".into());
+        }
+        serde_yaml::from_str(text).map_err(|e| format!("malformed document: {e}"))
+    }
+
+    /// All items as specs, in document order, kinds in dependency order.
+    pub fn into_specs(self) -> Vec<Spec> {
+        let mut out = Vec::new();
+        out.extend(self.tenants.into_iter().map(Spec::Tenant));
+        out.extend(self.upstreams.into_iter().map(Spec::Upstream));
+        out.extend(self.policies.into_iter().map(Spec::Policy));
+        out.extend(self.jwt_issuers.into_iter().map(Spec::JwtIssuer));
+        out.extend(self.ai_providers.into_iter().map(Spec::AiProvider));
+        out.extend(self.services.into_iter().map(Spec::Service));
+        out.extend(self.apps.into_iter().map(Spec::App));
+        out.extend(self.subscriptions.into_iter().map(Spec::Subscription));
+        out
+    }
+
+    /// Builds a document from declarative specs (others are skipped), sorted by key so that
+    /// equal configs export byte-identically.
+    pub fn from_specs<'a>(specs: impl IntoIterator<Item = &'a Spec>) -> Document {
+        let mut doc = Document::default();
+        let mut specs: Vec<&Spec> = specs.into_iter().collect();
+        specs.sort_by_key(|s| s.key());
+        for spec in specs {
+            match spec.clone() {
+                Spec::Tenant(r) => doc.tenants.push(r),
+                Spec::Upstream(r) => doc.upstreams.push(r),
+                Spec::Service(r) => doc.services.push(r),
+                Spec::Policy(r) => doc.policies.push(r),
+                Spec::App(r) => doc.apps.push(r),
+                Spec::Subscription(r) => doc.subscriptions.push(r),
+                Spec::JwtIssuer(r) => doc.jwt_issuers.push(r),
+                Spec::AiProvider(r) => doc.ai_providers.push(r),
+                Spec::ApiKey(_) | Spec::Secret(_) => {}
+            }
+        }
+        doc
+    }
+
+    /// The tenants this document touches (named as tenants or as the tenant of an item).
+    pub fn tenants_named(specs: &[Spec]) -> std::collections::BTreeSet<String> {
+        specs
+            .iter()
+            .map(|s| match s {
+                Spec::Tenant(t) => t.name.clone(),
+                other => other.key().tenant,
+            })
+            .collect()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Optimistic concurrency: apply only if the stored resource is at this version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    pub tenant: String,
+    pub targets: Vec<Target>,
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retries: u32,
+    /// For `consistent_hash`: the request header to hash (client IP when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    /// Allow targets on link-local or cloud-metadata addresses (refused by default).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_internal_addresses: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub url: String,
+    #[serde(default = "one")]
+    pub weight: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    ConsistentHash,
+    Ewma,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    #[serde(default = "default_health_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: HumanDuration,
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    #[serde(default = "default_healthy_after")]
+    pub healthy_after: u32,
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration::from_secs(5)
+}
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration::from_secs(2)
+}
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_healthy_after() -> u32 {
+    2
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(default = "default_connect_timeout")]
+    pub connect: HumanDuration,
+    #[serde(default = "default_request_timeout")]
+    pub request: HumanDuration,
+}
+
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::from_secs(2)
+}
+fn default_request_timeout() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    Draft,
+    #[default]
+    Published,
+    Deprecated,
+    Retired,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Private,
+    #[default]
+    Tenant,
+    Public,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    #[default]
+    Auto,
+    Manual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    ApiKey,
+    Jwt,
+    Oauth2,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    pub tenant: String,
+    /// The API's version label (`v1`), so two versions can live side by side.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub state: ServiceState,
+    /// RFC 3339 time sent as `Sunset` while deprecated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sunset: Option<String>,
+    #[serde(default)]
+    pub visibility: Visibility,
+    #[serde(default)]
+    pub approval: Approval,
+    #[serde(default)]
+    pub auth: Vec<AuthKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ai: Option<AiRoute>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+    pub routes: Vec<Route>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// `/p` prefix, `=/p` exact, `~^re$` regex.
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Exact hosts or `*.example.com` wildcards; empty matches any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Header name -> exact value the request must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_prefix: bool,
+}
+
+/// Route of an AI service: either a unified OpenAI-compatible surface over `models`, or a
+/// prompt API when `prompt` is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiRoute {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<PromptTemplate>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptTemplate {
+    pub template: String,
+    #[serde(default)]
+    pub variables: Vec<PromptVariable>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptVariable {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+}
+
+/// A policy: exactly one of the kind fields is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub name: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_filter: Option<IpFilter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Cors>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_size: Option<RequestSize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeaderTransform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_limit: Option<TokenLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+impl Policy {
+    /// Names of the kind fields that are set (valid policies have exactly one).
+    pub fn kinds_set(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.rate_limit.is_some() {
+            v.push("rate_limit");
+        }
+        if self.quota.is_some() {
+            v.push("quota");
+        }
+        if self.ip_filter.is_some() {
+            v.push("ip_filter");
+        }
+        if self.cors.is_some() {
+            v.push("cors");
+        }
+        if self.request_size.is_some() {
+            v.push("request_size");
+        }
+        if self.headers.is_some() {
+            v.push("headers");
+        }
+        if self.token_limit.is_some() {
+            v.push("token_limit");
+        }
+        v
+    }
+}
+
+/// What a limit counts by: `app`, `tenant`, `ip`, or `header:<name>`.
+pub type LimitKey = String;
+
+fn default_limit_key() -> LimitKey {
+    "app".into()
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Cluster,
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreFailure {
+    #[default]
+    LocalShare,
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub window: HumanDuration,
+    #[serde(default = "default_limit_key")]
+    pub key: LimitKey,
+    #[serde(default)]
+    pub scope: LimitScope,
+    #[serde(default)]
+    pub on_store_failure: OnStoreFailure,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    pub limit: u64,
+    pub period: QuotaPeriod,
+    #[serde(default = "default_limit_key")]
+    pub key: LimitKey,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Proxies whose X-Forwarded-For is believed (CIDRs); the client is the first address
+    /// from the right that is not one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_credentials: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<HumanDuration>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSize {
+    pub max_bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderTransform {
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub request: HeaderOps,
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub response: HeaderOps,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rename: BTreeMap<String, String>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty() && self.rename.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// Spend cap in USD per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_day: Option<f64>,
+    /// Spend cap in USD per month.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_per_month: Option<f64>,
+    #[serde(default = "default_limit_key")]
+    pub key: LimitKey,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    pub name: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionStatus {
+    Pending,
+    Approved,
+    Rejected,
+}
+
+impl SubscriptionStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "approved" | "approve" => Some(Self::Approved),
+            "rejected" | "reject" => Some(Self::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// An app's subscription to a service. Its name is `<app>:<service>`. When `status` is not
+/// written, a new subscription starts `approved` for `approval: auto` services and `pending`
+/// for `manual` ones, and an existing one keeps its status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    pub app: String,
+    pub service: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SubscriptionStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+impl Subscription {
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.app, self.service)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuer {
+    pub name: String,
+    pub tenant: String,
+    pub issuer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    /// PEM public keys (or HS secrets by secret name) when no JWKS URL is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Allowed algorithms; `none` is never accepted.
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Claim naming the calling app.
+    #[serde(default = "default_app_claim")]
+    pub app_claim: String,
+    #[serde(default = "default_leeway")]
+    pub leeway: HumanDuration,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_internal_addresses: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+fn default_jwt_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_app_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> HumanDuration {
+    HumanDuration::from_secs(30)
+}
+
+pub const JWT_ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
+    "ES384", "EdDSA",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AiProviderKind {
+    Openai,
+    Anthropic,
+    Gemini,
+    Mistral,
+    Ollama,
+    OpenaiCompatible,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiProvider {
+    pub name: String,
+    pub tenant: String,
+    pub kind: AiProviderKind,
+    pub base_url: String,
+    /// Name of the secret (`tollgate secret set`) holding the provider's API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret: Option<String>,
+    #[serde(default)]
+    pub models: Vec<AiModel>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_internal_addresses: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiModel {
+    pub name: String,
+    /// USD per million input tokens.
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+}
+
+/// An API key as stored: only its SHA-256 is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Public id (the 12 hex chars after `tgk_`).
+    pub id: String,
+    pub tenant: String,
+    pub app: String,
+    /// Hex SHA-256 of the whole key.
+    pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Unix milliseconds.
+    pub created_ms: u64,
+}
+
+/// A secret as stored: AES-256-GCM ciphertext under the cluster's master key, which is kept
+/// outside the Raft store.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretRecord {
+    pub name: String,
+    pub tenant: String,
+    /// Hex of nonce || ciphertext || tag.
+    pub sealed: String,
+    /// Id of the master key that sealed it.
+    pub key_id: String,
+    pub updated_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_design_example() {
+        let doc = Document::parse(
+            r#"
+tenants: [{name: acme}]
+upstreams: [{name: orders-be, tenant: acme, targets: [{url: "http://127.0.0.1:9001", weight: 1}],
+             balance: round_robin, health: {path: /healthz, interval: 5s, unhealthy_after: 3, healthy_after: 2},
+             timeouts: {connect: 2s, request: 30s}, retries: 1}]
+services: [{name: orders, tenant: acme, version: v1, state: published, sunset: "2027-06-30T00:00:00Z",
+            visibility: tenant, approval: manual, auth: [api_key, jwt], upstream: orders-be,
+            policies: [per-app-100rps], routes: [{paths: ["/orders"], methods: [GET, POST], hosts: [], strip_prefix: false}]}]
+policies: [{name: per-app-100rps, tenant: acme, rate_limit: {limit: 100, window: 1s, key: app, scope: cluster, on_store_failure: local_share}},
+           {name: office, tenant: acme, ip_filter: {allow: ["10.0.0.0/8"], deny: []}}]
+apps: [{name: mobile, tenant: acme}]
+subscriptions: [{app: mobile, service: orders, tenant: acme}]
+jwt_issuers: [{name: idp, tenant: acme, issuer: "https://idp", jwks_url: "https://idp/jwks", audiences: [orders]}]
+ai_providers: [{name: openai, tenant: acme, kind: openai, base_url: "https://api.openai.com", api_key_secret: openai-key,
+                models: [{name: gpt-4o-mini, input_per_mtok: 0.15, output_per_mtok: 0.60}]}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(doc.services[0].auth, vec![AuthKind::ApiKey, AuthKind::Jwt]);
+        assert_eq!(doc.upstreams[0].health.as_ref().unwrap().interval.0.as_secs(), 5);
+        assert_eq!(doc.clone().into_specs().len(), 9);
+        // Round trip through JSON keeps everything.
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(Document::parse(&json).unwrap(), doc);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let err = Document::parse("apps: [{name: a, tenant: t, colour: red}]").unwrap_err();
+        assert!(err.contains("unknown field `colour`"), "{err}");
+        let err = Document::parse("aps: []").unwrap_err();
+        assert!(err.contains("unknown field `aps`"), "{err}");
+    }
+
+    #[test]
+    fn spec_json_round_trips_per_kind() {
+        let spec = Spec::App(App {
+            name: "m".into(),
+            tenant: "t".into(),
+            ..App::default()
+        });
+        let back = Spec::from_json(Kind::App, &spec.to_json()).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(Kind::parse("jwt-issuers"), Some(Kind::JwtIssuer));
+        assert_eq!(Kind::parse("svc"), None);
+    }
+}

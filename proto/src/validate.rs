@@ -1,0 +1,816 @@
+//! Validation of resources: each error names the resource and the field, and says what is
+//! wrong in one line, e.g.
+//! `service acme/orders: routes[0].paths[1]: invalid regex "~^(": unclosed group`.
+//!
+//! Two passes: [`validate_spec`] checks one resource on its own (names, URLs, CIDRs,
+//! regexes, durations); [`check_references`] checks a whole resulting config (every
+//! reference resolves within its tenant). The control plane runs both on the config an apply
+//! would produce and commits nothing when either reports an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::model::*;
+
+/// One problem with one field of one resource.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidationError {
+    /// `service acme/orders`
+    pub resource: String,
+    /// `routes[0].paths[1]`; empty when the problem is the resource as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.resource, self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.resource, self.field, self.message)
+        }
+    }
+}
+
+/// All problems found; displayed one per line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ValidationErrors(pub Vec<ValidationError>);
+
+impl fmt::Display for ValidationErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationErrors {}
+
+impl ValidationErrors {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_result(self) -> Result<(), ValidationErrors> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// Collects errors for one resource.
+struct Checker<'a> {
+    resource: String,
+    out: &'a mut Vec<ValidationError>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.out.push(ValidationError {
+            resource: self.resource.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn name(&mut self, field: &str, value: &str) {
+        if let Err(m) = check_name(value) {
+            self.err(field, m);
+        }
+    }
+
+    fn url(&mut self, field: &str, value: &str, allow_internal: bool) {
+        if let Err(m) = check_url(value, allow_internal) {
+            self.err(field, m);
+        }
+    }
+
+    fn header_name(&mut self, field: &str, value: &str) {
+        if !is_token(value) {
+            self.err(field, format!("invalid header name {value:?}"));
+        }
+    }
+
+    fn positive(&mut self, field: &str, d: Duration) {
+        if d.is_zero() {
+            self.err(field, "must be greater than zero");
+        }
+    }
+}
+
+/// Names: 1 to 63 characters of letters, digits, `-`, `_` and `.`, starting with a letter or
+/// digit.
+pub fn check_name(value: &str) -> Result<(), String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {value:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+        ))
+    }
+}
+
+/// RFC 9110 token (header names, methods).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Addresses a gateway must not be pointed at unless the operator says so: link-local
+/// (which includes the cloud metadata endpoint 169.254.169.254), and the IPv6 metadata
+/// addresses.
+pub fn is_internal_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_unspecified() || v4.is_broadcast(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            (s[0] & 0xffc0) == 0xfe80
+                || v6.is_unspecified()
+                || v6 == "fd00:ec2::254".parse::<std::net::Ipv6Addr>().expect("literal")
+                || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+    }
+}
+
+const METADATA_HOSTS: [&str; 3] = [
+    "metadata.google.internal",
+    "metadata",
+    "instance-data.ec2.internal",
+];
+
+fn check_url(value: &str, allow_internal: bool) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("invalid URL {value:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("invalid URL {value:?}: scheme must be http or https"));
+    }
+    let host = match url.host() {
+        Some(h) => h,
+        None => return Err(format!("invalid URL {value:?}: no host")),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "invalid URL {value:?}: credentials in URLs are refused; use a secret"
+        ));
+    }
+    if !allow_internal {
+        let internal = match host {
+            url::Host::Ipv4(ip) => is_internal_address(IpAddr::V4(ip)),
+            url::Host::Ipv6(ip) => is_internal_address(IpAddr::V6(ip)),
+            url::Host::Domain(d) => METADATA_HOSTS.contains(&d.trim_end_matches('.')),
+        };
+        if internal {
+            return Err(format!(
+                "URL {value:?} points at a link-local or metadata address; set allow_internal_addresses: true if this is intended"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
+pub fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = value.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    value
+        .parse::<IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("invalid CIDR {value:?}"))
+}
+
+/// Kinds of route path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PathMatch<'a> {
+    Prefix(&'a str),
+    Exact(&'a str),
+    Regex(&'a str),
+}
+
+/// Splits a route path into its kind. Regexes are checked by [`compile_route_regex`].
+pub fn parse_path(value: &str) -> Result<PathMatch<'_>, String> {
+    if let Some(re) = value.strip_prefix('~') {
+        return Ok(PathMatch::Regex(re));
+    }
+    let (path, exact) = match value.strip_prefix('=') {
+        Some(p) => (p, true),
+        None => (value, false),
+    };
+    if !path.starts_with('/') {
+        return Err(format!(
+            "invalid path {value:?}: write /prefix, =/exact or ~regex"
+        ));
+    }
+    if path
+        .bytes()
+        .any(|b| b.is_ascii_control() || b == b' ' || b == b'?' || b == b'#')
+        || path.split('/').any(|seg| seg == "." || seg == "..")
+    {
+        return Err(format!(
+            "invalid path {value:?}: no spaces, control characters, '?', '#' or dot segments"
+        ));
+    }
+    Ok(if exact {
+        PathMatch::Exact(path)
+    } else {
+        PathMatch::Prefix(path)
+    })
+}
+
+/// Compiles a route regex with a size limit, so a config cannot make the edge's router huge.
+pub fn compile_route_regex(re: &str) -> Result<regex::Regex, String> {
+    regex::RegexBuilder::new(re)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| {
+            let first = e.to_string();
+            let last = first.lines().last().unwrap_or("").trim().to_string();
+            format!("invalid regex {:?}: {}", format!("~{re}"), last)
+        })
+}
+
+fn check_host(value: &str) -> Result<(), String> {
+    let h = value.strip_prefix("*.").unwrap_or(value);
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid host {value:?}: write a host name or *.domain"
+        ))
+    }
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+];
+
+fn check_limit_key(c: &mut Checker<'_>, field: &str, key: &str) {
+    match key {
+        "app" | "tenant" | "ip" => {}
+        k => match k.strip_prefix("header:") {
+            Some(h) if is_token(h) => {}
+            _ => c.err(
+                field,
+                format!("invalid key {key:?}: use app, tenant, ip or header:<name>"),
+            ),
+        },
+    }
+}
+
+/// Checks one resource on its own. Appends to `out`.
+pub fn validate_spec(spec: &Spec, out: &mut Vec<ValidationError>) {
+    let key = spec.key();
+    let mut c = Checker {
+        resource: key.to_string(),
+        out,
+    };
+    if key.kind != Kind::Tenant {
+        c.name("tenant", &key.tenant);
+    }
+    match spec {
+        Spec::Tenant(t) => c.name("name", &t.name),
+        Spec::App(a) => c.name("name", &a.name),
+        Spec::Upstream(u) => validate_upstream(&mut c, u),
+        Spec::Service(s) => validate_service(&mut c, s),
+        Spec::Policy(p) => validate_policy(&mut c, p),
+        Spec::Subscription(s) => {
+            c.name("app", &s.app);
+            c.name("service", &s.service);
+        }
+        Spec::JwtIssuer(j) => validate_jwt_issuer(&mut c, j),
+        Spec::AiProvider(p) => validate_ai_provider(&mut c, p),
+        Spec::ApiKey(k) => c.name("app", &k.app),
+        Spec::Secret(s) => c.name("name", &s.name),
+    }
+}
+
+fn validate_upstream(c: &mut Checker<'_>, u: &Upstream) {
+    c.name("name", &u.name);
+    if u.targets.is_empty() {
+        c.err("targets", "at least one target is required");
+    }
+    for (i, t) in u.targets.iter().enumerate() {
+        c.url(&format!("targets[{i}].url"), &t.url, u.allow_internal_addresses);
+        if t.weight > 10_000 {
+            c.err(format!("targets[{i}].weight"), "must be at most 10000");
+        }
+    }
+    if !u.targets.is_empty() && u.targets.iter().all(|t| t.weight == 0) {
+        c.err("targets", "at least one target needs a weight above zero");
+    }
+    if let Some(h) = &u.health {
+        if !h.path.starts_with('/') {
+            c.err("health.path", format!("invalid path {:?}: must start with /", h.path));
+        }
+        if h.interval.0 < Duration::from_millis(100) {
+            c.err("health.interval", "must be at least 100ms");
+        }
+        c.positive("health.timeout", h.timeout.0);
+        if h.unhealthy_after == 0 {
+            c.err("health.unhealthy_after", "must be at least 1");
+        }
+        if h.healthy_after == 0 {
+            c.err("health.healthy_after", "must be at least 1");
+        }
+    }
+    if let Some(t) = &u.timeouts {
+        c.positive("timeouts.connect", t.connect.0);
+        c.positive("timeouts.request", t.request.0);
+    }
+    if u.retries > 10 {
+        c.err("retries", "must be at most 10");
+    }
+    match (&u.hash_header, u.balance) {
+        (Some(h), Balance::ConsistentHash) => c.header_name("hash_header", h),
+        (Some(_), _) => c.err("hash_header", "only used with balance: consistent_hash"),
+        (None, _) => {}
+    }
+}
+
+fn validate_service(c: &mut Checker<'_>, s: &Service) {
+    c.name("name", &s.name);
+    if let Some(v) = &s.version {
+        c.name("version", v);
+    }
+    match (&s.upstream, &s.ai) {
+        (Some(u), None) => c.name("upstream", u),
+        (None, Some(ai)) => validate_ai_route(c, ai),
+        (Some(_), Some(_)) => c.err("upstream", "a service has either upstream or ai, not both"),
+        (None, None) => c.err("upstream", "a service needs an upstream (or ai)"),
+    }
+    if let Some(sunset) = &s.sunset {
+        if humantime::parse_rfc3339_weak(sunset).is_err() {
+            c.err(
+                "sunset",
+                format!("invalid time {sunset:?}: write RFC 3339, e.g. 2027-06-30T00:00:00Z"),
+            );
+        }
+    }
+    let mut seen = BTreeSet::new();
+    for a in &s.auth {
+        if !seen.insert(a) {
+            c.err("auth", format!("{a:?} is listed twice"));
+        }
+    }
+    for (i, p) in s.policies.iter().enumerate() {
+        c.name(&format!("policies[{i}]"), p);
+    }
+    if s.routes.is_empty() {
+        c.err("routes", "at least one route is required");
+    }
+    for (i, r) in s.routes.iter().enumerate() {
+        if r.paths.is_empty() {
+            c.err(format!("routes[{i}].paths"), "at least one path is required");
+        }
+        for (j, p) in r.paths.iter().enumerate() {
+            let field = format!("routes[{i}].paths[{j}]");
+            match parse_path(p) {
+                Ok(PathMatch::Regex(re)) => {
+                    if let Err(m) = compile_route_regex(re) {
+                        c.err(field, m);
+                    } else if r.strip_prefix {
+                        c.err(field, "strip_prefix cannot be used with a regex path");
+                    }
+                }
+                Ok(_) => {}
+                Err(m) => c.err(field, m),
+            }
+        }
+        for (j, m) in r.methods.iter().enumerate() {
+            if !METHODS.contains(&m.as_str()) {
+                c.err(
+                    format!("routes[{i}].methods[{j}]"),
+                    format!("invalid method {m:?}: use one of {}", METHODS.join(", ")),
+                );
+            }
+        }
+        for (j, h) in r.hosts.iter().enumerate() {
+            if let Err(m) = check_host(h) {
+                c.err(format!("routes[{i}].hosts[{j}]"), m);
+            }
+        }
+        for (name, value) in &r.headers {
+            c.header_name(&format!("routes[{i}].headers"), name);
+            if !is_header_value(value) {
+                c.err(format!("routes[{i}].headers.{name}"), "invalid header value");
+            }
+        }
+    }
+}
+
+fn check_model_ref(c: &mut Checker<'_>, field: &str, m: &str) {
+    match m.split_once('/') {
+        Some((p, model)) if check_name(p).is_ok() && !model.is_empty() => {}
+        _ => c.err(
+            field,
+            format!("invalid model {m:?}: write provider/model or provider/*"),
+        ),
+    }
+}
+
+fn validate_ai_route(c: &mut Checker<'_>, ai: &AiRoute) {
+    if ai.models.is_empty() && ai.model.is_none() {
+        c.err("ai", "name the models (models: [provider/model]) or a model");
+    }
+    for (i, m) in ai.models.iter().enumerate() {
+        check_model_ref(c, &format!("ai.models[{i}]"), m);
+    }
+    if let Some(m) = &ai.model {
+        check_model_ref(c, "ai.model", m);
+    }
+    for (i, m) in ai.fallback.iter().enumerate() {
+        check_model_ref(c, &format!("ai.fallback[{i}]"), m);
+    }
+    if let Some(p) = &ai.prompt {
+        if ai.model.is_none() {
+            c.err("ai.model", "a prompt API needs a model");
+        }
+        let declared: BTreeSet<&str> = p.variables.iter().map(|v| v.name.as_str()).collect();
+        for (i, v) in p.variables.iter().enumerate() {
+            c.name(&format!("ai.prompt.variables[{i}].name"), &v.name);
+        }
+        let mut rest = p.template.as_str();
+        while let Some(start) = rest.find("{{") {
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                c.err("ai.prompt.template", "unclosed {{");
+                break;
+            };
+            let var = after[..end].trim();
+            if !declared.contains(var) {
+                c.err(
+                    "ai.prompt.template",
+                    format!("uses {{{{{var}}}}}, which is not a declared variable"),
+                );
+            }
+            rest = &after[end + 2..];
+        }
+    }
+}
+
+fn validate_policy(c: &mut Checker<'_>, p: &Policy) {
+    c.name("name", &p.name);
+    let kinds = p.kinds_set();
+    match kinds.len() {
+        1 => {}
+        0 => c.err(
+            "",
+            "a policy needs one of rate_limit, quota, ip_filter, cors, request_size, headers, token_limit",
+        ),
+        _ => c.err(
+            "",
+            format!("a policy has exactly one kind, found {}", kinds.join(" and ")),
+        ),
+    }
+    if let Some(r) = &p.rate_limit {
+        if r.limit == 0 {
+            c.err("rate_limit.limit", "must be at least 1");
+        }
+        c.positive("rate_limit.window", r.window.0);
+        check_limit_key(c, "rate_limit.key", &r.key);
+    }
+    if let Some(q) = &p.quota {
+        if q.limit == 0 {
+            c.err("quota.limit", "must be at least 1");
+        }
+        check_limit_key(c, "quota.key", &q.key);
+    }
+    if let Some(f) = &p.ip_filter {
+        if f.allow.is_empty() && f.deny.is_empty() {
+            c.err("ip_filter", "needs allow or deny");
+        }
+        for (list, name) in [
+            (&f.allow, "allow"),
+            (&f.deny, "deny"),
+            (&f.trusted_proxies, "trusted_proxies"),
+        ] {
+            for (i, cidr) in list.iter().enumerate() {
+                if let Err(m) = parse_cidr(cidr) {
+                    c.err(format!("ip_filter.{name}[{i}]"), m);
+                }
+            }
+        }
+    }
+    if let Some(cors) = &p.cors {
+        for (i, o) in cors.allow_origins.iter().enumerate() {
+            if o != "*" {
+                if let Err(m) = check_url(o, true) {
+                    c.err(format!("cors.allow_origins[{i}]"), m);
+                }
+            }
+        }
+        if cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*") {
+            c.err(
+                "cors.allow_credentials",
+                "cannot be combined with allow_origins: [\"*\"]",
+            );
+        }
+        for (i, h) in cors.allow_headers.iter().enumerate() {
+            c.header_name(&format!("cors.allow_headers[{i}]"), h);
+        }
+    }
+    if let Some(r) = &p.request_size {
+        if r.max_bytes == 0 {
+            c.err("request_size.max_bytes", "must be at least 1");
+        }
+    }
+    if let Some(h) = &p.headers {
+        for (ops, side) in [(&h.request, "request"), (&h.response, "response")] {
+            for (name, value) in &ops.add {
+                c.header_name(&format!("headers.{side}.add"), name);
+                if !is_header_value(value) {
+                    c.err(format!("headers.{side}.add.{name}"), "invalid header value");
+                }
+            }
+            for name in &ops.remove {
+                c.header_name(&format!("headers.{side}.remove"), name);
+            }
+            for (from, to) in &ops.rename {
+                c.header_name(&format!("headers.{side}.rename"), from);
+                c.header_name(&format!("headers.{side}.rename"), to);
+            }
+        }
+    }
+    if let Some(t) = &p.token_limit {
+        if t.tokens_per_minute.is_none()
+            && t.tokens_per_day.is_none()
+            && t.cost_per_day.is_none()
+            && t.cost_per_month.is_none()
+        {
+            c.err("token_limit", "set tokens_per_minute, tokens_per_day, cost_per_day or cost_per_month");
+        }
+        for (v, f) in [(t.cost_per_day, "cost_per_day"), (t.cost_per_month, "cost_per_month")] {
+            if v.is_some_and(|v| !v.is_finite() || v <= 0.0) {
+                c.err(format!("token_limit.{f}"), "must be a positive number");
+            }
+        }
+        check_limit_key(c, "token_limit.key", &t.key);
+    }
+}
+
+fn validate_jwt_issuer(c: &mut Checker<'_>, j: &JwtIssuer) {
+    c.name("name", &j.name);
+    if j.issuer.trim().is_empty() {
+        c.err("issuer", "must not be empty");
+    }
+    match (&j.jwks_url, j.public_keys.is_empty()) {
+        (Some(u), true) => c.url("jwks_url", u, j.allow_internal_addresses),
+        (None, false) => {}
+        (Some(_), false) => c.err("jwks_url", "use jwks_url or public_keys, not both"),
+        (None, true) => c.err("jwks_url", "a JWT issuer needs jwks_url or public_keys"),
+    }
+    if j.algorithms.is_empty() {
+        c.err("algorithms", "at least one algorithm is required");
+    }
+    for (i, a) in j.algorithms.iter().enumerate() {
+        if a.eq_ignore_ascii_case("none") {
+            c.err(format!("algorithms[{i}]"), "\"none\" is never accepted");
+        } else if !JWT_ALGORITHMS.contains(&a.as_str()) {
+            c.err(
+                format!("algorithms[{i}]"),
+                format!("unknown algorithm {a:?}: use one of {}", JWT_ALGORITHMS.join(", ")),
+            );
+        }
+    }
+    if j.app_claim.trim().is_empty() {
+        c.err("app_claim", "must not be empty");
+    }
+    if j.leeway.0 > Duration::from_secs(300) {
+        c.err("leeway", "must be at most 5m");
+    }
+}
+
+fn validate_ai_provider(c: &mut Checker<'_>, p: &AiProvider) {
+    c.name("name", &p.name);
+    c.url("base_url", &p.base_url, p.allow_internal_addresses);
+    if let Some(s) = &p.api_key_secret {
+        c.name("api_key_secret", s);
+    }
+    let mut seen = BTreeSet::new();
+    for (i, m) in p.models.iter().enumerate() {
+        if m.name.trim().is_empty() {
+            c.err(format!("models[{i}].name"), "must not be empty");
+        }
+        if !seen.insert(&m.name) {
+            c.err(format!("models[{i}].name"), format!("{:?} is listed twice", m.name));
+        }
+        for (v, f) in [(m.input_per_mtok, "input_per_mtok"), (m.output_per_mtok, "output_per_mtok")] {
+            if !v.is_finite() || v < 0.0 {
+                c.err(format!("models[{i}].{f}"), "must be zero or more");
+            }
+        }
+    }
+}
+
+/// Reports items named twice in one document.
+pub fn check_duplicates(specs: &[Spec], out: &mut Vec<ValidationError>) {
+    let mut seen = BTreeSet::new();
+    for s in specs {
+        let key = s.key();
+        if !seen.insert(key.clone()) {
+            out.push(ValidationError {
+                resource: key.to_string(),
+                field: String::new(),
+                message: format!("named twice in {}", key.kind.list_name()),
+            });
+        }
+    }
+}
+
+/// Checks that every reference in `config` (a whole resulting config) resolves in the same
+/// tenant.
+pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<ValidationError>) {
+    let has = |kind: Kind, tenant: &str, name: &str| {
+        config.contains_key(&ResourceKey::new(kind, tenant, name))
+    };
+    for (key, spec) in config {
+        let mut c = Checker {
+            resource: key.to_string(),
+            out: &mut *out,
+        };
+        let need = |c: &mut Checker<'_>, field: String, kind: Kind, name: &str| {
+            let tenant = if kind == Kind::Tenant { "" } else { key.tenant.as_str() };
+            if !has(kind, tenant, name) {
+                let what = if tenant.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{tenant}/{name}")
+                };
+                c.err(field, format!("references {kind} {what}, which does not exist"));
+            }
+        };
+        if key.kind != Kind::Tenant {
+            need(&mut c, "tenant".into(), Kind::Tenant, &key.tenant);
+        }
+        match spec {
+            Spec::Service(s) => {
+                if let Some(u) = &s.upstream {
+                    need(&mut c, "upstream".into(), Kind::Upstream, u);
+                }
+                for (i, p) in s.policies.iter().enumerate() {
+                    need(&mut c, format!("policies[{i}]"), Kind::Policy, p);
+                }
+                if let Some(ai) = &s.ai {
+                    let refs = ai
+                        .models
+                        .iter()
+                        .map(|m| ("ai.models", m))
+                        .chain(ai.model.iter().map(|m| ("ai.model", m)))
+                        .chain(ai.fallback.iter().map(|m| ("ai.fallback", m)));
+                    for (field, m) in refs {
+                        if let Some((provider, _)) = m.split_once('/') {
+                            need(&mut c, field.into(), Kind::AiProvider, provider);
+                        }
+                    }
+                }
+            }
+            Spec::Subscription(s) => {
+                need(&mut c, "app".into(), Kind::App, &s.app);
+                need(&mut c, "service".into(), Kind::Service, &s.service);
+            }
+            Spec::ApiKey(k) => need(&mut c, "app".into(), Kind::App, &k.app),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(yaml: &str) -> Vec<String> {
+        let specs = Document::parse(yaml).unwrap().into_specs();
+        let mut out = Vec::new();
+        check_duplicates(&specs, &mut out);
+        for s in &specs {
+            validate_spec(s, &mut out);
+        }
+        let config: BTreeMap<_, _> = specs.into_iter().map(|s| (s.key(), s)).collect();
+        check_references(&config, &mut out);
+        out.iter().map(|e| e.to_string()).collect()
+    }
+
+    const BASE: &str = "tenants: [{name: acme}]\nupstreams: [{name: be, tenant: acme, targets: [{url: 'http://127.0.0.1:9001'}]}]\n";
+
+    #[test]
+    fn a_valid_document_has_no_errors() {
+        let doc = format!(
+            "{BASE}services: [{{name: orders, tenant: acme, upstream: be, routes: [{{paths: ['/orders', '=/exact', '~^/v[0-9]+/x$']}}]}}]\napps: [{{name: m, tenant: acme}}]\nsubscriptions: [{{app: m, service: orders, tenant: acme}}]\n"
+        );
+        assert_eq!(errors_of(&doc), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_error_names_resource_and_field() {
+        let cases = [
+            (
+                format!("{BASE}services: [{{name: s, tenant: acme, upstream: nope, routes: [{{paths: ['/x']}}]}}]"),
+                "service acme/s: upstream: references upstream acme/nope, which does not exist",
+            ),
+            (
+                format!("{BASE}services: [{{name: s, tenant: acme, upstream: be, routes: [{{paths: ['/x', '~^(']}}]}}]"),
+                "service acme/s: routes[0].paths[1]: invalid regex \"~^(\"",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, ip_filter: {{allow: ['10.0.0.0/33']}}}}]"),
+                "policy acme/p: ip_filter.allow[0]: invalid CIDR \"10.0.0.0/33\"",
+            ),
+            (
+                format!("{BASE}apps: [{{name: a, tenant: acme}}, {{name: a, tenant: acme}}]"),
+                "app acme/a: named twice in apps",
+            ),
+            (
+                "upstreams: [{name: be, tenant: ghost, targets: [{url: 'http://10.0.0.1'}]}]".to_string(),
+                "upstream ghost/be: tenant: references tenant ghost, which does not exist",
+            ),
+            (
+                "tenants: [{name: 'bad name'}]".to_string(),
+                "tenant bad name: name: invalid name \"bad name\"",
+            ),
+            (
+                "tenants: [{name: acme}]\nupstreams: [{name: md, tenant: acme, targets: [{url: 'http://169.254.169.254/'}]}]".to_string(),
+                "upstream acme/md: targets[0].url: URL \"http://169.254.169.254/\" points at a link-local or metadata address",
+            ),
+            (
+                format!("{BASE}jwt_issuers: [{{name: i, tenant: acme, issuer: x, jwks_url: 'https://idp/jwks', algorithms: [none]}}]"),
+                "jwt_issuer acme/i: algorithms[0]: \"none\" is never accepted",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 0, window: 1s}}}}]"),
+                "policy acme/p: rate_limit.limit: must be at least 1",
+            ),
+        ];
+        for (doc, want) in cases {
+            let errs = errors_of(&doc);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cidrs_v4_v6_and_single_addresses() {
+        assert!(parse_cidr("10.0.0.0/8").is_ok());
+        assert!(parse_cidr("2001:db8::/32").is_ok());
+        assert!(parse_cidr("192.168.1.1").is_ok());
+        assert!(parse_cidr("::1").is_ok());
+        assert!(parse_cidr("300.0.0.0/8").is_err());
+        assert!(parse_cidr("10.0.0.0/").is_err());
+    }
+
+    #[test]
+    fn paths_reject_dot_segments_and_junk() {
+        assert_eq!(parse_path("/a"), Ok(PathMatch::Prefix("/a")));
+        assert_eq!(parse_path("=/a"), Ok(PathMatch::Exact("/a")));
+        assert_eq!(parse_path("~^/a$"), Ok(PathMatch::Regex("^/a$")));
+        assert!(parse_path("a").is_err());
+        assert!(parse_path("/a/../b").is_err());
+        assert!(parse_path("/a b").is_err());
+    }
+}
