@@ -1,0 +1,521 @@
+//! The replicated config state and the commands that change it.
+//!
+//! This is the deterministic heart of the control plane: the Raft state machine feeds each
+//! committed [`Command`] to [`ConfigState::apply`], which validates it against the state as it
+//! stands at that log index and either applies all of it or none of it. Because validation
+//! happens here, at apply time, two concurrent applies can never both pass a check that only
+//! one of them could (optimistic concurrency on `resource_version`, references, names).
+//!
+//! ```text
+//!   admin call ──> Command ──raft log──> apply(index) ──> resources (+ version = index)
+//!                                              └──────────> tombstones (for config deltas)
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use tollgate_proto::model::{ApiKey, SecretRecord, ServiceState, Subscription, SubscriptionStatus};
+use tollgate_proto::validate::{check_duplicates, check_references, validate_spec};
+use tollgate_proto::{Document, Kind, ResourceKey, Spec};
+
+/// How many deletions are remembered for deltas; an edge older than the oldest one forgotten
+/// gets a snapshot instead.
+pub const TOMBSTONE_CAPACITY: usize = 10_000;
+
+/// A change to the config, as written into the Raft log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// Create or update every item of a document; with `prune`, also delete what the
+    /// document's tenants hold but the document no longer names.
+    Apply { specs: Vec<Spec>, prune: bool },
+    Delete {
+        key: ResourceKey,
+        expected_version: Option<u64>,
+    },
+    CreateKey(ApiKey),
+    RevokeKey { tenant: String, id: String },
+    SetSubscriptionStatus {
+        tenant: String,
+        id: String,
+        status: SubscriptionStatus,
+    },
+    PutSecret(SecretRecord),
+    DeleteSecret { tenant: String, name: String },
+    AddAdminToken(AdminToken),
+}
+
+impl Command {
+    /// Commands that only read are answered without the log; everything here writes.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Command::Apply { .. } => "apply",
+            Command::Delete { .. } => "delete",
+            Command::CreateKey(_) => "key create",
+            Command::RevokeKey { .. } => "key revoke",
+            Command::SetSubscriptionStatus { .. } => "subscription decide",
+            Command::PutSecret(_) => "secret set",
+            Command::DeleteSecret { .. } => "secret delete",
+            Command::AddAdminToken(_) => "admin token create",
+        }
+    }
+}
+
+/// An admin token as stored: only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminToken {
+    pub sha256: String,
+    /// `cluster-admin` for now; roles arrive with access control.
+    pub role: String,
+    pub label: String,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Created,
+    Updated,
+    Deleted,
+    Unchanged,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+            Action::Unchanged => "unchanged",
+        }
+    }
+}
+
+/// What one command did (or, planned only, would do) to one resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub key: ResourceKey,
+    pub action: Action,
+    pub old_version: u64,
+    pub old: Option<Spec>,
+    pub new: Option<Spec>,
+}
+
+/// The result of a command that was applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub version: u64,
+    pub changes: Vec<Change>,
+}
+
+/// Why a command changed nothing. Committed to the log all the same: rejection is
+/// deterministic, so every replica rejects it identically.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandError {
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// The state machine's answer to one log entry.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandResponse {
+    /// `None` for entries without a command (blank, membership).
+    pub result: Option<Result<Outcome, CommandError>>,
+}
+
+/// A stored resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stored {
+    /// Raft log index of the change that last wrote it.
+    pub version: u64,
+    pub spec: Spec,
+}
+
+/// Everything the control plane replicates.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigState {
+    #[serde(with = "resource_list")]
+    pub resources: BTreeMap<ResourceKey, Stored>,
+    /// Log index -> keys deleted at that index (bounded by [`TOMBSTONE_CAPACITY`]).
+    pub tombstones: BTreeMap<u64, Vec<ResourceKey>>,
+    /// Deltas can be computed only from versions at or after this one.
+    pub tombstone_floor: u64,
+    pub admin_tokens: BTreeMap<String, AdminToken>,
+    /// Index of the last command applied (the global config version).
+    pub version: u64,
+}
+
+/// The planned effect of a command: new content per touched key (`None` deletes).
+struct Plan {
+    writes: BTreeMap<ResourceKey, Option<Spec>>,
+    changes: Vec<Change>,
+}
+
+impl ConfigState {
+    /// Applies `cmd` at log `index`. All or nothing.
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, CommandError> {
+        self.version = index;
+        if let Command::AddAdminToken(t) = cmd {
+            self.admin_tokens.insert(t.sha256.clone(), t.clone());
+            return Ok(Outcome {
+                version: index,
+                changes: Vec::new(),
+            });
+        }
+        let plan = self.plan(cmd)?;
+        for (key, spec) in plan.writes {
+            match spec {
+                Some(spec) => {
+                    self.resources.insert(key, Stored { version: index, spec });
+                }
+                None => {
+                    self.resources.remove(&key);
+                    self.tombstones.entry(index).or_default().push(key);
+                }
+            }
+        }
+        self.trim_tombstones();
+        Ok(Outcome {
+            version: index,
+            changes: plan.changes,
+        })
+    }
+
+    /// What `cmd` would change, without changing anything (for `diff`).
+    pub fn dry_run(&self, cmd: &Command) -> Result<Outcome, CommandError> {
+        Ok(Outcome {
+            version: self.version,
+            changes: self.plan(cmd)?.changes,
+        })
+    }
+
+    fn trim_tombstones(&mut self) {
+        let mut count: usize = self.tombstones.values().map(Vec::len).sum();
+        while count > TOMBSTONE_CAPACITY {
+            let Some((index, keys)) = self.tombstones.pop_first() else {
+                break;
+            };
+            count -= keys.len();
+            self.tombstone_floor = index;
+        }
+    }
+
+    fn get(&self, key: &ResourceKey) -> Option<&Stored> {
+        self.resources.get(key)
+    }
+
+    fn plan(&self, cmd: &Command) -> Result<Plan, CommandError> {
+        let mut writes: BTreeMap<ResourceKey, Option<Spec>> = BTreeMap::new();
+        match cmd {
+            Command::Apply { specs, prune } => {
+                let mut found = Vec::new();
+                check_duplicates(specs, &mut found);
+                let mut errors: Vec<String> = Vec::new();
+                for s in specs {
+                    if !s.kind().is_declarative() {
+                        errors.push(format!("{}: cannot be applied from a document", s.key()));
+                    }
+                    validate_spec(s, &mut found);
+                }
+                errors.extend(found.iter().map(ToString::to_string));
+                if !errors.is_empty() {
+                    return Err(CommandError::Invalid(errors));
+                }
+                let mut conflicts = Vec::new();
+                for s in specs {
+                    let key = s.key();
+                    let stored = self.get(&key).map(|r| r.version).unwrap_or(0);
+                    if let Some(want) = s.resource_version() {
+                        if want != stored {
+                            conflicts.push(format!(
+                                "{key}: resource_version {want} does not match the stored version {stored}"
+                            ));
+                        }
+                    }
+                    writes.insert(key, Some(s.clone().without_resource_version()));
+                }
+                if !conflicts.is_empty() {
+                    return Err(CommandError::Conflict(conflicts.join("\n")));
+                }
+                if *prune {
+                    let tenants = Document::tenants_named(specs);
+                    for key in self.resources.keys() {
+                        if key.kind.is_declarative()
+                            && key.kind != Kind::Tenant
+                            && tenants.contains(&key.tenant)
+                            && !writes.contains_key(key)
+                        {
+                            writes.insert(key.clone(), None);
+                        }
+                    }
+                }
+            }
+            Command::Delete {
+                key,
+                expected_version,
+            } => {
+                if !key.kind.is_declarative() {
+                    return Err(CommandError::Invalid(vec![format!(
+                        "{} cannot be deleted with delete; use `tollgate {}`",
+                        key.kind,
+                        if key.kind == Kind::ApiKey { "key revoke" } else { "secret delete" }
+                    )]));
+                }
+                let stored = self.get(key).ok_or_else(|| not_found(key))?;
+                if let Some(want) = expected_version {
+                    if *want != stored.version {
+                        return Err(CommandError::Conflict(format!(
+                            "{key}: expected version {want}, stored version is {}",
+                            stored.version
+                        )));
+                    }
+                }
+                writes.insert(key.clone(), None);
+            }
+            Command::CreateKey(k) => {
+                let key = ResourceKey::new(Kind::ApiKey, &k.tenant, &k.id);
+                if self.get(&key).is_some() {
+                    return Err(CommandError::Conflict(format!("{key} already exists")));
+                }
+                writes.insert(key, Some(Spec::ApiKey(k.clone())));
+            }
+            Command::RevokeKey { tenant, id } => {
+                let key = ResourceKey::new(Kind::ApiKey, tenant, id);
+                self.get(&key).ok_or_else(|| not_found(&key))?;
+                writes.insert(key, None);
+            }
+            Command::SetSubscriptionStatus { tenant, id, status } => {
+                let key = ResourceKey::new(Kind::Subscription, tenant, id);
+                let stored = self.get(&key).ok_or_else(|| not_found(&key))?;
+                let Spec::Subscription(mut sub) = stored.spec.clone() else {
+                    unreachable!("subscription keys hold subscriptions");
+                };
+                sub.status = Some(*status);
+                writes.insert(key, Some(Spec::Subscription(sub)));
+            }
+            Command::PutSecret(s) => {
+                let key = ResourceKey::new(Kind::Secret, &s.tenant, &s.name);
+                let mut errors = Vec::new();
+                validate_spec(&Spec::Secret(s.clone()), &mut errors);
+                if !errors.is_empty() {
+                    return Err(CommandError::Invalid(
+                        errors.iter().map(ToString::to_string).collect(),
+                    ));
+                }
+                writes.insert(key, Some(Spec::Secret(s.clone())));
+            }
+            Command::DeleteSecret { tenant, name } => {
+                let key = ResourceKey::new(Kind::Secret, tenant, name);
+                self.get(&key).ok_or_else(|| not_found(&key))?;
+                writes.insert(key, None);
+            }
+            Command::AddAdminToken(_) => {}
+        }
+        self.cascade(&mut writes);
+        self.settle_subscriptions(&mut writes);
+        self.check_result(&writes)?;
+        let changes = writes
+            .iter()
+            .map(|(key, new)| {
+                let old = self.get(key);
+                let action = match (old, new) {
+                    (None, Some(_)) => Action::Created,
+                    (Some(_), None) => Action::Deleted,
+                    (Some(o), Some(n)) if &o.spec == n => Action::Unchanged,
+                    (Some(_), Some(_)) => Action::Updated,
+                    (None, None) => Action::Unchanged,
+                };
+                Change {
+                    key: key.clone(),
+                    action,
+                    old_version: old.map_or(0, |o| o.version),
+                    old: old.map(|o| o.spec.clone()),
+                    new: new.clone(),
+                }
+            })
+            .collect();
+        // Unchanged items are reported but not rewritten, so their version stays.
+        writes.retain(|key, new| self.get(key).map(|o| &o.spec) != new.as_ref());
+        Ok(Plan { writes, changes })
+    }
+
+    /// Deleting an app revokes its keys.
+    fn cascade(&self, writes: &mut BTreeMap<ResourceKey, Option<Spec>>) {
+        let deleted_apps: BTreeSet<(String, String)> = writes
+            .iter()
+            .filter(|(k, v)| k.kind == Kind::App && v.is_none())
+            .map(|(k, _)| (k.tenant.clone(), k.name.clone()))
+            .collect();
+        if deleted_apps.is_empty() {
+            return;
+        }
+        for (key, stored) in &self.resources {
+            if let Spec::ApiKey(k) = &stored.spec {
+                if deleted_apps.contains(&(k.tenant.clone(), k.app.clone())) {
+                    writes.insert(key.clone(), None);
+                }
+            }
+        }
+    }
+
+    /// A subscription written without a status keeps the one it has, or starts `approved`
+    /// for `approval: auto` services and `pending` for `manual` ones.
+    fn settle_subscriptions(&self, writes: &mut BTreeMap<ResourceKey, Option<Spec>>) {
+        let keys: Vec<ResourceKey> = writes
+            .iter()
+            .filter(|(k, v)| {
+                k.kind == Kind::Subscription
+                    && matches!(v, Some(Spec::Subscription(s)) if s.status.is_none())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            let previous = match self.get(&key).map(|s| &s.spec) {
+                Some(Spec::Subscription(Subscription { status, .. })) => *status,
+                _ => None,
+            };
+            let Some(Some(Spec::Subscription(sub))) = writes.get(&key) else {
+                continue;
+            };
+            let service_key = ResourceKey::new(Kind::Service, &key.tenant, &sub.service);
+            let service = match writes.get(&service_key) {
+                Some(s) => s.clone(),
+                None => self.get(&service_key).map(|s| s.spec.clone()),
+            };
+            let derived = match service {
+                Some(Spec::Service(s)) if s.approval == tollgate_proto::model::Approval::Manual => {
+                    SubscriptionStatus::Pending
+                }
+                _ => SubscriptionStatus::Approved,
+            };
+            if let Some(Some(Spec::Subscription(sub))) = writes.get_mut(&key) {
+                sub.status = Some(previous.unwrap_or(derived));
+            }
+        }
+    }
+
+    /// Checks references over the config as it would be after `writes`.
+    fn check_result(&self, writes: &BTreeMap<ResourceKey, Option<Spec>>) -> Result<(), CommandError> {
+        let mut config: BTreeMap<ResourceKey, Spec> = self
+            .resources
+            .iter()
+            .map(|(k, v)| (k.clone(), v.spec.clone()))
+            .collect();
+        for (key, spec) in writes {
+            match spec {
+                Some(s) => config.insert(key.clone(), s.clone()),
+                None => config.remove(key),
+            };
+        }
+        let mut errors = Vec::new();
+        check_references(&config, &mut errors);
+        let mut messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        // Say which deletion broke a reference, when one did.
+        for (key, spec) in writes {
+            if spec.is_none() {
+                let what = if key.tenant.is_empty() {
+                    format!("{} {}", key.kind, key.name)
+                } else {
+                    format!("{} {}/{}", key.kind, key.tenant, key.name)
+                };
+                for m in &mut messages {
+                    if m.contains(&format!("references {what}, which does not exist")) {
+                        *m = m.replace(
+                            &format!("references {what}, which does not exist"),
+                            &format!("references {what}, which this change deletes"),
+                        );
+                    }
+                }
+            }
+        }
+        if messages.is_empty() {
+            Ok(())
+        } else {
+            Err(CommandError::Invalid(messages))
+        }
+    }
+
+    /// Declarative resources, optionally of one tenant, as a document.
+    pub fn export(&self, tenant: Option<&str>) -> Document {
+        Document::from_specs(
+            self.resources
+                .iter()
+                .filter(|(k, _)| k.kind.is_declarative())
+                .filter(|(k, s)| match tenant {
+                    None => true,
+                    Some(t) => k.tenant == t || matches!(&s.spec, Spec::Tenant(x) if x.name == t),
+                })
+                .map(|(_, s)| &s.spec),
+        )
+    }
+
+    /// Resources an edge should hold, and removals, changed after `since`; `None` when
+    /// deletions that old are forgotten (the edge needs a snapshot).
+    pub fn delta_since(&self, since: u64) -> Option<(Vec<(&ResourceKey, &Stored)>, Vec<&ResourceKey>)> {
+        if since < self.tombstone_floor {
+            return None;
+        }
+        let upserts = self
+            .resources
+            .iter()
+            .filter(|(k, s)| k.kind.is_streamed() && s.version > since)
+            .collect();
+        let removals = self
+            .tombstones
+            .range(since + 1..)
+            .flat_map(|(_, keys)| keys)
+            .filter(|k| k.kind.is_streamed() && !self.resources.contains_key(k))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Some((upserts, removals))
+    }
+
+    /// Everything an edge should hold.
+    pub fn streamed(&self) -> impl Iterator<Item = (&ResourceKey, &Stored)> {
+        self.resources.iter().filter(|(k, _)| k.kind.is_streamed())
+    }
+
+    pub fn has_admin_token(&self, sha256: &str) -> Option<&AdminToken> {
+        self.admin_tokens.get(sha256)
+    }
+
+    /// Whether the service a route belongs to is live; used by tests and status.
+    pub fn live_services(&self) -> usize {
+        self.resources
+            .values()
+            .filter(|s| matches!(&s.spec, Spec::Service(svc) if svc.state != ServiceState::Draft))
+            .count()
+    }
+}
+
+/// Resources serialize as a list (JSON map keys must be strings); keys derive from specs.
+mod resource_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+    use tollgate_proto::ResourceKey;
+
+    use super::Stored;
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<ResourceKey, Stored>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ResourceKey, Stored>, D::Error> {
+        let list = Vec::<Stored>::deserialize(d)?;
+        Ok(list.into_iter().map(|s| (s.spec.key(), s)).collect())
+    }
+}
+
+fn not_found(key: &ResourceKey) -> CommandError {
+    CommandError::NotFound(format!("{key} not found"))
+}
+
+#[cfg(test)]
+mod tests;
