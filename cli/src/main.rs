@@ -1,1 +1,136 @@
-fn main(){}
+//! `tollgate`: the one binary operators run. Server subcommands (`dev`, `control-plane`,
+//! `edge`) and the operator verbs that talk to the admin API of any control-plane node.
+//!
+//! Exit codes: 0 success, 1 failure, 2 bad usage, 3 not authenticated, 4 not found,
+//! 5 conflict (stale resource_version), 6 control plane unavailable.
+
+mod client;
+mod output;
+mod servers;
+mod verbs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Tollgate: API gateway, AI gateway and API management", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Control-plane gRPC URL (any node; writes are forwarded to the leader)
+    #[arg(long, global = true, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:7700")]
+    server: String,
+    /// Admin token (default: read from ./tollgate-data/admin.token when present)
+    #[arg(long, global = true, env = "TOLLGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node control plane and an edge node in one process
+    Dev(servers::DevArgs),
+    /// Run one control-plane node
+    ControlPlane(servers::ControlPlaneArgs),
+    /// Run one edge node
+    Edge(servers::EdgeArgs),
+    /// Manage the control-plane cluster
+    #[command(subcommand)]
+    Cluster(verbs::ClusterCmd),
+    /// Create or update what a declarative file names (all or nothing)
+    Apply(verbs::ApplyArgs),
+    /// Show what `apply` would change
+    Diff(verbs::DiffArgs),
+    /// Print the whole declarative config
+    Export(verbs::ExportArgs),
+    /// List resources of a kind, or show one
+    Get(verbs::GetArgs),
+    /// Delete one resource
+    Delete(verbs::DeleteArgs),
+    /// Manage API keys
+    #[command(subcommand)]
+    Key(verbs::KeyCmd),
+    /// Decide on subscription requests
+    #[command(subcommand)]
+    Subscription(verbs::SubscriptionCmd),
+    /// Manage secrets (encrypted at rest, never shown)
+    #[command(subcommand)]
+    Secret(verbs::SecretCmd),
+    /// Print shell completions
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Common defaults for listen addresses (DESIGN.md §2).
+pub mod defaults {
+    pub const GRPC: &str = "127.0.0.1:7700";
+    pub const HTTP: &str = "127.0.0.1:7780";
+    pub const LISTEN: &str = "127.0.0.1:8080";
+    pub const ADMIN: &str = "127.0.0.1:9901";
+    pub const PEER: &str = "127.0.0.1:7900";
+}
+
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not host:port (e.g. 127.0.0.1:8080)"))
+}
+
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("./tollgate-data")
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let server_mode = matches!(cli.command, Command::Dev(_) | Command::ControlPlane(_) | Command::Edge(_));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if server_mode { "info" } else { "warn" }));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => client::fail(client::Failure::other(format!("starting runtime: {e}"))),
+    };
+    let result = runtime.block_on(async move {
+        let g = cli.global;
+        match cli.command {
+            Command::Dev(a) => servers::dev(a).await,
+            Command::ControlPlane(a) => servers::control_plane(a).await,
+            Command::Edge(a) => servers::edge(a).await,
+            Command::Cluster(c) => verbs::cluster(&g, c).await,
+            Command::Apply(a) => verbs::apply(&g, a).await,
+            Command::Diff(a) => verbs::diff(&g, a).await,
+            Command::Export(a) => verbs::export(&g, a).await,
+            Command::Get(a) => verbs::get(&g, a).await,
+            Command::Delete(a) => verbs::delete(&g, a).await,
+            Command::Key(c) => verbs::key(&g, c).await,
+            Command::Subscription(c) => verbs::subscription(&g, c).await,
+            Command::Secret(c) => verbs::secret(&g, c).await,
+            Command::Completions { shell } => {
+                use clap::CommandFactory;
+                clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());
+                Ok(())
+            }
+        }
+    });
+    if let Err(f) = result {
+        client::fail(f);
+    }
+}

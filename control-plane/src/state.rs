@@ -128,6 +128,9 @@ pub struct CommandResponse {
     pub result: Option<Result<Outcome, CommandError>>,
 }
 
+/// Upserts and removals since a version (see [`ConfigState::delta_since`]).
+pub type Delta<'a> = (Vec<(&'a ResourceKey, &'a Stored)>, Vec<&'a ResourceKey>);
+
 /// A stored resource.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stored {
@@ -456,7 +459,7 @@ impl ConfigState {
 
     /// Resources an edge should hold, and removals, changed after `since`; `None` when
     /// deletions that old are forgotten (the edge needs a snapshot).
-    pub fn delta_since(&self, since: u64) -> Option<(Vec<(&ResourceKey, &Stored)>, Vec<&ResourceKey>)> {
+    pub fn delta_since(&self, since: u64) -> Option<Delta<'_>> {
         if since < self.tombstone_floor {
             return None;
         }

@@ -15,6 +15,10 @@
 //!
 //! sled is kept behind these two types only, so that another engine can replace it.
 
+// openraft's traits fix the error type (`StorageError`, over 200 bytes); storage calls are
+// far from any hot path.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};

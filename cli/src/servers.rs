@@ -1,0 +1,207 @@
+//! Server subcommands: parse flags, start, wait for Ctrl-C/SIGTERM, drain. Nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use tollgate_control_plane::ControlPlaneOptions;
+use tollgate_edge::EdgeOptions;
+use tollgate_proto::v1::admin_client::AdminClient;
+use tollgate_proto::v1::ClusterInitRequest;
+
+use crate::client::CliResult;
+use crate::{defaults, parse_addr};
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where state lives; the admin token is written to <data-dir>/admin.token
+    #[arg(long, default_value = "./tollgate-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = defaults::GRPC, value_parser = parse_addr)]
+    grpc: SocketAddr,
+    #[arg(long, default_value = defaults::HTTP, value_parser = parse_addr)]
+    http: SocketAddr,
+    #[arg(long, default_value = defaults::LISTEN, value_parser = parse_addr)]
+    listen: SocketAddr,
+    #[arg(long, default_value = defaults::ADMIN, value_parser = parse_addr)]
+    admin: SocketAddr,
+    #[arg(long, default_value = defaults::PEER, value_parser = parse_addr)]
+    peer: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct ControlPlaneArgs {
+    /// This node's id (unique in the cluster, above zero, never reused)
+    #[arg(long)]
+    node_id: u64,
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Admin API, config stream and Raft
+    #[arg(long, default_value = defaults::GRPC, value_parser = parse_addr)]
+    grpc: SocketAddr,
+    /// /healthz and /metrics
+    #[arg(long, default_value = defaults::HTTP, value_parser = parse_addr)]
+    http: SocketAddr,
+    /// Address others reach --grpc at, host:port (default: the bound --grpc address)
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Ask this running member (gRPC URL) to add this node; needs --token/TOLLGATE_TOKEN
+    #[arg(long)]
+    join: Option<String>,
+    #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Master key for secrets at rest; every node of a cluster needs the same file
+    /// (default <data-dir>/master.key, created when missing)
+    #[arg(long, env = "TOLLGATE_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct EdgeArgs {
+    /// Control-plane gRPC URLs, comma separated
+    #[arg(long, value_delimiter = ',', required = true)]
+    control_plane: Vec<String>,
+    #[arg(long, default_value = defaults::LISTEN, value_parser = parse_addr)]
+    listen: SocketAddr,
+    #[arg(long, default_value = defaults::ADMIN, value_parser = parse_addr)]
+    admin: SocketAddr,
+    #[arg(long, default_value = defaults::PEER, value_parser = parse_addr)]
+    peer: SocketAddr,
+    /// Where the last-known-good config is kept
+    #[arg(long, default_value = "./tollgate-edge-data")]
+    data_dir: PathBuf,
+    /// Name reported to the control plane (default: edge-<host>-<listen port>)
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Token the edge presents when joining (reserved for mTLS/edge auth)
+    #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
+
+fn default_edge_id(listen: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("edge-{host}-{}", listen.port())
+}
+
+pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
+    let opts = ControlPlaneOptions {
+        node_id: a.node_id,
+        data_dir: a.data_dir,
+        grpc: a.grpc,
+        http: a.http,
+        advertise: a.advertise,
+        join: a.join,
+        join_token: a.token,
+        master_key_file: a.master_key_file,
+    };
+    tollgate_control_plane::run(opts, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn edge(a: EdgeArgs) -> CliResult {
+    let opts = EdgeOptions {
+        node_id: a.node_id.unwrap_or_else(|| default_edge_id(a.listen)),
+        control_planes: a.control_plane,
+        listen: a.listen,
+        admin: a.admin,
+        peer: a.peer,
+        data_dir: a.data_dir,
+    };
+    tollgate_edge::run(opts, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn dev(a: DevArgs) -> CliResult {
+    let cp = tollgate_control_plane::start(ControlPlaneOptions {
+        node_id: 1,
+        data_dir: a.data_dir.clone(),
+        grpc: a.grpc,
+        http: a.http,
+        advertise: None,
+        join: None,
+        join_token: None,
+        master_key_file: None,
+    })
+    .await?;
+    let server = format!("http://{}", cp.grpc_addr);
+    let token_path = a.data_dir.join("admin.token");
+    let token = if cp.node.is_initialized() {
+        std::fs::read_to_string(&token_path)
+            .map(|t| t.trim().to_string())
+            .with_context(|| format!("reading {}", token_path.display()))?
+    } else {
+        let mut client = AdminClient::connect(server.clone()).await.context("connecting to the local control plane")?;
+        client
+            .cluster_init(ClusterInitRequest {})
+            .await
+            .map_err(|s| anyhow::anyhow!("initializing: {}", s.message()))?
+            .into_inner()
+            .admin_token
+    };
+    let (stop_edge, edge_stopped) = tokio::sync::oneshot::channel::<()>();
+    let edge = tokio::spawn(tollgate_edge::run(
+        EdgeOptions {
+            node_id: "dev-edge".into(),
+            control_planes: vec![server.clone()],
+            listen: a.listen,
+            admin: a.admin,
+            peer: a.peer,
+            data_dir: a.data_dir.join("edge"),
+        },
+        async move {
+            let _ = edge_stopped.await;
+        },
+    ));
+    println!("tollgate dev is running (data in {})", a.data_dir.display());
+    println!("  proxy          http://{}", a.listen);
+    println!("  edge admin     http://{}/readyz", a.admin);
+    println!("  admin API      {server}");
+    println!("  control plane  http://{}/healthz, /metrics (the portal will be served here)", cp.http_addr);
+    println!("  admin token    {token}");
+    println!("                 (also in {}; the CLI reads ./tollgate-data/admin.token by default)", token_path.display());
+    println!("Ctrl-C stops it; state is kept for the next start.");
+    tokio::pin!(edge);
+    let edge_result = tokio::select! {
+        _ = shutdown_signal() => {
+            let _ = stop_edge.send(());
+            tokio::time::timeout(std::time::Duration::from_secs(10), &mut edge).await.ok()
+        }
+        r = &mut edge => Some(r),
+    };
+    cp.shutdown().await;
+    match edge_result {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(e.into()),
+        Some(Err(e)) => Err(anyhow::anyhow!("edge task failed: {e}").into()),
+    }
+}

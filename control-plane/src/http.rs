@@ -1,0 +1,86 @@
+//! The control plane's HTTP listener (`--http`): `/healthz` and a Prometheus `/metrics`.
+//! The developer portal and REST API will be served here too.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::node::Node;
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+fn metrics(node: &Node) -> String {
+    let m = node.raft.metrics().borrow().clone();
+    let leader = u8::from(m.current_leader == Some(node.id));
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let last_log = m.last_log_index.unwrap_or(0);
+    let edges = node.edges.connected();
+    let resources = node.sm.read(|s| s.resources.len());
+    format!(
+        "# HELP tollgate_cp_is_leader 1 when this node is the Raft leader.\n\
+         # TYPE tollgate_cp_is_leader gauge\ntollgate_cp_is_leader {leader}\n\
+         # HELP tollgate_cp_raft_term Current Raft term.\n\
+         # TYPE tollgate_cp_raft_term gauge\ntollgate_cp_raft_term {}\n\
+         # HELP tollgate_cp_applied_index Last Raft log index applied (the config version).\n\
+         # TYPE tollgate_cp_applied_index gauge\ntollgate_cp_applied_index {applied}\n\
+         # HELP tollgate_cp_last_log_index Last Raft log index stored.\n\
+         # TYPE tollgate_cp_last_log_index gauge\ntollgate_cp_last_log_index {last_log}\n\
+         # HELP tollgate_cp_edges_connected Edge nodes streaming config from this node.\n\
+         # TYPE tollgate_cp_edges_connected gauge\ntollgate_cp_edges_connected {edges}\n\
+         # HELP tollgate_cp_resources Resources stored.\n\
+         # TYPE tollgate_cp_resources gauge\ntollgate_cp_resources {resources}\n",
+        m.current_term
+    )
+}
+
+async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let json = "application/json";
+    Ok(match (req.method().as_str(), req.uri().path()) {
+        ("GET", "/healthz") => respond(
+            StatusCode::OK,
+            json,
+            serde_json::json!({"status": "ok", "node_id": node.id, "role": node.role()}).to_string(),
+        ),
+        ("GET", "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&node)),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            json,
+            r#"{"error":{"code":"not_found","message":"no such page"}}"#.into(),
+        ),
+    })
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let node = node.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+        });
+    }
+}

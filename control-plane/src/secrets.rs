@@ -1,0 +1,179 @@
+//! Secrets at rest: AES-256-GCM under a master key kept in a file outside the Raft store
+//! (`<data-dir>/master.key` unless `--master-key-file` says otherwise). Secrets are sealed on
+//! the node that receives them, before they enter the Raft log, so neither the log, the
+//! snapshots nor the sled files ever hold a plaintext. Every control-plane node of a cluster
+//! needs the same key file; records carry the key's id so a mismatch is reported, not
+//! mistaken for corruption.
+
+use std::io::Write;
+use std::path::Path;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use tollgate_proto::keys::{hex, sha256_hex};
+use tollgate_proto::model::SecretRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("master key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("master key file {0} is not 64 hex characters")]
+    Malformed(String),
+    #[error("secret {0} was sealed with master key {1}, this node has {2}")]
+    WrongKey(String, String, String),
+    #[error("secret {0} is corrupt or was tampered with")]
+    Corrupt(String),
+    #[error("random number generator failed")]
+    Rng,
+}
+
+/// Fills `buf` from the system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), SecretError> {
+    SystemRandom::new().fill(buf).map_err(|_| SecretError::Rng)
+}
+
+/// A random token with `prefix`: 32 random bytes in hex.
+pub fn random_token(prefix: &str) -> Result<String, SecretError> {
+    let mut b = [0u8; 32];
+    random_bytes(&mut b)?;
+    Ok(format!("{prefix}{}", hex(&b)))
+}
+
+/// Writes `contents` to `path` readable by its owner only.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+pub struct MasterKey {
+    id: String,
+    key: LessSafeKey,
+}
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl MasterKey {
+    /// Loads the key at `path`, creating a random one (mode 0600) if there is none.
+    pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
+        let io = |source| SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut raw = [0u8; 32];
+                random_bytes(&mut raw)?;
+                write_private(path, format!("{}\n", hex(&raw)).as_bytes()).map_err(io)?;
+                return Self::from_bytes(&raw);
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let text = text.trim();
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SecretError::Malformed(path.display().to_string()));
+        }
+        let raw: Vec<u8> = (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex"))
+            .collect();
+        Self::from_bytes(&raw)
+    }
+
+    fn from_bytes(raw: &[u8]) -> Result<Self, SecretError> {
+        let key = UnboundKey::new(&AES_256_GCM, raw).map_err(|_| SecretError::Rng)?;
+        Ok(Self {
+            id: sha256_hex(raw)[..12].to_string(),
+            key: LessSafeKey::new(key),
+        })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Seals `value` for `tenant/name` (both bound into the ciphertext as associated data).
+    pub fn seal(&self, tenant: &str, name: &str, value: &[u8], now_ms: u64) -> Result<SecretRecord, SecretError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce)?;
+        let mut buf = value.to_vec();
+        let aad = format!("{tenant}/{name}");
+        self.key
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf)
+            .map_err(|_| SecretError::Rng)?;
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&buf);
+        Ok(SecretRecord {
+            name: name.into(),
+            tenant: tenant.into(),
+            sealed: hex(&sealed),
+            key_id: self.id.clone(),
+            updated_ms: now_ms,
+        })
+    }
+
+    /// Opens a sealed record.
+    pub fn open(&self, record: &SecretRecord) -> Result<Vec<u8>, SecretError> {
+        let what = format!("{}/{}", record.tenant, record.name);
+        if record.key_id != self.id {
+            return Err(SecretError::WrongKey(what, record.key_id.clone(), self.id.clone()));
+        }
+        let bytes = (0..record.sealed.len() / 2)
+            .map(|i| u8::from_str_radix(record.sealed.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+            .map_err(|_| SecretError::Corrupt(what.clone()))?;
+        if bytes.len() < NONCE_LEN {
+            return Err(SecretError::Corrupt(what));
+        }
+        let (nonce, ct) = bytes.split_at(NONCE_LEN);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretError::Corrupt(what.clone()))?;
+        let mut buf = ct.to_vec();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(what.as_bytes()), &mut buf)
+            .map_err(|_| SecretError::Corrupt(what.clone()))?;
+        Ok(plain.to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_refuse_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let key = MasterKey::load_or_create(&path).unwrap();
+        let again = MasterKey::load_or_create(&path).unwrap();
+        assert_eq!(key.id(), again.id());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let rec = key.seal("acme", "openai-key", b"sk-very-secret", 1).unwrap();
+        assert!(!rec.sealed.contains(&hex(b"sk-very-secret")));
+        assert_eq!(again.open(&rec).unwrap(), b"sk-very-secret");
+        // Moving a sealed value to another name fails: the name is bound in.
+        let mut moved = rec.clone();
+        moved.name = "other".into();
+        assert!(matches!(key.open(&moved), Err(SecretError::Corrupt(_))));
+        let other = MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        assert!(matches!(other.open(&rec), Err(SecretError::WrongKey(..))));
+    }
+}

@@ -1,0 +1,200 @@
+//! Proxy phase: turns the client's request into the upstream's (URI, forwarding headers,
+//! hop-by-hop and credential headers removed), sends it with the upstream's timeouts, and
+//! cleans the answer. Bodies stream both ways; nothing is buffered.
+//!
+//! `timeouts.connect` bounds the TCP connect; `timeouts.request` bounds the time until the
+//! upstream's response headers arrive (the body then streams as long as it takes).
+
+use std::net::SocketAddr;
+
+use http::header::{CONNECTION, HOST};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::auth::Consumer;
+use crate::body::{self, Body, ClientBody};
+use crate::error::ProxyError;
+use crate::request_id;
+use crate::upstream::{Target, UpstreamPool};
+
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
+/// legacy ones proxies also drop.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+const CONSUMER_PREFIX: &str = "x-consumer-";
+
+/// Removes hop-by-hop headers, including those named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|s| s.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
+        }
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(n);
+    }
+}
+
+/// Removes every `x-consumer-*` header: only the edge may set them.
+fn remove_consumer_headers(headers: &mut HeaderMap) {
+    let spoofed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(CONSUMER_PREFIX))
+        .cloned()
+        .collect();
+    for n in spoofed {
+        headers.remove(n);
+    }
+}
+
+/// What the proxy phase needs besides the request.
+#[derive(Debug)]
+pub struct Forward<'a> {
+    pub target: &'a Target,
+    /// The path to send (after `strip_prefix`), without the target's base path.
+    pub path: &'a str,
+    pub remote: SocketAddr,
+    pub request_id: &'a HeaderValue,
+    pub consumer: Option<&'a Consumer>,
+}
+
+/// The client's host as it asked for it (`:authority` or `Host`).
+pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(HOST).and_then(|v| v.to_str().ok()))
+}
+
+/// Builds the upstream request.
+pub fn upstream_request<B: ClientBody>(req: Request<B>, f: &Forward<'_>) -> Result<Request<Body>, ProxyError> {
+    let original_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
+    let (mut parts, incoming) = req.into_parts();
+
+    let query = parts.uri.query();
+    let mut pq =
+        String::with_capacity(f.target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(&f.target.base_path);
+    pq.push_str(f.path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    parts.uri = Uri::builder()
+        .scheme(f.target.scheme.clone())
+        .authority(f.target.authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))?;
+    // Upstreams are spoken to in HTTP/1.1 whatever the client used.
+    parts.version = Version::HTTP_11;
+
+    let h = &mut parts.headers;
+    remove_hop_by_hop(h);
+    // The client sets Host from the URI, i.e. the target's authority.
+    h.remove(HOST);
+    remove_consumer_headers(h);
+    if let Some(c) = f.consumer {
+        h.remove(&c.credential_header);
+        if let (Ok(app), Ok(tenant)) = (HeaderValue::from_str(&c.app), HeaderValue::from_str(&c.tenant)) {
+            h.insert("x-consumer-app", app);
+            h.insert("x-consumer-tenant", tenant);
+        }
+    }
+    let client_ip = f.remote.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
+        _ => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    match original_host {
+        Some(host) => h.insert("x-forwarded-host", host),
+        None => h.remove("x-forwarded-host"),
+    };
+    h.insert(request_id::HEADER, f.request_id.clone());
+
+    Ok(Request::from_parts(parts, body::stream(incoming)))
+}
+
+/// Sends `req` to the pool's client, bounded by the request timeout.
+pub async fn send(pool: &UpstreamPool, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+    match tokio::time::timeout(pool.request_timeout, pool.client.request(req)).await {
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(classify(&e)),
+    }
+}
+
+fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut chain = e.to_string();
+    let mut timed_out = false;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    if e.is_connect() && timed_out {
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::Upstream(chain)
+    }
+}
+
+/// The upstream's answer as sent to the client: hop-by-hop headers removed, body streamed.
+pub fn downstream_response(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, incoming) = resp.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body::stream(incoming))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn consumer_headers_cannot_be_spoofed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-consumer-app", HeaderValue::from_static("admin"));
+        h.insert("X-Consumer-Tenant", HeaderValue::from_static("root"));
+        h.insert("x-consumerish", HeaderValue::from_static("kept"));
+        remove_consumer_headers(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+}

@@ -1,0 +1,178 @@
+//! The compiled config the request path reads: router, services with their resolved
+//! upstreams, API keys and subscriptions. Built whole from a [`ConfigState`] off the request
+//! path and swapped in atomically; never changed afterwards (the balancers' counters are
+//! atomics).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use tollgate_proto::model::{
+    Approval, AuthKind, ResourceKey, Service, ServiceState, Spec, SubscriptionStatus,
+};
+
+use crate::config::{ConfigState, ResourceError};
+use crate::router::{Router, RouterBuilder};
+use crate::upstream::{Clients, UpstreamPool};
+
+/// Where a service's traffic goes.
+#[derive(Debug)]
+pub enum Backend {
+    Upstream(Arc<UpstreamPool>),
+    /// An AI service (the AI gateway comes later).
+    Ai,
+}
+
+/// A service as the request path needs it.
+#[derive(Debug)]
+pub struct ServiceEntry {
+    pub tenant: String,
+    pub name: String,
+    pub state: ServiceState,
+    pub approval: Approval,
+    /// `Sunset` header value (an HTTP date) when the service names one.
+    pub sunset: Option<HeaderValue>,
+    /// Accepted credential kinds; empty means open.
+    pub auth: Vec<AuthKind>,
+    pub backend: Backend,
+}
+
+/// A stored API key (only its SHA-256 is known).
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub tenant: String,
+    pub app: String,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub sha256: String,
+}
+
+/// A compiled config.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: u64,
+    pub router: Router<Arc<ServiceEntry>>,
+    /// By key id.
+    api_keys: HashMap<String, KeyEntry>,
+    /// tenant -> subscription name (`app:service`) -> status.
+    subscriptions: HashMap<String, HashMap<String, Option<SubscriptionStatus>>>,
+}
+
+impl Snapshot {
+    /// Compiles a resource set; every problem found is reported.
+    pub fn compile(
+        state: &ConfigState,
+        clients: &mut Clients,
+    ) -> Result<Snapshot, Vec<ResourceError>> {
+        let specs = state.decode()?;
+        let mut errors = Vec::new();
+
+        let mut upstreams = HashMap::new();
+        for spec in &specs {
+            if let Spec::Upstream(u) = spec {
+                match UpstreamPool::compile(u, clients) {
+                    Ok(pool) => {
+                        upstreams.insert((u.tenant.as_str(), u.name.as_str()), Arc::new(pool));
+                    }
+                    Err(m) => errors.push(ResourceError::new(&spec.key(), m)),
+                }
+            }
+        }
+
+        let mut router = RouterBuilder::default();
+        let mut api_keys = HashMap::new();
+        let mut subscriptions: HashMap<String, HashMap<String, _>> = HashMap::new();
+        for spec in &specs {
+            match spec {
+                Spec::Service(s) if s.state != ServiceState::Draft => {
+                    let key = spec.key();
+                    match compile_service(s, &upstreams) {
+                        Ok(entry) => {
+                            let entry = Arc::new(entry);
+                            for (i, r) in s.routes.iter().enumerate() {
+                                if let Err(m) = router.add_route(r, entry.clone()) {
+                                    errors.push(ResourceError::new(&key, format!("routes[{i}].{m}")));
+                                }
+                            }
+                        }
+                        Err(m) => errors.push(ResourceError::new(&key, m)),
+                    }
+                }
+                Spec::ApiKey(k) => {
+                    api_keys.insert(
+                        k.id.clone(),
+                        KeyEntry {
+                            tenant: k.tenant.clone(),
+                            app: k.app.clone(),
+                            sha256: k.sha256.to_ascii_lowercase(),
+                        },
+                    );
+                }
+                Spec::Subscription(sub) => {
+                    subscriptions
+                        .entry(sub.tenant.clone())
+                        .or_default()
+                        .insert(sub.id(), sub.status);
+                }
+                _ => {}
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Snapshot {
+            version: state.version,
+            router: router.build(),
+            api_keys,
+            subscriptions,
+        })
+    }
+
+    pub fn api_key(&self, id: &str) -> Option<&KeyEntry> {
+        self.api_keys.get(id)
+    }
+
+    /// The status of `app`'s subscription to `service`: `None` when there is none. A stored
+    /// subscription without a status counts as the service's approval mode says.
+    pub fn subscription(&self, service: &ServiceEntry, app: &str) -> Option<SubscriptionStatus> {
+        let id = format!("{app}:{}", service.name);
+        let status = *self.subscriptions.get(&service.tenant)?.get(&id)?;
+        Some(status.unwrap_or(match service.approval {
+            Approval::Auto => SubscriptionStatus::Approved,
+            Approval::Manual => SubscriptionStatus::Pending,
+        }))
+    }
+}
+
+fn compile_service(
+    s: &Service,
+    upstreams: &HashMap<(&str, &str), Arc<UpstreamPool>>,
+) -> Result<ServiceEntry, String> {
+    let backend = match (&s.upstream, &s.ai) {
+        (Some(u), _) => match upstreams.get(&(s.tenant.as_str(), u.as_str())) {
+            Some(pool) => Backend::Upstream(pool.clone()),
+            None => {
+                let missing = ResourceKey::new(tollgate_proto::Kind::Upstream, &s.tenant, u);
+                return Err(format!("upstream: references {missing}, which does not exist or is invalid"));
+            }
+        },
+        (None, Some(_)) => Backend::Ai,
+        (None, None) => return Err("upstream: a service needs an upstream (or ai)".into()),
+    };
+    let sunset = match &s.sunset {
+        Some(t) => {
+            let date = crate::http_date::from_rfc3339(t)
+                .ok_or_else(|| format!("sunset: invalid time {t:?}"))?;
+            Some(HeaderValue::from_str(&date).expect("http dates are valid header values"))
+        }
+        None => None,
+    };
+    Ok(ServiceEntry {
+        tenant: s.tenant.clone(),
+        name: s.name.clone(),
+        state: s.state,
+        approval: s.approval,
+        sunset,
+        auth: s.auth.clone(),
+        backend,
+    })
+}

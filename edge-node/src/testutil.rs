@@ -1,0 +1,64 @@
+//! Helpers shared by unit tests: configs written as YAML documents, turned into wire
+//! resources and compiled snapshots.
+
+use std::sync::Arc;
+
+use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
+use tollgate_proto::model::{ApiKey, Document, Spec};
+use tollgate_proto::v1;
+
+use crate::config::ConfigState;
+use crate::snapshot::Snapshot;
+use crate::upstream::Clients;
+
+/// A tenant `acme` with upstream `be`, service `orders` (`/orders`, api_key), app `mobile`
+/// with an approved subscription, and an open service `open` (`/open`).
+pub const DOC: &str = r#"
+tenants: [{name: acme}, {name: other}]
+upstreams: [{name: be, tenant: acme, targets: [{url: "http://127.0.0.1:9"}]}]
+services:
+  - {name: orders, tenant: acme, upstream: be, auth: [api_key], routes: [{paths: ["/orders"]}]}
+  - {name: open, tenant: acme, upstream: be, routes: [{paths: ["/open"]}]}
+apps: [{name: mobile, tenant: acme}, {name: web, tenant: acme}]
+subscriptions: [{app: mobile, service: orders, tenant: acme, status: approved}]
+"#;
+
+pub fn resource(spec: &Spec, version: u64) -> v1::Resource {
+    let key = spec.key();
+    v1::Resource {
+        kind: key.kind.as_str().to_string(),
+        tenant: key.tenant,
+        name: key.name,
+        version,
+        spec_json: spec.to_json(),
+    }
+}
+
+/// Wire resources of a YAML document.
+pub fn resources(yaml: &str) -> Vec<v1::Resource> {
+    Document::parse(yaml)
+        .unwrap()
+        .into_specs()
+        .iter()
+        .map(|s| resource(s, 1))
+        .collect()
+}
+
+/// A fresh key for `app` and its stored form.
+pub fn api_key(tenant: &str, app: &str, seed: u8) -> (String, v1::Resource) {
+    let key = format_key(&[seed; 6], &[seed; 32]);
+    let spec = Spec::ApiKey(ApiKey {
+        id: parse_key(&key).unwrap().to_string(),
+        tenant: tenant.into(),
+        app: app.into(),
+        sha256: sha256_hex(key.as_bytes()),
+        label: None,
+        created_ms: 0,
+    });
+    (key, resource(&spec, 1))
+}
+
+pub fn compile(version: u64, resources: Vec<v1::Resource>) -> Arc<Snapshot> {
+    let state = ConfigState::from_resources(version, resources).unwrap();
+    Arc::new(Snapshot::compile(&state, &mut Clients::default()).unwrap())
+}
