@@ -62,6 +62,9 @@ pub struct ExportArgs {
     /// Only this tenant
     #[arg(long, env = "TOLLGATE_TENANT")]
     tenant: Option<String>,
+    /// Read the --server node's own copy instead of the leader's (may lag; no quorum needed)
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(Args)]
@@ -243,7 +246,7 @@ pub async fn diff(g: &Global, a: DiffArgs) -> CliResult {
 pub async fn export(g: &Global, a: ExportArgs) -> CliResult {
     let mut client = connect(g).await?;
     let r = client
-        .export(ExportRequest { tenant: a.tenant.unwrap_or_default() })
+        .export(ExportRequest { tenant: a.tenant.unwrap_or_default(), local: a.local })
         .await?
         .into_inner();
     let doc: serde_json::Value =

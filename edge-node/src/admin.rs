@@ -34,9 +34,10 @@ impl Admin {
         match path {
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => match self.shared.version() {
-                Some(version) => {
-                    json_response(StatusCode::OK, &json!({"status": "ready", "version": version}))
-                }
+                Some(version) => json_response(
+                    StatusCode::OK,
+                    &json!({"status": "ready", "version": version}),
+                ),
                 None => json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "waiting for config"}),
@@ -46,7 +47,10 @@ impl Admin {
                 StatusCode::OK,
                 &json!({"version": self.shared.version().unwrap_or(0)}),
             ),
-            _ => json_response(StatusCode::NOT_FOUND, &error_body("not_found", "no such admin endpoint")),
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &error_body("not_found", "no such admin endpoint"),
+            ),
         }
     }
 }
@@ -75,12 +79,24 @@ mod tests {
     async fn ready_only_with_a_config() {
         let shared = Arc::new(Shared::default());
         let admin = Admin::new(shared.clone());
-        assert_eq!(get(&admin, "/healthz").await, (StatusCode::OK, json!({"status": "ok"})));
-        assert_eq!(get(&admin, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(get(&admin, "/config/version").await.1, json!({"version": 0}));
+        assert_eq!(
+            get(&admin, "/healthz").await,
+            (StatusCode::OK, json!({"status": "ok"}))
+        );
+        assert_eq!(
+            get(&admin, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get(&admin, "/config/version").await.1,
+            json!({"version": 0})
+        );
         shared.install(compile(9, resources(DOC)));
         assert_eq!(get(&admin, "/readyz").await.0, StatusCode::OK);
-        assert_eq!(get(&admin, "/config/version").await.1, json!({"version": 9}));
+        assert_eq!(
+            get(&admin, "/config/version").await.1,
+            json!({"version": 9})
+        );
         assert_eq!(get(&admin, "/nope").await.0, StatusCode::NOT_FOUND);
     }
 }

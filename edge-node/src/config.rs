@@ -220,7 +220,16 @@ mod tests {
         .unwrap();
         let errs = state.decode().unwrap_err();
         assert_eq!(errs.len(), 2);
-        assert!(errs[0].message.contains("different resource"), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.name == "m" && e.message.contains("different resource")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.name == "t" && e.message.contains("cannot decode")),
+            "{errs:?}"
+        );
         let unknown = ConfigState::from_resources(1, [res("gizmo", "acme", "g", "{}")]);
         assert_eq!(unknown.unwrap_err()[0].kind, "gizmo");
     }

@@ -95,9 +95,9 @@ impl ProxyError {
             | ProxyError::SubscriptionPending
             | ProxyError::ApiRetired => Fault::Client,
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Fault::Upstream,
-            ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
-                Fault::Gateway
-            }
+            ProxyError::NotReady
+            | ProxyError::NoHealthyUpstream
+            | ProxyError::NotImplemented(_) => Fault::Gateway,
         }
     }
 
@@ -122,7 +122,10 @@ impl ProxyError {
 
     /// The HTTP answer for this error (without `x-request-id`, which the caller adds).
     pub fn to_response(&self) -> Response<Body> {
-        json_response(self.status(), &error_body(self.code(), &self.client_message()))
+        json_response(
+            self.status(),
+            &error_body(self.code(), &self.client_message()),
+        )
     }
 }
 
@@ -159,7 +162,10 @@ mod tests {
         assert_eq!(v["error"]["code"], "upstream_error");
         assert!(!v["error"]["message"].as_str().unwrap().contains("10.0.0.7"));
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
-        assert_eq!(ProxyError::SubscriptionPending.code(), "subscription_pending");
+        assert_eq!(
+            ProxyError::SubscriptionPending.code(),
+            "subscription_pending"
+        );
         assert_eq!(ProxyError::UpstreamTimeout.fault(), Fault::Upstream);
     }
 }

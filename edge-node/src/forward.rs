@@ -84,13 +84,17 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// Builds the upstream request.
-pub fn upstream_request<B: ClientBody>(req: Request<B>, f: &Forward<'_>) -> Result<Request<Body>, ProxyError> {
+pub fn upstream_request<B: ClientBody>(
+    req: Request<B>,
+    f: &Forward<'_>,
+) -> Result<Request<Body>, ProxyError> {
     let original_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
     let (mut parts, incoming) = req.into_parts();
 
     let query = parts.uri.query();
-    let mut pq =
-        String::with_capacity(f.target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1));
+    let mut pq = String::with_capacity(
+        f.target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1),
+    );
     pq.push_str(&f.target.base_path);
     pq.push_str(f.path);
     if let Some(q) = query {
@@ -113,7 +117,10 @@ pub fn upstream_request<B: ClientBody>(req: Request<B>, f: &Forward<'_>) -> Resu
     remove_consumer_headers(h);
     if let Some(c) = f.consumer {
         h.remove(&c.credential_header);
-        if let (Ok(app), Ok(tenant)) = (HeaderValue::from_str(&c.app), HeaderValue::from_str(&c.tenant)) {
+        if let (Ok(app), Ok(tenant)) = (
+            HeaderValue::from_str(&c.app),
+            HeaderValue::from_str(&c.tenant),
+        ) {
             h.insert("x-consumer-app", app);
             h.insert("x-consumer-tenant", tenant);
         }
@@ -137,7 +144,10 @@ pub fn upstream_request<B: ClientBody>(req: Request<B>, f: &Forward<'_>) -> Resu
 }
 
 /// Sends `req` to the pool's client, bounded by the request timeout.
-pub async fn send(pool: &UpstreamPool, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+pub async fn send(
+    pool: &UpstreamPool,
+    req: Request<Body>,
+) -> Result<Response<Incoming>, ProxyError> {
     match tokio::time::timeout(pool.request_timeout, pool.client.request(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(resp)) => Ok(resp),

@@ -1,1 +1,256 @@
+//! Tollgate's edge node: the data plane. It keeps a config stream open to the control plane,
+//! compiles each config into an immutable snapshot swapped in atomically, proxies traffic by
+//! it, and persists the last-known-good config so it serves without a control plane too.
+//!
+//! ```text
+//!  control plane ──ConfigStream──> stream ─> sync (Applier) ─> Snapshot ──ArcSwap──┐
+//!                                     └─> lkg.json                                  │
+//!  client ──> server (proxy listener) ─> proxy: route ─> auth ─> authorize ─> forward ──> upstream
+//!  probes ──> server (admin listener) ─> admin: /healthz /readyz /config/version
+//! ```
+//!
+//! Invariant: the request path never locks and never waits on the control plane; it reads
+//! one snapshot per request.
 
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+mod admin;
+mod auth;
+mod authorize;
+mod balance;
+mod body;
+mod config;
+mod error;
+mod forward;
+mod http_date;
+mod lkg;
+mod proxy;
+mod request_id;
+mod router;
+mod server;
+mod snapshot;
+mod state;
+mod stream;
+mod sync;
+#[cfg(test)]
+mod testutil;
+mod upstream;
+
+use config::ConfigState;
+use snapshot::Snapshot;
+use state::Shared;
+use upstream::Clients;
+
+/// Default proxy address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default admin address (`/healthz`, `/readyz`).
+pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
+/// Default peer address (counter sharing).
+pub const DEFAULT_PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7900));
+/// How long in-flight requests may take to finish at shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to run an edge node.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    /// This node's name as the control plane shows it.
+    pub node_id: String,
+    /// Control plane gRPC URLs (`http://127.0.0.1:7700`), tried in turn.
+    pub control_planes: Vec<String>,
+    /// Proxy listener; port 0 picks a free port (see [`RunningEdge::proxy_addr`]).
+    pub listen: SocketAddr,
+    /// Admin listener; port 0 picks a free port.
+    pub admin: SocketAddr,
+    /// Reserved for counter sharing between edges; nothing binds it yet.
+    pub peer: SocketAddr,
+    /// Where the last-known-good config lives.
+    pub data_dir: PathBuf,
+}
+
+/// A started edge node. Dropping it stops it without waiting; prefer
+/// [`RunningEdge::shutdown`].
+pub struct RunningEdge {
+    proxy_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    stream: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for RunningEdge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningEdge")
+            .field("proxy_addr", &self.proxy_addr)
+            .field("admin_addr", &self.admin_addr)
+            .field("config_version", &self.config_version())
+            .finish()
+    }
+}
+
+impl RunningEdge {
+    /// The address the proxy listener is bound to.
+    pub fn proxy_addr(&self) -> SocketAddr {
+        self.proxy_addr
+    }
+
+    /// The address the admin listener is bound to.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The version of the config being served; `None` until one is loaded (not ready).
+    pub fn config_version(&self) -> Option<u64> {
+        self.shared.version()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most [`DRAIN_TIMEOUT`]), closes the
+    /// config stream.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        // Receivers see a dropped sender as shutdown too, so a send error is harmless.
+        let _ = self.shutdown.send(true);
+        for server in self.servers {
+            server.await.context("a listener task panicked")?;
+        }
+        let mut stream = self.stream;
+        if tokio::time::timeout(Duration::from_secs(1), &mut stream)
+            .await
+            .is_err()
+        {
+            stream.abort();
+        }
+        tracing::info!("edge node stopped");
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot bind the {what} listener on {addr} (is the port already in use?)")
+    })
+}
+
+/// Loads and compiles the last-known-good config; any problem is logged and the file
+/// ignored as a whole.
+async fn load_last_known_good(
+    dir: &Path,
+    clients: &mut Clients,
+) -> Option<(Arc<ConfigState>, Snapshot)> {
+    let owned = dir.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || lkg::load(&owned)).await;
+    let state = match loaded {
+        Ok(Ok(Some(state))) => state,
+        Ok(Ok(None)) => {
+            tracing::info!(data_dir = %dir.display(), "no last-known-good config; waiting for the control plane");
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "ignoring the last-known-good config");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the last-known-good config panicked");
+            return None;
+        }
+    };
+    match Snapshot::compile(&state, clients) {
+        Ok(snapshot) => {
+            tracing::info!(
+                version = state.version,
+                resources = state.resources.len(),
+                "serving the last-known-good config"
+            );
+            Some((Arc::new(state), snapshot))
+        }
+        Err(errors) => {
+            tracing::warn!(version = state.version, errors = errors.len(), first = %errors[0], "ignoring the last-known-good config: it does not compile");
+            None
+        }
+    }
+}
+
+/// Binds the listeners, loads the last-known-good config, starts serving and opens the config
+/// stream. Returns once the listeners are bound.
+pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
+    for url in &opts.control_planes {
+        stream::endpoint(url).with_context(|| format!("invalid --control-plane {url:?}"))?;
+    }
+    let proxy_listener = bind(opts.listen, "proxy").await?;
+    let admin_listener = bind(opts.admin, "admin").await?;
+    let proxy_addr = proxy_listener
+        .local_addr()
+        .context("proxy listener address")?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .context("admin listener address")?;
+
+    let shared = Arc::new(Shared::default());
+    let mut clients = Clients::default();
+    let initial = match load_last_known_good(&opts.data_dir, &mut clients).await {
+        Some((state, snapshot)) => {
+            shared.install(Arc::new(snapshot));
+            Some(state)
+        }
+        None => None,
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let servers = vec![
+        tokio::spawn(server::serve(
+            "proxy",
+            proxy_listener,
+            proxy::Proxy::new(shared.clone()),
+            shutdown_rx.clone(),
+            DRAIN_TIMEOUT,
+        )),
+        tokio::spawn(server::serve(
+            "admin",
+            admin_listener,
+            admin::Admin::new(shared.clone()),
+            shutdown_rx.clone(),
+            DRAIN_TIMEOUT,
+        )),
+    ];
+    let client = stream::StreamClient::new(
+        stream::StreamConfig {
+            node_id: opts.node_id.clone(),
+            control_planes: opts.control_planes.clone(),
+            proxy_addr: proxy_addr.to_string(),
+            peer_addr: opts.peer.to_string(),
+            data_dir: opts.data_dir.clone(),
+        },
+        shared.clone(),
+        sync::Applier::new(initial),
+        clients,
+    );
+    let stream = tokio::spawn(client.run(shutdown_rx));
+    tracing::info!(node_id = %opts.node_id, proxy = %proxy_addr, admin = %admin_addr, "edge node started");
+    Ok(RunningEdge {
+        proxy_addr,
+        admin_addr,
+        shared,
+        shutdown: shutdown_tx,
+        servers,
+        stream,
+    })
+}
+
+/// Runs an edge node until `shutdown` resolves, then drains gracefully.
+pub async fn run(
+    opts: EdgeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let edge = start(opts).await?;
+    shutdown.await;
+    tracing::info!("shutting down the edge node");
+    edge.shutdown().await
+}

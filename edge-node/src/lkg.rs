@@ -132,7 +132,11 @@ pub fn load(dir: &Path) -> Result<Option<ConfigState>, LkgError> {
         return Err(corrupt("checksum mismatch".into()));
     }
     let state = ConfigState::from_resources(envelope.version, resources).map_err(|errors| {
-        corrupt(format!("{} undecodable resources, first: {}", errors.len(), errors[0]))
+        corrupt(format!(
+            "{} undecodable resources, first: {}",
+            errors.len(),
+            errors[0]
+        ))
     })?;
     Ok(Some(state))
 }

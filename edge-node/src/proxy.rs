@@ -109,7 +109,11 @@ impl Handler for Proxy {
 
 impl Proxy {
     /// Answers one request (any body type, so tests need no sockets).
-    pub async fn answer<B: ClientBody>(&self, remote: SocketAddr, req: Request<B>) -> Response<Body> {
+    pub async fn answer<B: ClientBody>(
+        &self,
+        remote: SocketAddr,
+        req: Request<B>,
+    ) -> Response<Body> {
         let started = Instant::now();
         let request_id = request_id::from_headers(req.headers());
         let method = req.method().clone();
@@ -123,7 +127,7 @@ impl Proxy {
                         tracing::debug!(request_id = id, %method, path = uri.path(), code = e.code(), "request refused")
                     }
                     Fault::Upstream | Fault::Gateway => {
-                        tracing::warn!(request_id = id, %method, path = uri.path(), code = e.code(), error = %e, "request failed")
+                        tracing::warn!(request_id = id, %method, path = uri.path(), code = e.code(), retryable = e.retryable(), error = %e, "request failed")
                     }
                 }
                 e.to_response()

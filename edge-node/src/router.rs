@@ -72,7 +72,6 @@ struct Candidate<S> {
     hosts: Vec<HostPattern>,
     headers: Vec<(HeaderName, HeaderValue)>,
     strip_prefix: bool,
-    order: usize,
 }
 
 impl<S> Candidate<S> {
@@ -145,7 +144,6 @@ impl<S> Default for Router<S> {
 pub struct RouterBuilder<S> {
     router: Router<S>,
     regex_index: HashMap<String, usize>,
-    order: usize,
 }
 
 impl<S> Default for RouterBuilder<S> {
@@ -153,7 +151,6 @@ impl<S> Default for RouterBuilder<S> {
         Self {
             router: Router::default(),
             regex_index: HashMap::new(),
-            order: 0,
         }
     }
 }
@@ -167,7 +164,8 @@ impl<S: Clone> RouterBuilder<S> {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                Method::from_bytes(m.as_bytes()).map_err(|_| format!("methods[{i}]: invalid method {m:?}"))
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|_| format!("methods[{i}]: invalid method {m:?}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let hosts = route
@@ -202,12 +200,14 @@ impl<S: Clone> RouterBuilder<S> {
                 hosts: hosts.clone(),
                 headers: headers.clone(),
                 strip_prefix: route.strip_prefix,
-                order: self.order,
             };
-            self.order += 1;
             match parse_path(p).map_err(|e| format!("paths[{j}]: {e}"))? {
                 PathMatch::Exact(path) => {
-                    self.router.exact.entry(path.to_string()).or_default().push(candidate);
+                    self.router
+                        .exact
+                        .entry(path.to_string())
+                        .or_default()
+                        .push(candidate);
                 }
                 PathMatch::Prefix(path) => {
                     let key = path.trim_end_matches('/').to_string();
@@ -217,12 +217,14 @@ impl<S: Clone> RouterBuilder<S> {
                     let idx = match self.regex_index.get(re) {
                         Some(i) => *i,
                         None => {
-                            let regex = compile_route_regex(re).map_err(|e| format!("paths[{j}]: {e}"))?;
+                            let regex =
+                                compile_route_regex(re).map_err(|e| format!("paths[{j}]: {e}"))?;
                             self.router.regex.push(RegexGroup {
                                 regex,
                                 candidates: Vec::new(),
                             });
-                            self.regex_index.insert(re.to_string(), self.router.regex.len() - 1);
+                            self.regex_index
+                                .insert(re.to_string(), self.router.regex.len() - 1);
                             self.router.regex.len() - 1
                         }
                     };
@@ -296,11 +298,6 @@ impl<S> Router<S> {
             }
         }
         None
-    }
-
-    /// Whether the router has no route at all.
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.prefix.is_empty() && self.regex.is_empty()
     }
 }
 

@@ -91,7 +91,14 @@ pub async fn serve<H: Handler>(
     }
     drop(listener);
     tracing::debug!(listener = name, "draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = name, ?drain, "connections still open after the drain period; closing them");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            listener = name,
+            ?drain,
+            "connections still open after the drain period; closing them"
+        );
     }
 }

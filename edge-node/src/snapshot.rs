@@ -90,7 +90,8 @@ impl Snapshot {
                             let entry = Arc::new(entry);
                             for (i, r) in s.routes.iter().enumerate() {
                                 if let Err(m) = router.add_route(r, entry.clone()) {
-                                    errors.push(ResourceError::new(&key, format!("routes[{i}].{m}")));
+                                    errors
+                                        .push(ResourceError::new(&key, format!("routes[{i}].{m}")));
                                 }
                             }
                         }
@@ -152,7 +153,9 @@ fn compile_service(
             Some(pool) => Backend::Upstream(pool.clone()),
             None => {
                 let missing = ResourceKey::new(tollgate_proto::Kind::Upstream, &s.tenant, u);
-                return Err(format!("upstream: references {missing}, which does not exist or is invalid"));
+                return Err(format!(
+                    "upstream: references {missing}, which does not exist or is invalid"
+                ));
             }
         },
         (None, Some(_)) => Backend::Ai,

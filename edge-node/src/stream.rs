@@ -183,8 +183,12 @@ impl StreamClient {
         announce: u64,
         backoff: &mut Backoff,
     ) -> Result<SessionEnd, StreamError> {
-        let channel = endpoint(url)?.connect().await.map_err(StreamError::Connect)?;
-        let mut client = ConfigStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let channel = endpoint(url)?
+            .connect()
+            .await
+            .map_err(StreamError::Connect)?;
+        let mut client =
+            ConfigStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let hello = Hello {
             node_id: self.cfg.node_id.clone(),
@@ -202,9 +206,17 @@ impl StreamClient {
             tracing::debug!(nonce = %nonce, version, snapshot, chunk = push.chunk, "config push received");
             match self.applier.on_push(push, &mut self.clients) {
                 Outcome::Pending => {}
-                Outcome::Applied { ack, state, snapshot } => {
+                Outcome::Applied {
+                    ack,
+                    state,
+                    snapshot,
+                } => {
                     self.shared.install(snapshot);
-                    tracing::info!(version = ack.version, resources = state.resources.len(), "config applied");
+                    tracing::info!(
+                        version = ack.version,
+                        resources = state.resources.len(),
+                        "config applied"
+                    );
                     self.persist(state).await;
                     send(&tx, Msg::Ack(ack)).await?;
                 }
@@ -215,7 +227,11 @@ impl StreamClient {
                     send(&tx, Msg::Nack(nack)).await?;
                 }
                 Outcome::Resync { nack, from_version } => {
-                    let reason = nack.errors.first().map(|e| e.message.clone()).unwrap_or_default();
+                    let reason = nack
+                        .errors
+                        .first()
+                        .map(|e| e.message.clone())
+                        .unwrap_or_default();
                     tracing::warn!(nonce = %nonce, version, %reason, "config push out of step");
                     send(&tx, Msg::Nack(nack)).await?;
                     return Ok(SessionEnd::Resync { from_version });
@@ -230,8 +246,12 @@ impl StreamClient {
         let version = state.version;
         match tokio::task::spawn_blocking(move || lkg::save(&dir, &state)).await {
             Ok(Ok(())) => tracing::debug!(version, "last-known-good config saved"),
-            Ok(Err(e)) => tracing::warn!(version, error = %e, "cannot save the last-known-good config"),
-            Err(e) => tracing::warn!(version, error = %e, "saving the last-known-good config panicked"),
+            Ok(Err(e)) => {
+                tracing::warn!(version, error = %e, "cannot save the last-known-good config")
+            }
+            Err(e) => {
+                tracing::warn!(version, error = %e, "saving the last-known-good config panicked")
+            }
         }
     }
 }
@@ -260,6 +280,9 @@ mod tests {
     #[test]
     fn control_plane_urls_are_checked() {
         assert!(endpoint("http://127.0.0.1:7700").is_ok());
-        assert!(matches!(endpoint("not a url"), Err(StreamError::BadUrl { .. })));
+        assert!(matches!(
+            endpoint("not a url"),
+            Err(StreamError::BadUrl { .. })
+        ));
     }
 }

@@ -80,6 +80,7 @@ impl Applier {
         self.current.version
     }
 
+    #[cfg(test)]
     pub fn current(&self) -> &Arc<ConfigState> {
         &self.current
     }
@@ -125,7 +126,6 @@ impl Applier {
     }
 
     /// Stores a chunk; returns the assembled config after the last one.
-    #[allow(clippy::result_large_err)]
     fn collect_chunk(
         &mut self,
         push: v1::ConfigPush,
@@ -176,7 +176,6 @@ impl Applier {
         }
     }
 
-    #[allow(clippy::result_large_err)]
     fn delta(&self, push: v1::ConfigPush) -> Result<(String, ConfigState), Outcome> {
         if push.base_version != self.current.version {
             let msg = format!(
@@ -188,7 +187,13 @@ impl Applier {
                 from_version: 0,
             });
         }
-        self.verify(&push.nonce, push.version, &push.upserts, &push.removals, &push.checksum)?;
+        self.verify(
+            &push.nonce,
+            push.version,
+            &push.upserts,
+            &push.removals,
+            &push.checksum,
+        )?;
         match self
             .current
             .with_delta(push.version, push.upserts, &push.removals)
@@ -200,7 +205,6 @@ impl Applier {
         }
     }
 
-    #[allow(clippy::result_large_err)]
     fn verify(
         &self,
         nonce: &str,

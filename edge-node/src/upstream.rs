@@ -70,14 +70,18 @@ impl Target {
             .cloned()
             .ok_or_else(|| format!("invalid target URL {url:?}: no scheme"))?;
         if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!("invalid target URL {url:?}: scheme must be http or https"));
+            return Err(format!(
+                "invalid target URL {url:?}: scheme must be http or https"
+            ));
         }
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| format!("invalid target URL {url:?}: no host"))?;
         if uri.query().is_some() {
-            return Err(format!("invalid target URL {url:?}: a query is not allowed"));
+            return Err(format!(
+                "invalid target URL {url:?}: a query is not allowed"
+            ));
         }
         Ok(Target {
             url: url.to_string(),
@@ -110,6 +114,8 @@ impl std::fmt::Debug for UpstreamPool {
             .field("tenant", &self.tenant)
             .field("name", &self.name)
             .field("targets", &self.targets)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
             .finish_non_exhaustive()
     }
 }

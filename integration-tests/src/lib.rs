@@ -1,1 +1,343 @@
+//! The sandbox for multi-process tests: real `tollgate` processes on loopback ports, each in
+//! its own data dir under one temp dir, driven through the real CLI and the real gRPC API.
+//!
+//! Every wait is bounded, and every process is killed when the sandbox drops (logs of a
+//! failed test are printed then). The `tollgate` binary must be built first
+//! (`cargo build -p tollgate`, which `scripts/check` does); `TOLLGATE_BIN` overrides its path.
+//!
+//! Invariant: tests here talk to Tollgate only as users do — processes, ports, files.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tollgate_proto::v1::admin_client::AdminClient;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Path of the `tollgate` binary next to this test executable.
+pub fn tollgate_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TOLLGATE_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("tollgate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p tollgate` first (scripts/check does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding an ephemeral port")
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 GET over loopback: status and body, or `None` if nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// A process that is killed (SIGKILL) when dropped.
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, args: &[String], log: PathBuf) -> Proc {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("opening process log");
+        let err = out.try_clone().expect("cloning log handle");
+        let child = Command::new(tollgate_bin())
+            .args(args)
+            .env("TOLLGATE_LOG", "info,openraft=warn,sled=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        Proc { name: name.into(), log, child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9`.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it exited cleanly.
+    pub fn terminate(mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ({}) ----", self.name, self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// One control-plane node of the sandbox.
+pub struct CpNode {
+    pub id: u64,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: PathBuf,
+    pub proc: Option<Proc>,
+}
+
+impl CpNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.proc.is_none(), "node {} already running", self.id);
+        let args: Vec<String> = [
+            "control-plane",
+            "--node-id",
+            &self.id.to_string(),
+            "--data-dir",
+            &self.dir.display().to_string(),
+            "--grpc",
+            &self.grpc.to_string(),
+            "--http",
+            &self.http.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = self.dir.with_extension("log");
+        self.proc = Some(Proc::spawn(&format!("cp{}", self.id), &args, log));
+        let http = self.http;
+        wait_for(&format!("cp{} /healthz", self.id), Duration::from_secs(20), || {
+            http_get(http, "/healthz").filter(|(s, _)| *s == 200)
+        });
+    }
+
+    /// `kill -9` the node.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.take() {
+            p.kill();
+        }
+    }
+}
+
+/// Result of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into(),
+            stderr: String::from_utf8_lossy(&o.stderr).into(),
+        }
+    }
+
+    /// Panics with the output unless the command succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "command failed: {self:#?}");
+        self
+    }
+}
+
+pub type Admin = AdminClient<InterceptedService<Channel, TokenInterceptor>>;
+
+#[derive(Clone)]
+pub struct TokenInterceptor(String);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let v = format!("Bearer {}", self.0).parse().map_err(|_| tonic::Status::internal("bad token"))?;
+        req.metadata_mut().insert("authorization", v);
+        Ok(req)
+    }
+}
+
+/// A set of control-plane processes under one temp dir.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<CpNode>,
+    pub token: String,
+}
+
+impl Sandbox {
+    /// Starts `n` control-plane nodes, initializes the cluster on the first and adds the
+    /// others as voters, all through the CLI.
+    pub fn cluster(n: u64) -> Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut sb = Sandbox { dir, nodes: Vec::new(), token: String::new() };
+        for id in 1..=n {
+            sb.add_node_process(id);
+        }
+        let out = sb.cli(0, &["cluster", "init", "-o", "json"]).ok();
+        let init: serde_json::Value = serde_json::from_str(&out.stdout).expect("init output is JSON");
+        sb.token = init["admin_token"].as_str().expect("admin token").to_string();
+        let token_file = std::fs::read_to_string(sb.nodes[0].dir.join("admin.token")).expect("admin.token written");
+        assert_eq!(token_file.trim(), sb.token);
+        for i in 1..sb.nodes.len() {
+            let (id, addr) = (sb.nodes[i].id.to_string(), sb.nodes[i].grpc.to_string());
+            sb.cli(0, &["cluster", "add-node", "--node-id", &id, "--addr", &addr]).ok();
+        }
+        sb
+    }
+
+    /// Starts another control-plane process (not yet a member).
+    pub fn add_node_process(&mut self, id: u64) {
+        let mut node = CpNode {
+            id,
+            grpc: loopback(free_port()),
+            http: loopback(free_port()),
+            dir: self.dir.path().join(format!("cp{id}")),
+            proc: None,
+        };
+        node.start();
+        self.nodes.push(node);
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut CpNode {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node")
+    }
+
+    /// Runs `tollgate --server <node i> --token <token> args...`.
+    pub fn cli(&self, i: usize, args: &[&str]) -> CliOutput {
+        self.cli_with_stdin(i, args, None)
+    }
+
+    pub fn cli_with_stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> CliOutput {
+        let mut cmd = Command::new(tollgate_bin());
+        cmd.arg("--server").arg(self.nodes[i].url()).args(args);
+        cmd.env_remove("TOLLGATE_TOKEN").env_remove("TOLLGATE_SERVER").env("TOLLGATE_LOG", "warn");
+        cmd.current_dir(self.dir.path());
+        if !self.token.is_empty() {
+            cmd.env("TOLLGATE_TOKEN", &self.token);
+        }
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning tollgate cli");
+        if let Some(input) = stdin {
+            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+        }
+        let out = wait_child(child, Duration::from_secs(60));
+        CliOutput::from(out)
+    }
+
+    /// Writes `contents` to a file in the sandbox and returns its path.
+    pub fn file(&self, name: &str, contents: &str) -> String {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, contents).expect("writing file");
+        p.display().to_string()
+    }
+
+    /// A gRPC admin client for node `i` carrying the admin token.
+    pub async fn admin(&self, i: usize) -> Admin {
+        let channel = tonic::transport::Endpoint::from_shared(self.nodes[i].url())
+            .expect("url")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(5))
+            .connect_lazy();
+        AdminClient::with_interceptor(channel, TokenInterceptor(self.token.clone()))
+    }
+
+    /// The current leader's id as seen by any live node (bounded wait).
+    pub async fn leader(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.proc.is_none() {
+                    continue;
+                }
+                let mut c = self.admin(i).await;
+                let req = tollgate_proto::v1::ClusterStatusRequest { local: true };
+                if let Ok(r) = c.cluster_status(req).await {
+                    let r = r.into_inner();
+                    let alive = self.nodes.iter().any(|n| n.id == r.leader && n.proc.is_some());
+                    if r.leader != 0 && alive {
+                        return r.leader;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader elected within 15s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn wait_child(child: Child, timeout: Duration) -> Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("collecting output"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("command did not finish within {timeout:?}");
+        }
+    }
+}

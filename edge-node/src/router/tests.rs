@@ -17,7 +17,7 @@ fn router(routes: Vec<(Route, &'static str)>) -> Router<&'static str> {
     b.build()
 }
 
-fn get<'a>(r: &'a Router<&'static str>, host: Option<&str>, path: &str) -> Option<&'static str> {
+fn get(r: &Router<&'static str>, host: Option<&str>, path: &str) -> Option<&'static str> {
     request(r, &Method::GET, host, path, &HeaderMap::new())
 }
 
@@ -39,7 +39,10 @@ fn request(
 
 #[test]
 fn prefixes_are_segment_aware() {
-    let r = router(vec![(route(&["/orders"]), "orders"), (route(&["/a/b/"]), "ab")]);
+    let r = router(vec![
+        (route(&["/orders"]), "orders"),
+        (route(&["/a/b/"]), "ab"),
+    ]);
     assert_eq!(get(&r, None, "/orders"), Some("orders"));
     assert_eq!(get(&r, None, "/orders/"), Some("orders"));
     assert_eq!(get(&r, None, "/orders/1/items"), Some("orders"));
@@ -96,7 +99,12 @@ fn more_specific_host_wins_and_hosts_ignore_case_and_port() {
     let mut deeper = route(&["/api"]);
     deeper.hosts = vec!["*.eu.example.com".into()];
     let any = route(&["/api"]);
-    let r = router(vec![(any, "any"), (wild, "wild"), (deeper, "deeper"), (exact, "exact")]);
+    let r = router(vec![
+        (any, "any"),
+        (wild, "wild"),
+        (deeper, "deeper"),
+        (exact, "exact"),
+    ]);
     assert_eq!(get(&r, Some("api.example.com:8080"), "/api"), Some("exact"));
     assert_eq!(get(&r, Some("Api.Example.COM"), "/api"), Some("exact"));
     assert_eq!(get(&r, Some("x.example.com"), "/api"), Some("wild"));
@@ -127,10 +135,22 @@ fn constrained_routes_win_among_equals_and_filter() {
     let none = HeaderMap::new();
     let mut beta_headers = HeaderMap::new();
     beta_headers.insert("X-Beta", HeaderValue::from_static("1"));
-    assert_eq!(request(&r, &Method::GET, None, "/orders", &none), Some("plain"));
-    assert_eq!(request(&r, &Method::POST, None, "/orders", &none), Some("post"));
-    assert_eq!(request(&r, &Method::POST, None, "/orders", &beta_headers), Some("beta"));
-    assert_eq!(request(&r, &Method::GET, None, "/orders", &beta_headers), Some("plain"));
+    assert_eq!(
+        request(&r, &Method::GET, None, "/orders", &none),
+        Some("plain")
+    );
+    assert_eq!(
+        request(&r, &Method::POST, None, "/orders", &none),
+        Some("post")
+    );
+    assert_eq!(
+        request(&r, &Method::POST, None, "/orders", &beta_headers),
+        Some("beta")
+    );
+    assert_eq!(
+        request(&r, &Method::GET, None, "/orders", &beta_headers),
+        Some("plain")
+    );
 
     let mut only_put = route(&["/x"]);
     only_put.methods = vec!["PUT".into()];
@@ -140,7 +160,10 @@ fn constrained_routes_win_among_equals_and_filter() {
 
 #[test]
 fn equal_routes_keep_config_order() {
-    let r = router(vec![(route(&["/same"]), "first"), (route(&["/same"]), "second")]);
+    let r = router(vec![
+        (route(&["/same"]), "first"),
+        (route(&["/same"]), "second"),
+    ]);
     assert_eq!(get(&r, None, "/same"), Some("first"));
 }
 

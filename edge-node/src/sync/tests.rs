@@ -3,7 +3,12 @@ use tollgate_proto::stream::checksum;
 use super::*;
 use crate::testutil::{resources, DOC};
 
-fn snapshot_chunks(nonce: &str, version: u64, all: Vec<v1::Resource>, n: usize) -> Vec<v1::ConfigPush> {
+fn snapshot_chunks(
+    nonce: &str,
+    version: u64,
+    all: Vec<v1::Resource>,
+    n: usize,
+) -> Vec<v1::ConfigPush> {
     let sum = checksum(&all, &[]);
     let per = all.len().div_ceil(n);
     let parts: Vec<Vec<v1::Resource>> = all.chunks(per).map(|c| c.to_vec()).collect();
@@ -19,13 +24,23 @@ fn snapshot_chunks(nonce: &str, version: u64, all: Vec<v1::Resource>, n: usize) 
             chunks,
             upserts,
             removals: vec![],
-            checksum: if i as u32 + 1 == chunks { sum.clone() } else { String::new() },
+            checksum: if i as u32 + 1 == chunks {
+                sum.clone()
+            } else {
+                String::new()
+            },
             base_version: 0,
         })
         .collect()
 }
 
-fn delta(nonce: &str, base: u64, version: u64, upserts: Vec<v1::Resource>, removals: Vec<v1::ResourceKey>) -> v1::ConfigPush {
+fn delta(
+    nonce: &str,
+    base: u64,
+    version: u64,
+    upserts: Vec<v1::Resource>,
+    removals: Vec<v1::ResourceKey>,
+) -> v1::ConfigPush {
     v1::ConfigPush {
         nonce: nonce.into(),
         version,
@@ -54,7 +69,10 @@ fn loaded(clients: &mut Clients) -> Applier {
         .map(|p| a.on_push(p, clients))
         .collect();
     let last = outcomes.pop().unwrap();
-    assert!(outcomes.iter().all(|o| matches!(o, Outcome::Pending)), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| matches!(o, Outcome::Pending)),
+        "{outcomes:?}"
+    );
     let (ack, _) = applied(last);
     assert_eq!((ack.nonce.as_str(), ack.version), ("n1", 5));
     a
@@ -95,12 +113,21 @@ fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
     let mut clients = Clients::default();
     let mut a = loaded(&mut clients);
     let before = a.current().clone();
-    let mut push = delta("d1", 5, 6, resources("apps: [{name: new, tenant: acme}]"), vec![]);
+    let mut push = delta(
+        "d1",
+        5,
+        6,
+        resources("apps: [{name: new, tenant: acme}]"),
+        vec![],
+    );
     push.upserts[0].spec_json = r#"{"name":"new","tenant":"acme","description":"tampered"}"#.into();
     match a.on_push(push, &mut clients) {
         Outcome::Resync { nack, from_version } => {
             assert_eq!((nack.nonce.as_str(), nack.version), ("d1", 6));
-            assert!(nack.errors[0].message.contains("checksum mismatch"), "{nack:?}");
+            assert!(
+                nack.errors[0].message.contains("checksum mismatch"),
+                "{nack:?}"
+            );
             assert_eq!(from_version, 5);
         }
         other => panic!("expected Resync, got {other:?}"),
@@ -110,8 +137,14 @@ fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
     // Same for a snapshot whose chunks do not add up to the checksum.
     let mut chunks = snapshot_chunks("s2", 7, resources(DOC), 2);
     chunks[0].upserts.pop();
-    let outcomes: Vec<_> = chunks.into_iter().map(|p| a.on_push(p, &mut clients)).collect();
-    assert!(matches!(outcomes.last(), Some(Outcome::Resync { .. })), "{outcomes:?}");
+    let outcomes: Vec<_> = chunks
+        .into_iter()
+        .map(|p| a.on_push(p, &mut clients))
+        .collect();
+    assert!(
+        matches!(outcomes.last(), Some(Outcome::Resync { .. })),
+        "{outcomes:?}"
+    );
     assert_eq!(a.version(), 5);
 }
 
@@ -126,7 +159,10 @@ fn an_invalid_config_is_nacked_per_resource_and_the_old_config_kept() {
         Outcome::Rejected { nack } => {
             assert_eq!(nack.version, 6);
             let e = &nack.errors[0];
-            assert_eq!((e.kind.as_str(), e.tenant.as_str(), e.name.as_str()), ("service", "acme", "broken"));
+            assert_eq!(
+                (e.kind.as_str(), e.tenant.as_str(), e.name.as_str()),
+                ("service", "acme", "broken")
+            );
             assert!(e.message.contains("upstream"), "{e:?}");
         }
         other => panic!("expected Rejected, got {other:?}"),
@@ -161,13 +197,22 @@ fn chunks_out_of_order_are_refused() {
     let mut clients = Clients::default();
     let mut a = loaded(&mut clients);
     let chunks = snapshot_chunks("s2", 7, resources(DOC), 3);
-    assert!(matches!(a.on_push(chunks[0].clone(), &mut clients), Outcome::Pending));
+    assert!(matches!(
+        a.on_push(chunks[0].clone(), &mut clients),
+        Outcome::Pending
+    ));
     assert!(matches!(
         a.on_push(chunks[2].clone(), &mut clients),
-        Outcome::Resync { from_version: 0, .. }
+        Outcome::Resync {
+            from_version: 0,
+            ..
+        }
     ));
     // A chunk of another nonce does not mix in either.
     let other = snapshot_chunks("s3", 8, resources(DOC), 3);
-    assert!(matches!(a.on_push(other[1].clone(), &mut clients), Outcome::Resync { .. }));
+    assert!(matches!(
+        a.on_push(other[1].clone(), &mut clients),
+        Outcome::Resync { .. }
+    ));
     assert_eq!(a.version(), 5);
 }
