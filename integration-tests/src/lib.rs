@@ -7,6 +7,8 @@
 //!
 //! Invariant: tests here talk to Tollgate only as users do — processes, ports, files.
 
+pub mod edge;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,1 @@
+//! Edge-node processes and a plain HTTP upstream for sandbox tests.
