@@ -20,7 +20,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn other(message: impl Into<String>) -> Self {
-        Self { message: message.into(), code: 1 }
+        Self {
+            message: message.into(),
+            code: 1,
+        }
     }
 }
 
@@ -34,7 +37,11 @@ impl From<Status> for Failure {
             Code::InvalidArgument => 1,
             _ => 1,
         };
-        let message = if s.message().is_empty() { format!("{:?}", s.code()) } else { s.message().to_string() };
+        let message = if s.message().is_empty() {
+            format!("{:?}", s.code())
+        } else {
+            s.message().to_string()
+        };
         Self { message, code }
     }
 }
@@ -78,28 +85,40 @@ pub type Client = AdminClient<InterceptedService<Channel, Auth>>;
 /// The token from `--token`/`TOLLGATE_TOKEN`, else `./tollgate-data/admin.token` (what
 /// `tollgate dev` writes).
 fn token(g: &Global) -> Option<String> {
-    g.token.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
-        std::fs::read_to_string(Path::new("./tollgate-data/admin.token"))
-            .ok()
-            .map(|t| t.trim().to_string())
-    })
+    g.token
+        .clone()
+        .filter(|t| !t.trim().is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(Path::new("./tollgate-data/admin.token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        })
 }
 
 pub async fn connect(g: &Global) -> Result<Client, Failure> {
     let endpoint = Endpoint::from_shared(g.server.clone())
-        .map_err(|_| Failure { message: format!("--server {:?} is not a URL (e.g. http://127.0.0.1:7700)", g.server), code: 2 })?
+        .map_err(|_| Failure {
+            message: format!(
+                "--server {:?} is not a URL (e.g. http://127.0.0.1:7700)",
+                g.server
+            ),
+            code: 2,
+        })?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30));
     let channel = endpoint.connect().await.map_err(|e| Failure {
-        message: format!("cannot reach the control plane at {}: {}", g.server, root_cause(&e)),
+        message: format!(
+            "cannot reach the control plane at {}: {}",
+            g.server,
+            root_cause(&e)
+        ),
         code: 6,
     })?;
     let auth = match token(g) {
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| Failure { message: "the admin token has characters a header cannot carry".into(), code: 2 })?,
-        ),
+        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| Failure {
+            message: "the admin token has characters a header cannot carry".into(),
+            code: 2,
+        })?),
         None => None,
     };
     Ok(AdminClient::with_interceptor(channel, Auth(auth)))

@@ -26,7 +26,12 @@ pub struct Cli {
 #[derive(Args, Clone)]
 pub struct Global {
     /// Control-plane gRPC URL (any node; writes are forwarded to the leader)
-    #[arg(long, global = true, env = "TOLLGATE_SERVER", default_value = "http://127.0.0.1:7700")]
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
     server: String,
     /// Admin token (default: read from ./tollgate-data/admin.token when present)
     #[arg(long, global = true, env = "TOLLGATE_TOKEN", hide_env_values = true)]
@@ -90,7 +95,8 @@ pub mod defaults {
 }
 
 pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse().map_err(|_| format!("{s:?} is not host:port (e.g. 127.0.0.1:8080)"))
+    s.parse()
+        .map_err(|_| format!("{s:?} is not host:port (e.g. 127.0.0.1:8080)"))
 }
 
 pub fn default_data_dir() -> PathBuf {
@@ -99,10 +105,17 @@ pub fn default_data_dir() -> PathBuf {
 
 fn main() {
     let cli = Cli::parse();
-    let server_mode = matches!(cli.command, Command::Dev(_) | Command::ControlPlane(_) | Command::Edge(_));
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if server_mode { "info" } else { "warn" }));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let server_mode = matches!(
+        cli.command,
+        Command::Dev(_) | Command::ControlPlane(_) | Command::Edge(_)
+    );
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if server_mode { "info" } else { "warn" })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -125,7 +138,12 @@ fn main() {
             Command::Secret(c) => verbs::secret(&g, c).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
-                clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());
+                clap_complete::generate(
+                    shell,
+                    &mut Cli::command(),
+                    "tollgate",
+                    &mut std::io::stdout(),
+                );
                 Ok(())
             }
         }

@@ -84,13 +84,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -160,7 +161,9 @@ pub async fn dev(a: DevArgs) -> CliResult {
             .map(|t| t.trim().to_string())
             .with_context(|| format!("reading {}", token_path.display()))?
     } else {
-        let mut client = AdminClient::connect(server.clone()).await.context("connecting to the local control plane")?;
+        let mut client = AdminClient::connect(server.clone())
+            .await
+            .context("connecting to the local control plane")?;
         client
             .cluster_init(ClusterInitRequest {})
             .await
@@ -186,9 +189,15 @@ pub async fn dev(a: DevArgs) -> CliResult {
     println!("  proxy          http://{}", a.listen);
     println!("  edge admin     http://{}/readyz", a.admin);
     println!("  admin API      {server}");
-    println!("  control plane  http://{}/healthz, /metrics (the portal will be served here)", cp.http_addr);
+    println!(
+        "  control plane  http://{}/healthz, /metrics (the portal will be served here)",
+        cp.http_addr
+    );
     println!("  admin token    {token}");
-    println!("                 (also in {}; the CLI reads ./tollgate-data/admin.token by default)", token_path.display());
+    println!(
+        "                 (also in {}; the CLI reads ./tollgate-data/admin.token by default)",
+        token_path.display()
+    );
     println!("Ctrl-C stops it; state is kept for the next start.");
     tokio::pin!(edge);
     let edge_result = tokio::select! {

@@ -144,7 +144,8 @@ fn read_file(path: &PathBuf) -> Result<String, Failure> {
         std::io::stdin().read_to_string(&mut s)?;
         return Ok(s);
     }
-    std::fs::read_to_string(path).map_err(|e| Failure::other(format!("reading {}: {e}", path.display())))
+    std::fs::read_to_string(path)
+        .map_err(|e| Failure::other(format!("reading {}: {e}", path.display())))
 }
 
 #[derive(Serialize)]
@@ -198,7 +199,13 @@ fn summary(out: &ApplyOut) -> String {
 fn changes_table(out: &ApplyOut) -> String {
     let mut t = Table::new(&["ACTION", "KIND", "TENANT", "NAME", "VERSION"]);
     for c in &out.changes {
-        t.row(vec![c.action.clone(), c.kind.clone(), c.tenant.clone(), c.name.clone(), c.new_version.to_string()]);
+        t.row(vec![
+            c.action.clone(),
+            c.kind.clone(),
+            c.tenant.clone(),
+            c.name.clone(),
+            c.new_version.to_string(),
+        ]);
     }
     t.render()
 }
@@ -206,10 +213,21 @@ fn changes_table(out: &ApplyOut) -> String {
 pub async fn apply(g: &Global, a: ApplyArgs) -> CliResult {
     let document = read_file(&a.file)?;
     let mut client = connect(g).await?;
-    let r = client.apply(ApplyRequest { document, prune: a.prune }).await?.into_inner();
+    let r = client
+        .apply(ApplyRequest {
+            document,
+            prune: a.prune,
+        })
+        .await?
+        .into_inner();
     let out = apply_out(r);
     print(g.output, &out, || {
-        format!("{}applied: {} (config version {})\n", changes_table(&out), summary(&out), out.version)
+        format!(
+            "{}applied: {} (config version {})\n",
+            changes_table(&out),
+            summary(&out),
+            out.version
+        )
     });
     Ok(())
 }
@@ -217,7 +235,13 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> CliResult {
 pub async fn diff(g: &Global, a: DiffArgs) -> CliResult {
     let document = read_file(&a.file)?;
     let mut client = connect(g).await?;
-    let r = client.diff(ApplyRequest { document, prune: a.prune }).await?.into_inner();
+    let r = client
+        .diff(ApplyRequest {
+            document,
+            prune: a.prune,
+        })
+        .await?
+        .into_inner();
     let out = apply_out(r);
     let changed = out.changes.iter().any(|c| c.action != "unchanged");
     print(g.output, &out, || {
@@ -228,17 +252,28 @@ pub async fn diff(g: &Global, a: DiffArgs) -> CliResult {
                 "deleted" => "-",
                 _ => "~",
             };
-            let who = if c.tenant.is_empty() { c.name.clone() } else { format!("{}/{}", c.tenant, c.name) };
+            let who = if c.tenant.is_empty() {
+                c.name.clone()
+            } else {
+                format!("{}/{}", c.tenant, c.name)
+            };
             s.push_str(&format!("{sign} {} {who} ({})\n", c.kind, c.action));
             for line in c.diff.lines() {
                 s.push_str(&format!("    {line}\n"));
             }
         }
-        s.push_str(&format!("diff against config version {}: {}\n", out.version, summary(&out)));
+        s.push_str(&format!(
+            "diff against config version {}: {}\n",
+            out.version,
+            summary(&out)
+        ));
         s
     });
     if a.exit_code && changed {
-        return Err(Failure { message: String::new(), code: 1 });
+        return Err(Failure {
+            message: String::new(),
+            code: 1,
+        });
     }
     Ok(())
 }
@@ -246,13 +281,18 @@ pub async fn diff(g: &Global, a: DiffArgs) -> CliResult {
 pub async fn export(g: &Global, a: ExportArgs) -> CliResult {
     let mut client = connect(g).await?;
     let r = client
-        .export(ExportRequest { tenant: a.tenant.unwrap_or_default(), local: a.local })
+        .export(ExportRequest {
+            tenant: a.tenant.unwrap_or_default(),
+            local: a.local,
+        })
         .await?
         .into_inner();
-    let doc: serde_json::Value =
-        serde_json::from_str(&r.document_json).map_err(|e| Failure::other(format!("malformed export: {e}")))?;
+    let doc: serde_json::Value = serde_json::from_str(&r.document_json)
+        .map_err(|e| Failure::other(format!("malformed export: {e}")))?;
     match g.output {
-        crate::Format::Json => println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default()),
+        crate::Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default())
+        }
         // The declarative file format is YAML; the table format prints it too.
         _ => {
             let yaml = serde_yaml::to_string(&doc).unwrap_or_default();
@@ -273,7 +313,12 @@ struct ResourceOut {
 
 /// One-line summary of a resource for tables.
 fn describe(kind: &str, spec: &serde_json::Value) -> String {
-    let s = |k: &str| spec.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let s = |k: &str| {
+        spec.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     match kind {
         "service" => {
             let paths: Vec<String> = spec["routes"]
@@ -283,7 +328,12 @@ fn describe(kind: &str, spec: &serde_json::Value) -> String {
                 .flat_map(|r| r["paths"].as_array().cloned().unwrap_or_default())
                 .filter_map(|p| p.as_str().map(str::to_string))
                 .collect();
-            format!("{} {} {}", s("state").if_empty("published"), s("upstream"), paths.join(","))
+            format!(
+                "{} {} {}",
+                s("state").if_empty("published"),
+                s("upstream"),
+                paths.join(",")
+            )
         }
         "upstream" => spec["targets"]
             .as_array()
@@ -361,13 +411,23 @@ pub async fn delete(g: &Global, a: DeleteArgs) -> CliResult {
     let mut client = connect(g).await?;
     let r = client
         .delete(DeleteRequest {
-            key: Some(ResourceKey { kind: a.kind, tenant: a.tenant.unwrap_or_default(), name: a.name }),
+            key: Some(ResourceKey {
+                kind: a.kind,
+                tenant: a.tenant.unwrap_or_default(),
+                name: a.name,
+            }),
             expected_version: a.if_version.unwrap_or(0),
         })
         .await?
         .into_inner();
     let out = apply_out(r);
-    print(g.output, &out, || format!("{}deleted (config version {})\n", changes_table(&out), out.version));
+    print(g.output, &out, || {
+        format!(
+            "{}deleted (config version {})\n",
+            changes_table(&out),
+            out.version
+        )
+    });
     Ok(())
 }
 
@@ -383,18 +443,34 @@ pub async fn key(g: &Global, c: KeyCmd) -> CliResult {
     match c {
         KeyCmd::Create { app, tenant, label } => {
             let r = client
-                .create_key(CreateKeyRequest { tenant, app, label: label.unwrap_or_default() })
+                .create_key(CreateKeyRequest {
+                    tenant,
+                    app,
+                    label: label.unwrap_or_default(),
+                })
                 .await?
                 .into_inner();
-            let out = KeyOut { key: r.key, id: r.id, version: r.version };
+            let out = KeyOut {
+                key: r.key,
+                id: r.id,
+                version: r.version,
+            };
             print(g.output, &out, || {
-                format!("{}\n# key id {} — this is the only time the key is shown\n", out.key, out.id)
+                format!(
+                    "{}\n# key id {} — this is the only time the key is shown\n",
+                    out.key, out.id
+                )
             });
         }
         KeyCmd::Revoke { id, tenant } => {
-            let r = client.revoke_key(RevokeKeyRequest { tenant, id }).await?.into_inner();
+            let r = client
+                .revoke_key(RevokeKeyRequest { tenant, id })
+                .await?
+                .into_inner();
             let out = apply_out(r);
-            print(g.output, &out, || format!("revoked (config version {})\n", out.version));
+            print(g.output, &out, || {
+                format!("revoked (config version {})\n", out.version)
+            });
         }
     }
     Ok(())
@@ -407,11 +483,20 @@ pub async fn subscription(g: &Global, c: SubscriptionCmd) -> CliResult {
     };
     let mut client = connect(g).await?;
     let r = client
-        .decide_subscription(DecideSubscriptionRequest { tenant, id: id.clone(), status: status.into() })
+        .decide_subscription(DecideSubscriptionRequest {
+            tenant,
+            id: id.clone(),
+            status: status.into(),
+        })
         .await?
         .into_inner();
     let out = apply_out(r);
-    print(g.output, &out, || format!("subscription {id} {status} (config version {})\n", out.version));
+    print(g.output, &out, || {
+        format!(
+            "subscription {id} {status} (config version {})\n",
+            out.version
+        )
+    });
     Ok(())
 }
 
@@ -427,12 +512,24 @@ pub async fn secret(g: &Global, c: SecretCmd) -> CliResult {
                     value.pop();
                 }
             }
-            client.set_secret(SetSecretRequest { tenant, name, value }).await?
+            client
+                .set_secret(SetSecretRequest {
+                    tenant,
+                    name,
+                    value,
+                })
+                .await?
         }
-        SecretCmd::Delete { name, tenant } => client.delete_secret(DeleteSecretRequest { tenant, name }).await?,
+        SecretCmd::Delete { name, tenant } => {
+            client
+                .delete_secret(DeleteSecretRequest { tenant, name })
+                .await?
+        }
     };
     let out = apply_out(r.into_inner());
-    print(g.output, &out, || format!("{}config version {}\n", changes_table(&out), out.version));
+    print(g.output, &out, || {
+        format!("{}config version {}\n", changes_table(&out), out.version)
+    });
     Ok(())
 }
 
@@ -509,17 +606,39 @@ fn status_table(s: &StatusOut) -> String {
             n.applied_index.to_string(),
         ]);
     }
-    let mut out = format!("control plane (leader {}, config version {})\n{}", s.leader, s.version, t.render());
-    let mut e = Table::new(&["EDGE", "STATE", "CP", "VERSION", "LAG", "LAST CONTACT", "LAST NACK"]);
+    let mut out = format!(
+        "control plane (leader {}, config version {})\n{}",
+        s.leader,
+        s.version,
+        t.render()
+    );
+    let mut e = Table::new(&[
+        "EDGE",
+        "STATE",
+        "CP",
+        "VERSION",
+        "LAG",
+        "LAST CONTACT",
+        "LAST NACK",
+    ]);
     for edge in &s.edges {
         e.row(vec![
             edge.node_id.clone(),
-            if edge.connected { "connected" } else { "disconnected" }.into(),
+            if edge.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+            .into(),
             edge.cp_node.to_string(),
             edge.applied_version.to_string(),
             edge.lag.to_string(),
             ago(edge.last_contact_ms),
-            if edge.last_nack.is_empty() { "-".into() } else { edge.last_nack.clone() },
+            if edge.last_nack.is_empty() {
+                "-".into()
+            } else {
+                edge.last_nack.clone()
+            },
         ]);
     }
     out.push_str(&format!("\nedges ({})\n{}", s.edges.len(), e.render()));
@@ -530,13 +649,19 @@ pub async fn cluster(g: &Global, c: ClusterCmd) -> CliResult {
     let mut client = connect(g).await?;
     match c {
         ClusterCmd::Init => {
-            let r = client.cluster_init(ClusterInitRequest {}).await?.into_inner();
+            let r = client
+                .cluster_init(ClusterInitRequest {})
+                .await?
+                .into_inner();
             #[derive(Serialize)]
             struct InitOut {
                 node_id: u64,
                 admin_token: String,
             }
-            let out = InitOut { node_id: r.node_id, admin_token: r.admin_token };
+            let out = InitOut {
+                node_id: r.node_id,
+                admin_token: r.admin_token,
+            };
             print(g.output, &out, || {
                 format!(
                     "cluster initialized on node {}\nbootstrap admin token (shown once; also in <data-dir>/admin.token on that node):\n{}\n",
@@ -544,18 +669,35 @@ pub async fn cluster(g: &Global, c: ClusterCmd) -> CliResult {
                 )
             });
         }
-        ClusterCmd::AddNode { node_id, addr, learner } => {
-            let r = client.add_node(AddNodeRequest { node_id, addr, learner_only: learner }).await?.into_inner();
+        ClusterCmd::AddNode {
+            node_id,
+            addr,
+            learner,
+        } => {
+            let r = client
+                .add_node(AddNodeRequest {
+                    node_id,
+                    addr,
+                    learner_only: learner,
+                })
+                .await?
+                .into_inner();
             let out = status_out(r);
             print(g.output, &out, || status_table(&out));
         }
         ClusterCmd::RemoveNode { node_id } => {
-            let r = client.remove_node(RemoveNodeRequest { node_id }).await?.into_inner();
+            let r = client
+                .remove_node(RemoveNodeRequest { node_id })
+                .await?
+                .into_inner();
             let out = status_out(r);
             print(g.output, &out, || status_table(&out));
         }
         ClusterCmd::Status => {
-            let r = client.cluster_status(ClusterStatusRequest { local: false }).await?.into_inner();
+            let r = client
+                .cluster_status(ClusterStatusRequest { local: false })
+                .await?
+                .into_inner();
             let out = status_out(r);
             print(g.output, &out, || status_table(&out));
         }

@@ -52,7 +52,10 @@ fn invalid(field: &str, e: String) -> Status {
 fn parse_kind(kind: &str) -> Result<Kind, Status> {
     Kind::parse(kind).ok_or_else(|| {
         let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        Status::invalid_argument(format!("unknown kind {kind:?}: use one of {}", kinds.join(", ")))
+        Status::invalid_argument(format!(
+            "unknown kind {kind:?}: use one of {}",
+            kinds.join(", ")
+        ))
     })
 }
 
@@ -166,7 +169,13 @@ impl Admin for AdminService {
         lead!(self, req, apply);
         let r = req.into_inner();
         let specs = parse_document(&r.document)?;
-        let out = self.node.write(Command::Apply { specs, prune: r.prune }).await?;
+        let out = self
+            .node
+            .write(Command::Apply {
+                specs,
+                prune: r.prune,
+            })
+            .await?;
         Ok(Response::new(apply_response(out, false)))
     }
 
@@ -175,7 +184,10 @@ impl Admin for AdminService {
         let r = req.into_inner();
         let specs = parse_document(&r.document)?;
         self.node.linearizable().await?;
-        let cmd = Command::Apply { specs, prune: r.prune };
+        let cmd = Command::Apply {
+            specs,
+            prune: r.prune,
+        };
         let out = self
             .node
             .sm
@@ -184,7 +196,10 @@ impl Admin for AdminService {
         Ok(Response::new(apply_response(out, true)))
     }
 
-    async fn export(&self, req: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
+    async fn export(
+        &self,
+        req: Request<ExportRequest>,
+    ) -> Result<Response<ExportResponse>, Status> {
         if req.get_ref().local {
             self.node.authorize(&req)?;
         } else {
@@ -196,8 +211,12 @@ impl Admin for AdminService {
             let t = (!tenant.is_empty()).then_some(tenant.as_str());
             (s.version, s.export(t))
         });
-        let document_json = serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(ExportResponse { version, document_json }))
+        let document_json =
+            serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ExportResponse {
+            version,
+            document_json,
+        }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
@@ -210,15 +229,26 @@ impl Admin for AdminService {
                 .resources
                 .iter()
                 .filter(|(k, _)| k.kind == kind)
-                .filter(|(k, _)| r.tenant.is_empty() || k.tenant == r.tenant || (kind == Kind::Tenant && k.name == r.tenant))
+                .filter(|(k, _)| {
+                    r.tenant.is_empty()
+                        || k.tenant == r.tenant
+                        || (kind == Kind::Tenant && k.name == r.tenant)
+                })
                 .filter(|(k, _)| r.name.is_empty() || k.name == r.name)
                 .map(|(_, stored)| resource_to_proto(&stored.spec, stored.version))
                 .collect();
             (s.version, list)
         });
         if !r.name.is_empty() && resources.is_empty() {
-            let where_ = if r.tenant.is_empty() { String::new() } else { format!(" in tenant {}", r.tenant) };
-            return Err(Status::not_found(format!("{kind} {}{where_} not found", r.name)));
+            let where_ = if r.tenant.is_empty() {
+                String::new()
+            } else {
+                format!(" in tenant {}", r.tenant)
+            };
+            return Err(Status::not_found(format!(
+                "{kind} {}{where_} not found",
+                r.name
+            )));
         }
         Ok(Response::new(GetResponse { version, resources }))
     }
@@ -226,9 +256,15 @@ impl Admin for AdminService {
     async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, delete);
         let r = req.into_inner();
-        let key = r.key.ok_or_else(|| Status::invalid_argument("key is required"))?;
+        let key = r
+            .key
+            .ok_or_else(|| Status::invalid_argument("key is required"))?;
         let kind = parse_kind(&key.kind)?;
-        let tenant = if kind == Kind::Tenant { String::new() } else { key.tenant };
+        let tenant = if kind == Kind::Tenant {
+            String::new()
+        } else {
+            key.tenant
+        };
         if kind != Kind::Tenant && tenant.is_empty() {
             return Err(Status::invalid_argument("tenant is required (--tenant)"));
         }
@@ -240,7 +276,10 @@ impl Admin for AdminService {
         Ok(Response::new(apply_response(out, false)))
     }
 
-    async fn create_key(&self, req: Request<CreateKeyRequest>) -> Result<Response<CreateKeyResponse>, Status> {
+    async fn create_key(
+        &self,
+        req: Request<CreateKeyRequest>,
+    ) -> Result<Response<CreateKeyResponse>, Status> {
         lead!(self, req, create_key);
         let r = req.into_inner();
         check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
@@ -250,7 +289,9 @@ impl Admin for AdminService {
         random_bytes(&mut id_bytes).map_err(|e| Status::internal(e.to_string()))?;
         random_bytes(&mut secret).map_err(|e| Status::internal(e.to_string()))?;
         let key = format_key(&id_bytes, &secret);
-        let id = parse_key(&key).expect("freshly formatted keys parse").to_string();
+        let id = parse_key(&key)
+            .expect("freshly formatted keys parse")
+            .to_string();
         let record = ApiKey {
             id: id.clone(),
             tenant: r.tenant,
@@ -260,15 +301,28 @@ impl Admin for AdminService {
             created_ms: now_ms(),
         };
         let out = self.node.write(Command::CreateKey(record)).await?;
-        Ok(Response::new(CreateKeyResponse { key, id, version: out.version }))
+        Ok(Response::new(CreateKeyResponse {
+            key,
+            id,
+            version: out.version,
+        }))
     }
 
-    async fn revoke_key(&self, req: Request<RevokeKeyRequest>) -> Result<Response<ApplyResponse>, Status> {
+    async fn revoke_key(
+        &self,
+        req: Request<RevokeKeyRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, revoke_key);
         let r = req.into_inner();
         // Accept the whole key as well as its id.
         let id = parse_key(&r.id).map(str::to_string).unwrap_or(r.id);
-        let out = self.node.write(Command::RevokeKey { tenant: r.tenant, id }).await?;
+        let out = self
+            .node
+            .write(Command::RevokeKey {
+                tenant: r.tenant,
+                id,
+            })
+            .await?;
         Ok(Response::new(apply_response(out, false)))
     }
 
@@ -278,25 +332,39 @@ impl Admin for AdminService {
     ) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, decide_subscription);
         let r = req.into_inner();
-        let status = SubscriptionStatus::parse(&r.status)
-            .ok_or_else(|| invalid("status", format!("{:?}: use approved, rejected or pending", r.status)))?;
+        let status = SubscriptionStatus::parse(&r.status).ok_or_else(|| {
+            invalid(
+                "status",
+                format!("{:?}: use approved, rejected or pending", r.status),
+            )
+        })?;
         if !r.id.contains(':') {
             return Err(invalid("id", format!("{:?}: write <app>:<service>", r.id)));
         }
         let out = self
             .node
-            .write(Command::SetSubscriptionStatus { tenant: r.tenant, id: r.id, status })
+            .write(Command::SetSubscriptionStatus {
+                tenant: r.tenant,
+                id: r.id,
+                status,
+            })
             .await?;
         Ok(Response::new(apply_response(out, false)))
     }
 
-    async fn set_secret(&self, req: Request<SetSecretRequest>) -> Result<Response<ApplyResponse>, Status> {
+    async fn set_secret(
+        &self,
+        req: Request<SetSecretRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, set_secret);
         let r = req.into_inner();
         check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
         check_name(&r.name).map_err(|e| invalid("name", e))?;
         if r.value.is_empty() || r.value.len() > MAX_SECRET_BYTES {
-            return Err(invalid("value", format!("must be 1 to {MAX_SECRET_BYTES} bytes")));
+            return Err(invalid(
+                "value",
+                format!("must be 1 to {MAX_SECRET_BYTES} bytes"),
+            ));
         }
         let record = self
             .node
@@ -307,21 +375,37 @@ impl Admin for AdminService {
         Ok(Response::new(apply_response(out, false)))
     }
 
-    async fn delete_secret(&self, req: Request<DeleteSecretRequest>) -> Result<Response<ApplyResponse>, Status> {
+    async fn delete_secret(
+        &self,
+        req: Request<DeleteSecretRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, delete_secret);
         let r = req.into_inner();
         let out = self
             .node
-            .write(Command::DeleteSecret { tenant: r.tenant, name: r.name })
+            .write(Command::DeleteSecret {
+                tenant: r.tenant,
+                name: r.name,
+            })
             .await?;
         Ok(Response::new(apply_response(out, false)))
     }
 
-    async fn cluster_init(&self, _req: Request<ClusterInitRequest>) -> Result<Response<ClusterInitResponse>, Status> {
+    async fn cluster_init(
+        &self,
+        _req: Request<ClusterInitRequest>,
+    ) -> Result<Response<ClusterInitResponse>, Status> {
         if self.node.is_initialized() {
-            return Err(Status::failed_precondition("cluster is already initialized"));
+            return Err(Status::failed_precondition(
+                "cluster is already initialized",
+            ));
         }
-        let members = BTreeMap::from([(self.node.id, BasicNode { addr: self.node.addr.clone() })]);
+        let members = BTreeMap::from([(
+            self.node.id,
+            BasicNode {
+                addr: self.node.addr.clone(),
+            },
+        )]);
         self.node
             .raft
             .initialize(members)
@@ -346,10 +430,16 @@ impl Admin for AdminService {
         write_private(&path, format!("{admin_token}\n").as_bytes())
             .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
         tracing::info!(node = self.node.id, path = %path.display(), "cluster initialized; bootstrap admin token written");
-        Ok(Response::new(ClusterInitResponse { admin_token, node_id: self.node.id }))
+        Ok(Response::new(ClusterInitResponse {
+            admin_token,
+            node_id: self.node.id,
+        }))
     }
 
-    async fn add_node(&self, req: Request<AddNodeRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+    async fn add_node(
+        &self,
+        req: Request<AddNodeRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
         lead!(self, req, add_node);
         let r = req.into_inner();
         if r.node_id == 0 {
@@ -359,19 +449,32 @@ impl Admin for AdminService {
             return Err(invalid("addr", format!("{:?}: write host:port", r.addr)));
         }
         let raft = &self.node.raft;
-        raft.add_learner(r.node_id, BasicNode { addr: r.addr.clone() }, true)
-            .await
-            .map_err(|e| Status::unavailable(format!("adding node {} as learner: {e}", r.node_id)))?;
+        raft.add_learner(
+            r.node_id,
+            BasicNode {
+                addr: r.addr.clone(),
+            },
+            true,
+        )
+        .await
+        .map_err(|e| Status::unavailable(format!("adding node {} as learner: {e}", r.node_id)))?;
         if !r.learner_only {
             raft.change_membership(ChangeMembers::AddVoterIds([r.node_id].into()), false)
                 .await
-                .map_err(|e| Status::unavailable(format!("promoting node {} to voter: {e}", r.node_id)))?;
+                .map_err(|e| {
+                    Status::unavailable(format!("promoting node {} to voter: {e}", r.node_id))
+                })?;
         }
         tracing::info!(node = r.node_id, addr = %r.addr, "node added");
-        Ok(Response::new(crate::status::cluster_status(&self.node, None).await))
+        Ok(Response::new(
+            crate::status::cluster_status(&self.node, None).await,
+        ))
     }
 
-    async fn remove_node(&self, req: Request<RemoveNodeRequest>) -> Result<Response<ClusterStatusResponse>, Status> {
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
         lead!(self, req, remove_node);
         let id = req.into_inner().node_id;
         let (is_voter, known) = {
@@ -393,7 +496,9 @@ impl Admin for AdminService {
             .await
             .map_err(|e| Status::failed_precondition(format!("removing node {id}: {e}")))?;
         tracing::info!(node = id, "node removed");
-        Ok(Response::new(crate::status::cluster_status(&self.node, None).await))
+        Ok(Response::new(
+            crate::status::cluster_status(&self.node, None).await,
+        ))
     }
 
     async fn cluster_status(

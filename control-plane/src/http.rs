@@ -26,6 +26,8 @@ fn metrics(node: &Node) -> String {
     let leader = u8::from(m.current_leader == Some(node.id));
     let applied = m.last_applied.map_or(0, |l| l.index);
     let last_log = m.last_log_index.unwrap_or(0);
+    let snapshot = m.snapshot.map_or(0, |l| l.index);
+    let purged = m.purged.map_or(0, |l| l.index);
     let edges = node.edges.connected();
     let resources = node.sm.read(|s| s.resources.len());
     format!(
@@ -37,6 +39,10 @@ fn metrics(node: &Node) -> String {
          # TYPE tollgate_cp_applied_index gauge\ntollgate_cp_applied_index {applied}\n\
          # HELP tollgate_cp_last_log_index Last Raft log index stored.\n\
          # TYPE tollgate_cp_last_log_index gauge\ntollgate_cp_last_log_index {last_log}\n\
+         # HELP tollgate_cp_snapshot_index Last Raft log index covered by a snapshot.\n\
+         # TYPE tollgate_cp_snapshot_index gauge\ntollgate_cp_snapshot_index {snapshot}\n\
+         # HELP tollgate_cp_purged_index Last Raft log index purged after a snapshot.\n\
+         # TYPE tollgate_cp_purged_index gauge\ntollgate_cp_purged_index {purged}\n\
          # HELP tollgate_cp_edges_connected Edge nodes streaming config from this node.\n\
          # TYPE tollgate_cp_edges_connected gauge\ntollgate_cp_edges_connected {edges}\n\
          # HELP tollgate_cp_resources Resources stored.\n\
@@ -45,13 +51,17 @@ fn metrics(node: &Node) -> String {
     )
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let json = "application/json";
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => respond(
             StatusCode::OK,
             json,
-            serde_json::json!({"status": "ok", "node_id": node.id, "role": node.role()}).to_string(),
+            serde_json::json!({"status": "ok", "node_id": node.id, "role": node.role()})
+                .to_string(),
         ),
         ("GET", "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&node)),
         _ => respond(
@@ -63,7 +73,11 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -80,7 +94,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::f
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

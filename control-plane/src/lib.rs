@@ -85,8 +85,12 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("master.key"));
     let master_key = secrets::MasterKey::load_or_create(&key_path)?;
-    let db = store::open(&opts.data_dir.join("raft"))
-        .with_context(|| format!("opening the store in {} (is another node using it?)", opts.data_dir.display()))?;
+    let db = store::open(&opts.data_dir.join("raft")).with_context(|| {
+        format!(
+            "opening the store in {} (is another node using it?)",
+            opts.data_dir.display()
+        )
+    })?;
     let (log_store, sm) = store::stores(&db)?;
 
     let grpc = TcpListener::bind(opts.grpc)
@@ -97,7 +101,10 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         .with_context(|| format!("binding --http {}", opts.http))?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
-    let addr = opts.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+    let addr = opts
+        .advertise
+        .clone()
+        .unwrap_or_else(|| grpc_addr.to_string());
 
     let raft = raft::Raft::new(
         opts.node_id,
@@ -126,7 +133,9 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(AdminServer::new(admin::AdminService::new(node.clone())))
-        .add_service(ConfigStreamServer::new(stream::StreamService::new(node.clone())))
+        .add_service(ConfigStreamServer::new(stream::StreamService::new(
+            node.clone(),
+        )))
         .add_service(RaftServer::new(raft::RaftService::new(raft)))
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stopped.clone()));
     tasks.push(tokio::spawn(async move {
@@ -134,7 +143,11 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
             tracing::error!(error = %e, "grpc server failed");
         }
     }));
-    tasks.push(tokio::spawn(http::serve(http, node.clone(), wait(stopped.clone()))));
+    tasks.push(tokio::spawn(http::serve(
+        http,
+        node.clone(),
+        wait(stopped.clone()),
+    )));
     if let Some(url) = opts.join.clone() {
         let token = opts.join_token.clone().unwrap_or_default();
         let (id, stopped) = (opts.node_id, stopped.clone());
@@ -161,8 +174,13 @@ async fn join(url: String, token: String, node_id: u64, addr: String) -> anyhow:
     loop {
         let attempt = async {
             let mut client = AdminClient::connect(url.clone()).await?;
-            let mut req = tonic::Request::new(AddNodeRequest { node_id, addr: addr.clone(), learner_only: false });
-            req.metadata_mut().insert("authorization", format!("Bearer {token}").parse()?);
+            let mut req = tonic::Request::new(AddNodeRequest {
+                node_id,
+                addr: addr.clone(),
+                learner_only: false,
+            });
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
             client.add_node(req).await?;
             anyhow::Ok(())
         };
@@ -181,7 +199,10 @@ async fn join(url: String, token: String, node_id: u64, addr: String) -> anyhow:
 }
 
 /// Runs a node until `shutdown` resolves.
-pub async fn run(opts: ControlPlaneOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    opts: ControlPlaneOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let cp = start(opts).await?;
     shutdown.await;
     cp.shutdown().await;

@@ -80,7 +80,9 @@ impl Node {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("missing admin token: pass --token or set TOLLGATE_TOKEN"))?;
+            .ok_or_else(|| {
+                Status::unauthenticated("missing admin token: pass --token or set TOLLGATE_TOKEN")
+            })?;
         let hash = sha256_hex(token.as_bytes());
         if self.sm.read(|s| s.has_admin_token(&hash).is_some()) {
             Ok(())
@@ -103,7 +105,12 @@ impl Node {
             let (leader, addr) = {
                 let m = metrics.borrow_and_update();
                 let leader = m.current_leader;
-                let addr = leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.addr.clone()));
+                let addr = leader.and_then(|l| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&l)
+                        .map(|n| n.addr.clone())
+                });
                 (leader, addr)
             };
             match (leader, addr) {
@@ -120,9 +127,12 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Status::unavailable("no control-plane leader; is a quorum of nodes up?"));
+                return Err(Status::unavailable(
+                    "no control-plane leader; is a quorum of nodes up?",
+                ));
             }
-            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
+            let _ =
+                tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
         }
     }
 
@@ -134,9 +144,9 @@ impl Node {
                 Some(Err(e)) => Err(command_status(e)),
                 None => Err(Status::internal("command produced no result")),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(Status::unavailable("leadership changed during the write; retry"))
-            }
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
+                Status::unavailable("leadership changed during the write; retry"),
+            ),
             Err(e) => Err(raft_status(e)),
         }
     }
@@ -146,9 +156,9 @@ impl Node {
     pub async fn linearizable(&self) -> Result<(), Status> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(Status::unavailable("leadership changed during the read; retry"))
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(
+                Status::unavailable("leadership changed during the read; retry"),
+            ),
             Err(e) => Err(raft_status(e)),
         }
     }

@@ -10,7 +10,9 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -115,10 +117,17 @@ impl Connection {
     {
         let client = match &mut self.client {
             Ok(c) => c,
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&TransportError(e.clone())))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&TransportError(
+                    e.clone(),
+                ))))
+            }
         };
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = Request::new(RaftPayload { json, error: Vec::new() });
+        let mut request = Request::new(RaftPayload {
+            json,
+            error: Vec::new(),
+        });
         request.set_timeout(option.hard_ttl());
         let reply = match method {
             Method::Vote => client.vote(request).await,
@@ -130,16 +139,16 @@ impl Connection {
             Err(status) => {
                 let e = TransportError(status.message().to_string());
                 return Err(match status.code() {
-                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                        RPCError::Unreachable(Unreachable::new(&e))
-                    }
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
                     _ => RPCError::Network(NetworkError::new(&e)),
                 });
             }
         };
         if !reply.error.is_empty() {
-            let err: RaftError<NodeId, E> =
-                serde_json::from_slice(&reply.error).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let err: RaftError<NodeId, E> = serde_json::from_slice(&reply.error)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             return Err(RPCError::RemoteError(RemoteError::new(self.target, err)));
         }
         serde_json::from_slice(&reply.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))
@@ -198,7 +207,9 @@ fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
         .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
 }
 
-fn encode<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
+fn encode<T: Serialize, E: Serialize>(
+    result: Result<T, E>,
+) -> Result<Response<RaftPayload>, Status> {
     let payload = match result {
         Ok(v) => RaftPayload {
             json: serde_json::to_vec(&v).map_err(|e| Status::internal(e.to_string()))?,
@@ -218,11 +229,17 @@ impl raft_server::Raft for RaftService {
         encode(self.raft.vote(decode(req)?).await)
     }
 
-    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         encode(self.raft.append_entries(decode(req)?).await)
     }
 
-    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
         encode(self.raft.install_snapshot(decode(req)?).await)
     }
 }

@@ -63,7 +63,9 @@ pub struct MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("MasterKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,13 +109,23 @@ impl MasterKey {
     }
 
     /// Seals `value` for `tenant/name` (both bound into the ciphertext as associated data).
-    pub fn seal(&self, tenant: &str, name: &str, value: &[u8], now_ms: u64) -> Result<SecretRecord, SecretError> {
+    pub fn seal(
+        &self,
+        tenant: &str,
+        name: &str,
+        value: &[u8],
+        now_ms: u64,
+    ) -> Result<SecretRecord, SecretError> {
         let mut nonce = [0u8; NONCE_LEN];
         random_bytes(&mut nonce)?;
         let mut buf = value.to_vec();
         let aad = format!("{tenant}/{name}");
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad.as_bytes()),
+                &mut buf,
+            )
             .map_err(|_| SecretError::Rng)?;
         let mut sealed = nonce.to_vec();
         sealed.extend_from_slice(&buf);
@@ -130,7 +142,11 @@ impl MasterKey {
     pub fn open(&self, record: &SecretRecord) -> Result<Vec<u8>, SecretError> {
         let what = format!("{}/{}", record.tenant, record.name);
         if record.key_id != self.id {
-            return Err(SecretError::WrongKey(what, record.key_id.clone(), self.id.clone()));
+            return Err(SecretError::WrongKey(
+                what,
+                record.key_id.clone(),
+                self.id.clone(),
+            ));
         }
         let bytes = (0..record.sealed.len() / 2)
             .map(|i| u8::from_str_radix(record.sealed.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
@@ -140,7 +156,8 @@ impl MasterKey {
             return Err(SecretError::Corrupt(what));
         }
         let (nonce, ct) = bytes.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretError::Corrupt(what.clone()))?;
+        let nonce = Nonce::try_assume_unique_for_key(nonce)
+            .map_err(|_| SecretError::Corrupt(what.clone()))?;
         let mut buf = ct.to_vec();
         let plain = self
             .key
@@ -164,9 +181,14 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
-        let rec = key.seal("acme", "openai-key", b"sk-very-secret", 1).unwrap();
+        let rec = key
+            .seal("acme", "openai-key", b"sk-very-secret", 1)
+            .unwrap();
         assert!(!rec.sealed.contains(&hex(b"sk-very-secret")));
         assert_eq!(again.open(&rec).unwrap(), b"sk-very-secret");
         // Moving a sealed value to another name fails: the name is bound in.

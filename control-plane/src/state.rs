@@ -28,20 +28,29 @@ pub const TOMBSTONE_CAPACITY: usize = 10_000;
 pub enum Command {
     /// Create or update every item of a document; with `prune`, also delete what the
     /// document's tenants hold but the document no longer names.
-    Apply { specs: Vec<Spec>, prune: bool },
+    Apply {
+        specs: Vec<Spec>,
+        prune: bool,
+    },
     Delete {
         key: ResourceKey,
         expected_version: Option<u64>,
     },
     CreateKey(ApiKey),
-    RevokeKey { tenant: String, id: String },
+    RevokeKey {
+        tenant: String,
+        id: String,
+    },
     SetSubscriptionStatus {
         tenant: String,
         id: String,
         status: SubscriptionStatus,
     },
     PutSecret(SecretRecord),
-    DeleteSecret { tenant: String, name: String },
+    DeleteSecret {
+        tenant: String,
+        name: String,
+    },
     AddAdminToken(AdminToken),
 }
 
@@ -174,7 +183,13 @@ impl ConfigState {
         for (key, spec) in plan.writes {
             match spec {
                 Some(spec) => {
-                    self.resources.insert(key, Stored { version: index, spec });
+                    self.resources.insert(
+                        key,
+                        Stored {
+                            version: index,
+                            spec,
+                        },
+                    );
                 }
                 None => {
                     self.resources.remove(&key);
@@ -266,7 +281,11 @@ impl ConfigState {
                     return Err(CommandError::Invalid(vec![format!(
                         "{} cannot be deleted with delete; use `tollgate {}`",
                         key.kind,
-                        if key.kind == Kind::ApiKey { "key revoke" } else { "secret delete" }
+                        if key.kind == Kind::ApiKey {
+                            "key revoke"
+                        } else {
+                            "secret delete"
+                        }
                     )]));
                 }
                 let stored = self.get(key).ok_or_else(|| not_found(key))?;
@@ -403,7 +422,10 @@ impl ConfigState {
     }
 
     /// Checks references over the config as it would be after `writes`.
-    fn check_result(&self, writes: &BTreeMap<ResourceKey, Option<Spec>>) -> Result<(), CommandError> {
+    fn check_result(
+        &self,
+        writes: &BTreeMap<ResourceKey, Option<Spec>>,
+    ) -> Result<(), CommandError> {
         let mut config: BTreeMap<ResourceKey, Spec> = self
             .resources
             .iter()
@@ -506,11 +528,16 @@ mod resource_list {
 
     use super::Stored;
 
-    pub fn serialize<S: Serializer>(map: &BTreeMap<ResourceKey, Stored>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<ResourceKey, Stored>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.values())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ResourceKey, Stored>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<ResourceKey, Stored>, D::Error> {
         let list = Vec::<Stored>::deserialize(d)?;
         Ok(list.into_iter().map(|s| (s.spec.key(), s)).collect())
     }

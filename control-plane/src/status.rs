@@ -36,7 +36,10 @@ pub fn local_status(node: &Node) -> ClusterStatusResponse {
 }
 
 /// Every member's report, merged.
-pub async fn cluster_status(node: &Node, token: Option<MetadataValue<tonic::metadata::Ascii>>) -> ClusterStatusResponse {
+pub async fn cluster_status(
+    node: &Node,
+    token: Option<MetadataValue<tonic::metadata::Ascii>>,
+) -> ClusterStatusResponse {
     let mut out = local_status(node);
     let members: Vec<(u64, String, bool)> = {
         let m = node.raft.metrics().borrow().membership_config.clone();
@@ -58,22 +61,33 @@ pub async fn cluster_status(node: &Node, token: Option<MetadataValue<tonic::meta
                     if let Some(t) = token {
                         req.metadata_mut().insert("authorization", t);
                     }
-                    client.cluster_status(req).await.ok().map(|r| r.into_inner())
+                    client
+                        .cluster_status(req)
+                        .await
+                        .ok()
+                        .map(|r| r.into_inner())
                 };
-                let report = tokio::time::timeout(PEER_TIMEOUT, report).await.ok().flatten();
+                let report = tokio::time::timeout(PEER_TIMEOUT, report)
+                    .await
+                    .ok()
+                    .flatten();
                 (*id, addr.clone(), *voter, report)
             }
         });
-    let mut edges: BTreeMap<String, EdgeStatus> = out.edges.drain(..).map(|e| (e.node_id.clone(), e)).collect();
+    let mut edges: BTreeMap<String, EdgeStatus> = out
+        .edges
+        .drain(..)
+        .map(|e| (e.node_id.clone(), e))
+        .collect();
     for (id, addr, voter, report) in futures::future::join_all(asks).await {
         match report {
             Some(r) => {
                 out.version = out.version.max(r.version);
                 out.nodes.extend(r.nodes);
                 for e in r.edges {
-                    let keep = edges
-                        .get(&e.node_id)
-                        .is_none_or(|old| (e.connected, e.last_contact_ms) > (old.connected, old.last_contact_ms));
+                    let keep = edges.get(&e.node_id).is_none_or(|old| {
+                        (e.connected, e.last_contact_ms) > (old.connected, old.last_contact_ms)
+                    });
                     if keep {
                         edges.insert(e.node_id.clone(), e);
                     }

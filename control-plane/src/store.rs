@@ -41,7 +41,11 @@ pub const SNAPSHOT_EVERY: u64 = 1000;
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
-fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError<NodeId> {
+fn io_err(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<NodeId> {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
 
@@ -55,7 +59,10 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<NodeId> {
 
 /// Opens the sled database that holds both stores.
 pub fn open(path: &std::path::Path) -> Result<sled::Db, sled::Error> {
-    sled::Config::new().path(path).mode(sled::Mode::HighThroughput).open()
+    sled::Config::new()
+        .path(path)
+        .mode(sled::Mode::HighThroughput)
+        .open()
 }
 
 /// Builds both stores on one sled database.
@@ -163,7 +170,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+        Ok(self
+            .get_meta::<Option<LogId<NodeId>>>("committed")?
+            .flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -178,8 +187,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
-        let failed = flushed.as_ref().err().map(|e| std::io::Error::new(e.kind(), e.to_string()));
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
+        let failed = flushed
+            .as_ref()
+            .err()
+            .map(|e| std::io::Error::new(e.kind(), e.to_string()));
         callback.log_io_completed(flushed);
         match failed {
             Some(e) => Err(write_err(e)),
@@ -370,8 +387,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = serde_json::from_slice(&bytes)
-            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
+        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| {
+            io_err(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Read,
+                e,
+            )
+        })?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: bytes,
@@ -434,7 +456,10 @@ mod tests {
                 .into_specs();
             let entry = Entry::<TypeConfig> {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),
-                payload: EntryPayload::Normal(Command::Apply { specs, prune: false }),
+                payload: EntryPayload::Normal(Command::Apply {
+                    specs,
+                    prune: false,
+                }),
             };
             let out = sm.apply([entry]).await?;
             assert!(matches!(out[0].result, Some(Ok(_))));

@@ -46,10 +46,12 @@ pub struct EdgeRegistry {
 impl EdgeRegistry {
     fn update(&self, node_id: &str, f: impl FnOnce(&mut EdgeStatus)) {
         let mut edges = self.edges.lock().expect("edge registry poisoned");
-        let e = edges.entry(node_id.to_string()).or_insert_with(|| EdgeStatus {
-            node_id: node_id.to_string(),
-            ..Default::default()
-        });
+        let e = edges
+            .entry(node_id.to_string())
+            .or_insert_with(|| EdgeStatus {
+                node_id: node_id.to_string(),
+                ..Default::default()
+            });
         e.last_contact_ms = now_ms();
         f(e);
     }
@@ -116,7 +118,10 @@ pub fn pushes_since(state: &ConfigState, since: u64, force_snapshot: bool) -> Ve
     };
     match delta {
         Some((upserts, removals)) => {
-            let upserts: Vec<Resource> = upserts.into_iter().map(|(k, s)| to_resource(k, s)).collect();
+            let upserts: Vec<Resource> = upserts
+                .into_iter()
+                .map(|(k, s)| to_resource(k, s))
+                .collect();
             let removals: Vec<ResourceKey> = removals
                 .into_iter()
                 .map(|k| ResourceKey {
@@ -158,7 +163,11 @@ pub fn pushes_since(state: &ConfigState, since: u64, force_snapshot: bool) -> Ve
                     chunks: count,
                     upserts,
                     removals: Vec::new(),
-                    checksum: if i as u32 + 1 == count { checksum.clone() } else { String::new() },
+                    checksum: if i as u32 + 1 == count {
+                        checksum.clone()
+                    } else {
+                        String::new()
+                    },
                     base_version: 0,
                 })
                 .collect()
@@ -171,7 +180,9 @@ fn check_node_id(id: &str) -> Result<(), Status> {
     if ok {
         Ok(())
     } else {
-        Err(Status::invalid_argument("hello.node_id must be 1-128 printable characters"))
+        Err(Status::invalid_argument(
+            "hello.node_id must be 1-128 printable characters",
+        ))
     }
 }
 
@@ -181,10 +192,15 @@ type PushStream = Pin<Box<dyn Stream<Item = Result<ConfigPush, Status>> + Send>>
 impl ConfigStream for StreamService {
     type StreamStream = PushStream;
 
-    async fn stream(&self, req: Request<Streaming<EdgeMessage>>) -> Result<Response<PushStream>, Status> {
+    async fn stream(
+        &self,
+        req: Request<Streaming<EdgeMessage>>,
+    ) -> Result<Response<PushStream>, Status> {
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
-            Ok(Ok(Some(EdgeMessage { msg: Some(Msg::Hello(h)) }))) => h,
+            Ok(Ok(Some(EdgeMessage {
+                msg: Some(Msg::Hello(h)),
+            }))) => h,
             Ok(Ok(_)) => return Err(Status::invalid_argument("the first message must be hello")),
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Status::deadline_exceeded("no hello received")),
@@ -207,9 +223,14 @@ impl ConfigStream for StreamService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn local_edges(&self, req: Request<LocalEdgesRequest>) -> Result<Response<LocalEdgesResponse>, Status> {
+    async fn local_edges(
+        &self,
+        req: Request<LocalEdgesRequest>,
+    ) -> Result<Response<LocalEdgesResponse>, Status> {
         self.node.authorize(&req)?;
-        Ok(Response::new(LocalEdgesResponse { edges: self.node.edges.list(self.node.id) }))
+        Ok(Response::new(LocalEdgesResponse {
+            edges: self.node.edges.list(self.node.id),
+        }))
     }
 }
 
@@ -228,7 +249,8 @@ async fn session(
     // An edge that holds a newer version than this node has applied (it last talked to a more
     // up-to-date member) waits for this node to catch up, or starts over from a snapshot.
     if acked > *applied.borrow() {
-        let caught_up = tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|v| *v >= acked)).await;
+        let caught_up =
+            tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|v| *v >= acked)).await;
         if !matches!(caught_up, Ok(Ok(_))) {
             force_snapshot = true;
         }
@@ -270,7 +292,8 @@ async fn session(
                             .collect::<Vec<_>>()
                             .join("; ");
                         tracing::warn!(edge = %id, version, reason = %reason, "edge refused config");
-                        node.edges.update(id, |e| e.last_nack = format!("version {version}: {reason}"));
+                        node.edges
+                            .update(id, |e| e.last_nack = format!("version {version}: {reason}"));
                         refused = Some(version);
                         force_snapshot = false;
                         break;
@@ -311,7 +334,14 @@ mod tests {
             doc.push_str(&format!("  - {{name: a{i}, tenant: t}}\n"));
         }
         let specs = Document::parse(&doc).unwrap().into_specs();
-        s.apply(1, &Command::Apply { specs, prune: false }).unwrap();
+        s.apply(
+            1,
+            &Command::Apply {
+                specs,
+                prune: false,
+            },
+        )
+        .unwrap();
         s
     }
 
@@ -320,21 +350,38 @@ mod tests {
         let s = state_with_apps(600);
         let pushes = pushes_since(&s, 0, false);
         assert_eq!(pushes.len(), 3);
-        assert!(pushes.iter().all(|p| p.snapshot && p.nonce == pushes[0].nonce && p.chunks == 3));
+        assert!(pushes
+            .iter()
+            .all(|p| p.snapshot && p.nonce == pushes[0].nonce && p.chunks == 3));
         assert!(pushes[0].checksum.is_empty() && !pushes[2].checksum.is_empty());
         let all: Vec<Resource> = pushes.iter().flat_map(|p| p.upserts.clone()).collect();
         assert_eq!(all.len(), 601);
-        assert_eq!(pushes[2].checksum, tollgate_proto::stream::checksum(&all, &[]));
+        assert_eq!(
+            pushes[2].checksum,
+            tollgate_proto::stream::checksum(&all, &[])
+        );
     }
 
     #[test]
     fn deltas_carry_only_what_changed() {
         let mut s = state_with_apps(3);
-        let specs = Document::parse("apps: [{name: a1, tenant: t, description: changed}]").unwrap().into_specs();
-        s.apply(2, &Command::Apply { specs, prune: false }).unwrap();
+        let specs = Document::parse("apps: [{name: a1, tenant: t, description: changed}]")
+            .unwrap()
+            .into_specs();
+        s.apply(
+            2,
+            &Command::Apply {
+                specs,
+                prune: false,
+            },
+        )
+        .unwrap();
         s.apply(
             3,
-            &Command::Delete { key: tollgate_proto::ResourceKey::new(tollgate_proto::Kind::App, "t", "a2"), expected_version: None },
+            &Command::Delete {
+                key: tollgate_proto::ResourceKey::new(tollgate_proto::Kind::App, "t", "a2"),
+                expected_version: None,
+            },
         )
         .unwrap();
         let pushes = pushes_since(&s, 1, false);
@@ -342,8 +389,23 @@ mod tests {
         let p = &pushes[0];
         assert!(!p.snapshot);
         assert_eq!((p.base_version, p.version), (1, 3));
-        assert_eq!(p.upserts.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a1"]);
-        assert_eq!(p.removals.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a2"]);
-        assert_eq!(p.checksum, tollgate_proto::stream::checksum(&p.upserts, &p.removals));
+        assert_eq!(
+            p.upserts
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a1"]
+        );
+        assert_eq!(
+            p.removals
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a2"]
+        );
+        assert_eq!(
+            p.checksum,
+            tollgate_proto::stream::checksum(&p.upserts, &p.removals)
+        );
     }
 }

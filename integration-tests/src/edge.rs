@@ -10,7 +10,7 @@
 //!
 //! Every wait is bounded; nothing here needs an async runtime.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,9 +138,8 @@ impl EdgeNode {
 
     /// Sends a request to the proxy listener; panics if nothing answers.
     pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-        send(self.proxy, method, path, headers, b"").unwrap_or_else(|| {
-            panic!("edge {} did not answer {method} {path}", self.node_id)
-        })
+        send(self.proxy, method, path, headers, b"")
+            .unwrap_or_else(|| panic!("edge {} did not answer {method} {path}", self.node_id))
     }
 
     /// `GET path` with the API key in the `apikey` header (or none when `key` is empty).
@@ -231,8 +230,11 @@ pub fn send(
     })
 }
 
+/// Header (name, value) pairs, names lowercased.
+type Headers = Vec<(String, String)>;
+
 /// Reads a start line and headers; `Ok(None)` on a clean EOF before anything.
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Vec<(String, String)>)>> {
+fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Headers)>> {
     let mut start = String::new();
     if r.read_line(&mut start)? == 0 {
         return Ok(None);
@@ -374,7 +376,9 @@ fn serve_one(conn: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()> {
         "headers": hmap,
         "body": String::from_utf8_lossy(&body),
     });
-    seen.lock().expect("upstream log poisoned").push(echo.clone());
+    seen.lock()
+        .expect("upstream log poisoned")
+        .push(echo.clone());
     let text = echo.to_string();
     write!(
         writer,

@@ -54,7 +54,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -63,12 +66,19 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -95,7 +105,11 @@ impl Proc {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
-        Proc { name: name.into(), log, child }
+        Proc {
+            name: name.into(),
+            log,
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -110,7 +124,10 @@ impl Proc {
 
     /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it exited cleanly.
     pub fn terminate(mut self, timeout: Duration) -> bool {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -129,7 +146,11 @@ impl Drop for Proc {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- last lines of {} ({}) ----", self.name, self.log.display());
+            eprintln!(
+                "---- last lines of {} ({}) ----",
+                self.name,
+                self.log.display()
+            );
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");
             }
@@ -170,9 +191,11 @@ impl CpNode {
         let log = self.dir.with_extension("log");
         self.proc = Some(Proc::spawn(&format!("cp{}", self.id), &args, log));
         let http = self.http;
-        wait_for(&format!("cp{} /healthz", self.id), Duration::from_secs(20), || {
-            http_get(http, "/healthz").filter(|(s, _)| *s == 200)
-        });
+        wait_for(
+            &format!("cp{} /healthz", self.id),
+            Duration::from_secs(20),
+            || http_get(http, "/healthz").filter(|(s, _)| *s == 200),
+        );
     }
 
     /// `kill -9` the node.
@@ -214,7 +237,9 @@ pub struct TokenInterceptor(String);
 
 impl tonic::service::Interceptor for TokenInterceptor {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let v = format!("Bearer {}", self.0).parse().map_err(|_| tonic::Status::internal("bad token"))?;
+        let v = format!("Bearer {}", self.0)
+            .parse()
+            .map_err(|_| tonic::Status::internal("bad token"))?;
         req.metadata_mut().insert("authorization", v);
         Ok(req)
     }
@@ -232,18 +257,31 @@ impl Sandbox {
     /// others as voters, all through the CLI.
     pub fn cluster(n: u64) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut sb = Sandbox { dir, nodes: Vec::new(), token: String::new() };
+        let mut sb = Sandbox {
+            dir,
+            nodes: Vec::new(),
+            token: String::new(),
+        };
         for id in 1..=n {
             sb.add_node_process(id);
         }
         let out = sb.cli(0, &["cluster", "init", "-o", "json"]).ok();
-        let init: serde_json::Value = serde_json::from_str(&out.stdout).expect("init output is JSON");
-        sb.token = init["admin_token"].as_str().expect("admin token").to_string();
-        let token_file = std::fs::read_to_string(sb.nodes[0].dir.join("admin.token")).expect("admin.token written");
+        let init: serde_json::Value =
+            serde_json::from_str(&out.stdout).expect("init output is JSON");
+        sb.token = init["admin_token"]
+            .as_str()
+            .expect("admin token")
+            .to_string();
+        let token_file = std::fs::read_to_string(sb.nodes[0].dir.join("admin.token"))
+            .expect("admin.token written");
         assert_eq!(token_file.trim(), sb.token);
         for i in 1..sb.nodes.len() {
             let (id, addr) = (sb.nodes[i].id.to_string(), sb.nodes[i].grpc.to_string());
-            sb.cli(0, &["cluster", "add-node", "--node-id", &id, "--addr", &addr]).ok();
+            sb.cli(
+                0,
+                &["cluster", "add-node", "--node-id", &id, "--addr", &addr],
+            )
+            .ok();
         }
         sb
     }
@@ -262,7 +300,10 @@ impl Sandbox {
     }
 
     pub fn node(&mut self, id: u64) -> &mut CpNode {
-        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node")
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("no such node")
     }
 
     /// Runs `tollgate --server <node i> --token <token> args...`.
@@ -273,16 +314,27 @@ impl Sandbox {
     pub fn cli_with_stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> CliOutput {
         let mut cmd = Command::new(tollgate_bin());
         cmd.arg("--server").arg(self.nodes[i].url()).args(args);
-        cmd.env_remove("TOLLGATE_TOKEN").env_remove("TOLLGATE_SERVER").env("TOLLGATE_LOG", "warn");
+        cmd.env_remove("TOLLGATE_TOKEN")
+            .env_remove("TOLLGATE_SERVER")
+            .env("TOLLGATE_LOG", "warn");
         cmd.current_dir(self.dir.path());
         if !self.token.is_empty() {
             cmd.env("TOLLGATE_TOKEN", &self.token);
         }
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning tollgate cli");
         if let Some(input) = stdin {
-            child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("writing stdin");
         }
         let out = wait_child(child, Duration::from_secs(60));
         CliOutput::from(out)
@@ -317,7 +369,10 @@ impl Sandbox {
                 let req = tollgate_proto::v1::ClusterStatusRequest { local: true };
                 if let Ok(r) = c.cluster_status(req).await {
                     let r = r.into_inner();
-                    let alive = self.nodes.iter().any(|n| n.id == r.leader && n.proc.is_some());
+                    let alive = self
+                        .nodes
+                        .iter()
+                        .any(|n| n.id == r.leader && n.proc.is_some());
                     if r.leader != 0 && alive {
                         return r.leader;
                     }

@@ -34,46 +34,121 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 #[test]
 fn keys_subscriptions_and_secrets() {
     let sb = Sandbox::cluster(1);
-    sb.cli(0, &["apply", "-f", &sb.file("base.yaml", BASE)]).ok();
+    sb.cli(0, &["apply", "-f", &sb.file("base.yaml", BASE)])
+        .ok();
 
     // Keys: shown once, prefixed, listed without their hash.
-    let out = sb.cli(0, &["key", "create", "--app", "mobile", "--tenant", "acme", "-o", "json"]).ok().stdout;
+    let out = sb
+        .cli(
+            0,
+            &[
+                "key", "create", "--app", "mobile", "--tenant", "acme", "-o", "json",
+            ],
+        )
+        .ok()
+        .stdout;
     let created: serde_json::Value = serde_json::from_str(&out).unwrap();
     let key = created["key"].as_str().unwrap().to_string();
     let id = created["id"].as_str().unwrap().to_string();
     assert!(key.starts_with("tgk_") && key.len() > 60, "{key}");
-    let listed = sb.cli(0, &["get", "api_key", "--tenant", "acme", "-o", "json"]).ok().stdout;
-    assert!(listed.contains(&id) && !listed.contains(&key[4..]), "{listed}");
+    let listed = sb
+        .cli(0, &["get", "api_key", "--tenant", "acme", "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(
+        listed.contains(&id) && !listed.contains(&key[4..]),
+        "{listed}"
+    );
     let out = sb.cli(0, &["key", "create", "--app", "nope", "--tenant", "acme"]);
     assert_eq!(out.code, 1, "keys need an existing app: {out:?}");
     assert!(out.stderr.contains("references app acme/nope"), "{out:?}");
 
     // Subscriptions: approve and reject.
-    sb.cli(0, &["subscription", "approve", "mobile:orders", "--tenant", "acme"]).ok();
-    let sub = sb.cli(0, &["get", "subscription", "--tenant", "acme"]).ok().stdout;
+    sb.cli(
+        0,
+        &[
+            "subscription",
+            "approve",
+            "mobile:orders",
+            "--tenant",
+            "acme",
+        ],
+    )
+    .ok();
+    let sub = sb
+        .cli(0, &["get", "subscription", "--tenant", "acme"])
+        .ok()
+        .stdout;
     assert!(sub.contains("approved"), "{sub}");
-    sb.cli(0, &["subscription", "reject", "mobile:orders", "--tenant", "acme"]).ok();
-    let sub = sb.cli(0, &["get", "subscription", "--tenant", "acme"]).ok().stdout;
+    sb.cli(
+        0,
+        &[
+            "subscription",
+            "reject",
+            "mobile:orders",
+            "--tenant",
+            "acme",
+        ],
+    )
+    .ok();
+    let sub = sb
+        .cli(0, &["get", "subscription", "--tenant", "acme"])
+        .ok()
+        .stdout;
     assert!(sub.contains("rejected"), "{sub}");
-    assert_eq!(sb.cli(0, &["subscription", "approve", "mobile:nothing", "--tenant", "acme"]).code, 4);
+    assert_eq!(
+        sb.cli(
+            0,
+            &[
+                "subscription",
+                "approve",
+                "mobile:nothing",
+                "--tenant",
+                "acme"
+            ]
+        )
+        .code,
+        4
+    );
 
     // Secrets: stored sealed, never exported or shown, never on disk in plaintext.
     let secret = "sk-live-b4f2e9c1d7a8";
-    sb.cli_with_stdin(0, &["secret", "set", "openai-key", "--tenant", "acme"], Some(&format!("{secret}\n"))).ok();
-    let shown = sb.cli(0, &["get", "secret", "--tenant", "acme", "-o", "json"]).ok().stdout;
-    assert!(shown.contains("openai-key") && !shown.contains(secret), "{shown}");
+    sb.cli_with_stdin(
+        0,
+        &["secret", "set", "openai-key", "--tenant", "acme"],
+        Some(&format!("{secret}\n")),
+    )
+    .ok();
+    let shown = sb
+        .cli(0, &["get", "secret", "--tenant", "acme", "-o", "json"])
+        .ok()
+        .stdout;
+    assert!(
+        shown.contains("openai-key") && !shown.contains(secret),
+        "{shown}"
+    );
     assert!(!sb.cli(0, &["export"]).ok().stdout.contains("openai-key"));
     // Revoke the key by id; a second revoke is "not found".
     sb.cli(0, &["key", "revoke", &id, "--tenant", "acme"]).ok();
-    assert_eq!(sb.cli(0, &["key", "revoke", &id, "--tenant", "acme"]).code, 4);
+    assert_eq!(
+        sb.cli(0, &["key", "revoke", &id, "--tenant", "acme"]).code,
+        4
+    );
 
     // Nothing secret is anywhere in the node's files: not the secret, not the API key, not
     // the admin token (only admin.token, written for the operator, holds the token).
     let node_dir = &sb.nodes[0].dir;
     let mut raft = all_bytes(&node_dir.join("raft"));
     raft.extend(std::fs::read(node_dir.with_extension("log")).unwrap_or_default());
-    for (what, plain) in [("secret", secret), ("api key", key.as_str()), ("admin token", sb.token.as_str())] {
-        assert!(!contains(&raft, plain.as_bytes()), "the {what} is stored or logged in plaintext");
+    for (what, plain) in [
+        ("secret", secret),
+        ("api key", key.as_str()),
+        ("admin token", sb.token.as_str()),
+    ] {
+        assert!(
+            !contains(&raft, plain.as_bytes()),
+            "the {what} is stored or logged in plaintext"
+        );
     }
     assert!(node_dir.join("master.key").exists());
 }
@@ -107,25 +182,63 @@ fn membership_changes_from_the_cli() {
     let mut sb = Sandbox::cluster(1);
     // A node can join by itself with --join (the same as cluster add-node).
     sb.add_node_process(2);
-    sb.cli(0, &["cluster", "add-node", "--node-id", "2", "--addr", &sb.nodes[1].grpc.to_string(), "--learner"]).ok();
+    sb.cli(
+        0,
+        &[
+            "cluster",
+            "add-node",
+            "--node-id",
+            "2",
+            "--addr",
+            &sb.nodes[1].grpc.to_string(),
+            "--learner",
+        ],
+    )
+    .ok();
     let status = sb.cli(1, &["cluster", "status", "-o", "json"]).ok().stdout;
     let s: serde_json::Value = serde_json::from_str(&status).unwrap();
     assert_eq!(s["nodes"][1]["role"], "learner", "{status}");
     assert_eq!(s["nodes"][1]["voter"], false, "{status}");
     // Promote by adding it again as a voter, then remove it.
-    sb.cli(0, &["cluster", "add-node", "--node-id", "2", "--addr", &sb.nodes[1].grpc.to_string()]).ok();
+    sb.cli(
+        0,
+        &[
+            "cluster",
+            "add-node",
+            "--node-id",
+            "2",
+            "--addr",
+            &sb.nodes[1].grpc.to_string(),
+        ],
+    )
+    .ok();
     let status = sb.cli(0, &["cluster", "status", "-o", "json"]).ok().stdout;
-    assert!(status.contains("\"voter\": true") && !status.contains("learner"), "{status}");
+    assert!(
+        status.contains("\"voter\": true") && !status.contains("learner"),
+        "{status}"
+    );
     // A write through the new node reaches the leader.
-    sb.cli(1, &["apply", "-f", &sb.file("t.yaml", "tenants: [{name: t1}]")]).ok();
-    sb.cli(0, &["cluster", "remove-node", "--node-id", "2"]).ok();
+    sb.cli(
+        1,
+        &["apply", "-f", &sb.file("t.yaml", "tenants: [{name: t1}]")],
+    )
+    .ok();
+    sb.cli(0, &["cluster", "remove-node", "--node-id", "2"])
+        .ok();
     wait_for("node 2 to leave", Duration::from_secs(10), || {
         let s = sb.cli(0, &["cluster", "status", "-o", "json"]).ok().stdout;
         let v: serde_json::Value = serde_json::from_str(&s).unwrap();
         (v["nodes"].as_array().unwrap().len() == 1).then_some(())
     });
-    assert_eq!(sb.cli(0, &["cluster", "remove-node", "--node-id", "9"]).code, 4);
+    assert_eq!(
+        sb.cli(0, &["cluster", "remove-node", "--node-id", "9"])
+            .code,
+        4
+    );
     let table = sb.cli(0, &["cluster", "status"]).ok().stdout;
-    assert!(table.contains("leader") && table.contains("edges (0)"), "{table}");
+    assert!(
+        table.contains("leader") && table.contains("edges (0)"),
+        "{table}"
+    );
     let _ = sb.node(2);
 }

@@ -22,7 +22,8 @@ fn export(sb: &Sandbox) -> String {
 #[test]
 fn bad_input_is_refused_clearly_and_writes_nothing() {
     let sb = Sandbox::cluster(1);
-    sb.cli(0, &["apply", "-f", &sb.file("good.yaml", GOOD)]).ok();
+    sb.cli(0, &["apply", "-f", &sb.file("good.yaml", GOOD)])
+        .ok();
     let before = export(&sb);
 
     // Each case: a document that also contains a valid new app (which must not be written),
@@ -78,9 +79,21 @@ fn bad_input_is_refused_clearly_and_writes_nothing() {
         let file = sb.file(&format!("bad-{}.yaml", what.replace(' ', "-")), doc);
         let out = sb.cli(0, &["apply", "-f", &file]);
         assert_eq!(out.code, 1, "{what}: expected failure, got {out:?}");
-        assert!(out.stderr.contains(want), "{what}: want {want:?} in stderr:\n{}", out.stderr);
-        assert!(out.stderr.lines().all(|l| l.starts_with("error: ")), "{what}: every line is one reason: {}", out.stderr);
-        assert_eq!(export(&sb), before, "{what}: a refused apply changed the config");
+        assert!(
+            out.stderr.contains(want),
+            "{what}: want {want:?} in stderr:\n{}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.lines().all(|l| l.starts_with("error: ")),
+            "{what}: every line is one reason: {}",
+            out.stderr
+        );
+        assert_eq!(
+            export(&sb),
+            before,
+            "{what}: a refused apply changed the config"
+        );
         // diff refuses it the same way
         let out = sb.cli(0, &["diff", "-f", &file]);
         assert_eq!(out.code, 1, "{what}: diff should refuse too: {out:?}");
@@ -98,17 +111,40 @@ fn apply_diff_export_get_delete_round_trip() {
     assert_eq!(export(&sb).trim(), "{}", "diff must not write");
 
     let first = sb.cli(0, &["apply", "-f", &good]).ok().stdout;
-    assert!(first.contains("6 created, 0 updated, 0 deleted, 0 unchanged"), "{first}");
+    assert!(
+        first.contains("6 created, 0 updated, 0 deleted, 0 unchanged"),
+        "{first}"
+    );
     let again = sb.cli(0, &["apply", "-f", &good]).ok().stdout;
-    assert!(again.contains("0 created, 0 updated, 0 deleted, 6 unchanged"), "apply is idempotent: {again}");
+    assert!(
+        again.contains("0 created, 0 updated, 0 deleted, 6 unchanged"),
+        "apply is idempotent: {again}"
+    );
 
     // The export applies back to the same config: nothing changes.
     let exported = sb.cli(0, &["export"]).ok().stdout;
     assert!(exported.contains("name: orders"), "{exported}");
-    let back = sb.cli(0, &["apply", "-f", &sb.file("exported.yaml", &exported)]).ok().stdout;
+    let back = sb
+        .cli(0, &["apply", "-f", &sb.file("exported.yaml", &exported)])
+        .ok()
+        .stdout;
     assert!(back.contains("6 unchanged"), "{back}");
     // Manual approval: the subscription starts pending, and keeps its status on re-apply.
-    let sub = sb.cli(0, &["get", "subscription", "mobile:orders", "--tenant", "acme", "-o", "json"]).ok().stdout;
+    let sub = sb
+        .cli(
+            0,
+            &[
+                "get",
+                "subscription",
+                "mobile:orders",
+                "--tenant",
+                "acme",
+                "-o",
+                "json",
+            ],
+        )
+        .ok()
+        .stdout;
     let sub: serde_json::Value = serde_json::from_str(&sub).unwrap();
     assert_eq!(sub["spec"]["status"], "pending");
 
@@ -116,20 +152,40 @@ fn apply_diff_export_get_delete_round_trip() {
     let changed = GOOD.replace("weight: 2", "weight: 5");
     let changed = sb.file("changed.yaml", &changed);
     let diff = sb.cli(0, &["diff", "-f", &changed]).ok().stdout;
-    assert!(diff.contains("~ upstream acme/orders-be (updated)"), "{diff}");
+    assert!(
+        diff.contains("~ upstream acme/orders-be (updated)"),
+        "{diff}"
+    );
     assert!(diff.contains("-   weight: 2\n    +   weight: 5"), "{diff}");
     let code = sb.cli(0, &["diff", "--exit-code", "-f", &changed]).code;
     assert_eq!(code, 1, "--exit-code reports differences");
 
     // Optimistic concurrency: a stale resource_version is refused with exit code 5.
-    let got = sb.cli(0, &["get", "app", "mobile", "--tenant", "acme", "-o", "json"]).ok().stdout;
-    let version = serde_json::from_str::<serde_json::Value>(&got).unwrap()["version"].as_u64().unwrap();
-    let stale = format!("apps: [{{name: mobile, tenant: acme, description: x, resource_version: {}}}]", version + 100);
+    let got = sb
+        .cli(
+            0,
+            &["get", "app", "mobile", "--tenant", "acme", "-o", "json"],
+        )
+        .ok()
+        .stdout;
+    let version = serde_json::from_str::<serde_json::Value>(&got).unwrap()["version"]
+        .as_u64()
+        .unwrap();
+    let stale = format!(
+        "apps: [{{name: mobile, tenant: acme, description: x, resource_version: {}}}]",
+        version + 100
+    );
     let out = sb.cli(0, &["apply", "-f", &sb.file("stale.yaml", &stale)]);
     assert_eq!(out.code, 5, "{out:?}");
-    assert!(out.stderr.contains("does not match the stored version"), "{out:?}");
-    let fresh = format!("apps: [{{name: mobile, tenant: acme, description: x, resource_version: {version}}}]");
-    sb.cli(0, &["apply", "-f", &sb.file("fresh.yaml", &fresh)]).ok();
+    assert!(
+        out.stderr.contains("does not match the stored version"),
+        "{out:?}"
+    );
+    let fresh = format!(
+        "apps: [{{name: mobile, tenant: acme, description: x, resource_version: {version}}}]"
+    );
+    sb.cli(0, &["apply", "-f", &sb.file("fresh.yaml", &fresh)])
+        .ok();
 
     // Deleting what is still referenced is refused; deleting the referrer first works.
     let out = sb.cli(0, &["delete", "upstream", "orders-be", "--tenant", "acme"]);
@@ -140,12 +196,32 @@ fn apply_diff_export_get_delete_round_trip() {
 
     // Prune removes, within the file's tenants, what the file no longer names.
     let smaller = "tenants: [{name: acme}]\nupstreams: [{name: orders-be, tenant: acme, targets: [{url: 'http://127.0.0.1:9001'}]}]";
-    let out = sb.cli(0, &["apply", "--prune", "-f", &sb.file("smaller.yaml", smaller)]).ok().stdout;
+    let out = sb
+        .cli(
+            0,
+            &["apply", "--prune", "-f", &sb.file("smaller.yaml", smaller)],
+        )
+        .ok()
+        .stdout;
     assert!(out.contains("4 deleted"), "{out}");
     let listed = sb.cli(0, &["get", "services", "-o", "json"]).ok().stdout;
     assert_eq!(listed.trim(), "[]");
     // JSON documents are accepted too.
-    sb.cli(0, &["apply", "-f", &sb.file("doc.json", r#"{"apps": [{"name": "web", "tenant": "acme"}]}"#)]).ok();
+    sb.cli(
+        0,
+        &[
+            "apply",
+            "-f",
+            &sb.file(
+                "doc.json",
+                r#"{"apps": [{"name": "web", "tenant": "acme"}]}"#,
+            ),
+        ],
+    )
+    .ok();
     let table = sb.cli(0, &["get", "app"]).ok().stdout;
-    assert!(table.starts_with("KIND") && table.contains("web"), "{table}");
+    assert!(
+        table.starts_with("KIND") && table.contains("web"),
+        "{table}"
+    );
 }

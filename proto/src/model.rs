@@ -920,7 +920,16 @@ ai_providers: [{name: openai, tenant: acme, kind: openai, base_url: "https://api
         )
         .unwrap();
         assert_eq!(doc.services[0].auth, vec![AuthKind::ApiKey, AuthKind::Jwt]);
-        assert_eq!(doc.upstreams[0].health.as_ref().unwrap().interval.0.as_secs(), 5);
+        assert_eq!(
+            doc.upstreams[0]
+                .health
+                .as_ref()
+                .unwrap()
+                .interval
+                .0
+                .as_secs(),
+            5
+        );
         assert_eq!(doc.clone().into_specs().len(), 9);
         // Round trip through JSON keeps everything.
         let json = serde_json::to_string(&doc).unwrap();

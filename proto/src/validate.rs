@@ -163,7 +163,10 @@ pub fn is_internal_address(ip: IpAddr) -> bool {
             let s = v6.segments();
             (s[0] & 0xffc0) == 0xfe80
                 || v6.is_unspecified()
-                || v6 == "fd00:ec2::254".parse::<std::net::Ipv6Addr>().expect("literal")
+                || v6
+                    == "fd00:ec2::254"
+                        .parse::<std::net::Ipv6Addr>()
+                        .expect("literal")
                 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
         }
     }
@@ -178,7 +181,9 @@ const METADATA_HOSTS: [&str; 3] = [
 fn check_url(value: &str, allow_internal: bool) -> Result<(), String> {
     let url = url::Url::parse(value).map_err(|e| format!("invalid URL {value:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("invalid URL {value:?}: scheme must be http or https"));
+        return Err(format!(
+            "invalid URL {value:?}: scheme must be http or https"
+        ));
     }
     let host = match url.host() {
         Some(h) => h,
@@ -335,7 +340,11 @@ fn validate_upstream(c: &mut Checker<'_>, u: &Upstream) {
         c.err("targets", "at least one target is required");
     }
     for (i, t) in u.targets.iter().enumerate() {
-        c.url(&format!("targets[{i}].url"), &t.url, u.allow_internal_addresses);
+        c.url(
+            &format!("targets[{i}].url"),
+            &t.url,
+            u.allow_internal_addresses,
+        );
         if t.weight > 10_000 {
             c.err(format!("targets[{i}].weight"), "must be at most 10000");
         }
@@ -345,7 +354,10 @@ fn validate_upstream(c: &mut Checker<'_>, u: &Upstream) {
     }
     if let Some(h) = &u.health {
         if !h.path.starts_with('/') {
-            c.err("health.path", format!("invalid path {:?}: must start with /", h.path));
+            c.err(
+                "health.path",
+                format!("invalid path {:?}: must start with /", h.path),
+            );
         }
         if h.interval.0 < Duration::from_millis(100) {
             c.err("health.interval", "must be at least 100ms");
@@ -405,7 +417,10 @@ fn validate_service(c: &mut Checker<'_>, s: &Service) {
     }
     for (i, r) in s.routes.iter().enumerate() {
         if r.paths.is_empty() {
-            c.err(format!("routes[{i}].paths"), "at least one path is required");
+            c.err(
+                format!("routes[{i}].paths"),
+                "at least one path is required",
+            );
         }
         for (j, p) in r.paths.iter().enumerate() {
             let field = format!("routes[{i}].paths[{j}]");
@@ -437,7 +452,10 @@ fn validate_service(c: &mut Checker<'_>, s: &Service) {
         for (name, value) in &r.headers {
             c.header_name(&format!("routes[{i}].headers"), name);
             if !is_header_value(value) {
-                c.err(format!("routes[{i}].headers.{name}"), "invalid header value");
+                c.err(
+                    format!("routes[{i}].headers.{name}"),
+                    "invalid header value",
+                );
             }
         }
     }
@@ -455,7 +473,10 @@ fn check_model_ref(c: &mut Checker<'_>, field: &str, m: &str) {
 
 fn validate_ai_route(c: &mut Checker<'_>, ai: &AiRoute) {
     if ai.models.is_empty() && ai.model.is_none() {
-        c.err("ai", "name the models (models: [provider/model]) or a model");
+        c.err(
+            "ai",
+            "name the models (models: [provider/model]) or a model",
+        );
     }
     for (i, m) in ai.models.iter().enumerate() {
         check_model_ref(c, &format!("ai.models[{i}]"), m);
@@ -582,9 +603,15 @@ fn validate_policy(c: &mut Checker<'_>, p: &Policy) {
             && t.cost_per_day.is_none()
             && t.cost_per_month.is_none()
         {
-            c.err("token_limit", "set tokens_per_minute, tokens_per_day, cost_per_day or cost_per_month");
+            c.err(
+                "token_limit",
+                "set tokens_per_minute, tokens_per_day, cost_per_day or cost_per_month",
+            );
         }
-        for (v, f) in [(t.cost_per_day, "cost_per_day"), (t.cost_per_month, "cost_per_month")] {
+        for (v, f) in [
+            (t.cost_per_day, "cost_per_day"),
+            (t.cost_per_month, "cost_per_month"),
+        ] {
             if v.is_some_and(|v| !v.is_finite() || v <= 0.0) {
                 c.err(format!("token_limit.{f}"), "must be a positive number");
             }
@@ -613,7 +640,10 @@ fn validate_jwt_issuer(c: &mut Checker<'_>, j: &JwtIssuer) {
         } else if !JWT_ALGORITHMS.contains(&a.as_str()) {
             c.err(
                 format!("algorithms[{i}]"),
-                format!("unknown algorithm {a:?}: use one of {}", JWT_ALGORITHMS.join(", ")),
+                format!(
+                    "unknown algorithm {a:?}: use one of {}",
+                    JWT_ALGORITHMS.join(", ")
+                ),
             );
         }
     }
@@ -637,9 +667,15 @@ fn validate_ai_provider(c: &mut Checker<'_>, p: &AiProvider) {
             c.err(format!("models[{i}].name"), "must not be empty");
         }
         if !seen.insert(&m.name) {
-            c.err(format!("models[{i}].name"), format!("{:?} is listed twice", m.name));
+            c.err(
+                format!("models[{i}].name"),
+                format!("{:?} is listed twice", m.name),
+            );
         }
-        for (v, f) in [(m.input_per_mtok, "input_per_mtok"), (m.output_per_mtok, "output_per_mtok")] {
+        for (v, f) in [
+            (m.input_per_mtok, "input_per_mtok"),
+            (m.output_per_mtok, "output_per_mtok"),
+        ] {
             if !v.is_finite() || v < 0.0 {
                 c.err(format!("models[{i}].{f}"), "must be zero or more");
             }
@@ -674,14 +710,21 @@ pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<Vali
             out: &mut *out,
         };
         let need = |c: &mut Checker<'_>, field: String, kind: Kind, name: &str| {
-            let tenant = if kind == Kind::Tenant { "" } else { key.tenant.as_str() };
+            let tenant = if kind == Kind::Tenant {
+                ""
+            } else {
+                key.tenant.as_str()
+            };
             if !has(kind, tenant, name) {
                 let what = if tenant.is_empty() {
                     name.to_string()
                 } else {
                     format!("{tenant}/{name}")
                 };
-                c.err(field, format!("references {kind} {what}, which does not exist"));
+                c.err(
+                    field,
+                    format!("references {kind} {what}, which does not exist"),
+                );
             }
         };
         if key.kind != Kind::Tenant {

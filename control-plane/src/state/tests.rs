@@ -1,7 +1,14 @@
 use super::*;
 
-fn apply_doc(state: &mut ConfigState, index: u64, yaml: &str, prune: bool) -> Result<Outcome, CommandError> {
-    let specs = Document::parse(yaml).map_err(|e| CommandError::Invalid(vec![e]))?.into_specs();
+fn apply_doc(
+    state: &mut ConfigState,
+    index: u64,
+    yaml: &str,
+    prune: bool,
+) -> Result<Outcome, CommandError> {
+    let specs = Document::parse(yaml)
+        .map_err(|e| CommandError::Invalid(vec![e]))?
+        .into_specs();
     state.apply(index, &Command::Apply { specs, prune })
 }
 
@@ -54,13 +61,21 @@ fn rejected_apply_writes_nothing() {
     let mut s = ConfigState::default();
     apply_doc(&mut s, 1, BASE, false).unwrap();
     let before = s.resources.clone();
-    let bad = format!("{BASE}\npolicies: [{{name: p, tenant: acme, ip_filter: {{allow: [nonsense]}}}}]");
+    let bad =
+        format!("{BASE}\npolicies: [{{name: p, tenant: acme, ip_filter: {{allow: [nonsense]}}}}]");
     let err = apply_doc(&mut s, 2, &bad, false).unwrap_err();
-    assert!(err.to_string().contains("policy acme/p: ip_filter.allow[0]: invalid CIDR"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("policy acme/p: ip_filter.allow[0]: invalid CIDR"),
+        "{err}"
+    );
     assert_eq!(s.resources, before);
     let dangling = "apps: [{name: x, tenant: nowhere}]";
     let err = apply_doc(&mut s, 3, dangling, false).unwrap_err();
-    assert!(err.to_string().contains("references tenant nowhere"), "{err}");
+    assert!(
+        err.to_string().contains("references tenant nowhere"),
+        "{err}"
+    );
     assert_eq!(s.resources, before);
 }
 
@@ -88,7 +103,10 @@ apps: [{name: mobile, tenant: acme}]
 subscriptions: [{app: mobile, service: orders, tenant: acme}]
 "#;
     let err = apply_doc(&mut s, 2, without_upstream, true).unwrap_err();
-    assert!(err.to_string().contains("which this change deletes"), "{err}");
+    assert!(
+        err.to_string().contains("which this change deletes"),
+        "{err}"
+    );
     // Dropping the app and its subscription deletes both, and the app's keys.
     s.apply(
         3,
@@ -127,7 +145,13 @@ fn deltas_fall_back_to_snapshots_past_the_tombstone_floor() {
     let mut index = 2;
     for i in 0..(TOMBSTONE_CAPACITY + 5) {
         let name = format!("a{i}");
-        apply_doc(&mut s, index, &format!("apps: [{{name: {name}, tenant: t}}]"), false).unwrap();
+        apply_doc(
+            &mut s,
+            index,
+            &format!("apps: [{{name: {name}, tenant: t}}]"),
+            false,
+        )
+        .unwrap();
         s.apply(
             index + 1,
             &Command::Delete {
@@ -148,12 +172,29 @@ fn delete_checks_expected_version_and_kind() {
     apply_doc(&mut s, 1, BASE, false).unwrap();
     let key = ResourceKey::new(Kind::App, "acme", "ghost");
     assert!(matches!(
-        s.apply(2, &Command::Delete { key, expected_version: None }),
+        s.apply(
+            2,
+            &Command::Delete {
+                key,
+                expected_version: None
+            }
+        ),
         Err(CommandError::NotFound(_))
     ));
     let key = ResourceKey::new(Kind::Upstream, "acme", "be");
     let err = s
-        .apply(3, &Command::Delete { key, expected_version: None })
+        .apply(
+            3,
+            &Command::Delete {
+                key,
+                expected_version: None,
+            },
+        )
         .unwrap_err();
-    assert!(err.to_string().contains("service acme/orders: upstream: references upstream acme/be, which this change deletes"), "{err}");
+    assert!(
+        err.to_string().contains(
+            "service acme/orders: upstream: references upstream acme/be, which this change deletes"
+        ),
+        "{err}"
+    );
 }
