@@ -82,17 +82,32 @@ impl tonic::service::Interceptor for Auth {
 
 pub type Client = AdminClient<InterceptedService<Channel, Auth>>;
 
-/// The token from `--token`/`TOLLGATE_TOKEN`, else `./tollgate-data/admin.token` (what
-/// `tollgate dev` writes).
+/// The token from `--token`/`TOLLGATE_TOKEN`, else, for a control plane on this machine,
+/// `./tollgate-data/admin.token` (what `tollgate dev` writes): a local token is never sent
+/// to another host.
 fn token(g: &Global) -> Option<String> {
-    g.token
-        .clone()
-        .filter(|t| !t.trim().is_empty())
-        .or_else(|| {
-            std::fs::read_to_string(Path::new("./tollgate-data/admin.token"))
-                .ok()
-                .map(|t| t.trim().to_string())
-        })
+    let explicit = g.token.clone().filter(|t| !t.trim().is_empty());
+    if explicit.is_some() || !is_loopback(&g.server) {
+        return explicit;
+    }
+    std::fs::read_to_string(Path::new("./tollgate-data/admin.token"))
+        .ok()
+        .map(|t| t.trim().to_string())
+}
+
+fn is_loopback(server: &str) -> bool {
+    let Ok(uri) = server.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 pub async fn connect(g: &Global) -> Result<Client, Failure> {

@@ -78,6 +78,9 @@ enum Command {
     /// Manage secrets (encrypted at rest, never shown)
     #[command(subcommand)]
     Secret(verbs::SecretCmd),
+    /// Manage tokens for operators (cluster-admin) and edge nodes (edge)
+    #[command(subcommand)]
+    Token(verbs::TokenCmd),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -109,9 +112,8 @@ fn main() {
         cli.command,
         Command::Dev(_) | Command::ControlPlane(_) | Command::Edge(_)
     );
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(if server_mode { "info" } else { "warn" })
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if server_mode { "info" } else { "warn" }));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -136,14 +138,10 @@ fn main() {
             Command::Key(c) => verbs::key(&g, c).await,
             Command::Subscription(c) => verbs::subscription(&g, c).await,
             Command::Secret(c) => verbs::secret(&g, c).await,
+            Command::Token(c) => verbs::token(&g, c).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
-                clap_complete::generate(
-                    shell,
-                    &mut Cli::command(),
-                    "tollgate",
-                    &mut std::io::stdout(),
-                );
+                clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());
                 Ok(())
             }
         }

@@ -49,10 +49,7 @@ impl Table {
 /// Prints `value` as JSON or YAML, or calls `table` for the table format.
 pub fn print<T: Serialize>(format: Format, value: &T, table: impl FnOnce() -> String) {
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(value).unwrap_or_default()
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
         Format::Yaml => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
         Format::Table => print!("{}", table()),
     }

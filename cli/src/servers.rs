@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use tollgate_control_plane::secrets::write_private;
 use tollgate_control_plane::ControlPlaneOptions;
 use tollgate_edge::EdgeOptions;
 use tollgate_proto::v1::admin_client::AdminClient;
-use tollgate_proto::v1::ClusterInitRequest;
+use tollgate_proto::v1::{ClusterInitRequest, CreateTokenRequest};
 
 use crate::client::CliResult;
 use crate::{defaults, parse_addr};
@@ -74,7 +75,7 @@ pub struct EdgeArgs {
     /// Name reported to the control plane (default: edge-<host>-<listen port>)
     #[arg(long)]
     node_id: Option<String>,
-    /// Token the edge presents when joining (reserved for mTLS/edge auth)
+    /// Token of role edge (`tollgate token create --role edge`) presented to the control plane
     #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
 }
@@ -84,14 +85,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -137,6 +137,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         admin: a.admin,
         peer: a.peer,
         data_dir: a.data_dir,
+        join_token: a.join_token,
     };
     tollgate_edge::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -156,20 +157,42 @@ pub async fn dev(a: DevArgs) -> CliResult {
     .await?;
     let server = format!("http://{}", cp.grpc_addr);
     let token_path = a.data_dir.join("admin.token");
-    let token = if cp.node.is_initialized() {
-        std::fs::read_to_string(&token_path)
+    let edge_token_path = a.data_dir.join("edge.token");
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
             .map(|t| t.trim().to_string())
-            .with_context(|| format!("reading {}", token_path.display()))?
+            .with_context(|| format!("reading {}", p.display()))
+    };
+    let (token, edge_token) = if cp.node.is_initialized().await {
+        (read(&token_path)?, read(&edge_token_path)?)
     } else {
+        // First start: initialize, and mint the token the in-process edge joins with.
         let mut client = AdminClient::connect(server.clone())
             .await
             .context("connecting to the local control plane")?;
-        client
+        let token = client
             .cluster_init(ClusterInitRequest {})
             .await
             .map_err(|s| anyhow::anyhow!("initializing: {}", s.message()))?
             .into_inner()
-            .admin_token
+            .admin_token;
+        let mut req = tonic::Request::new(CreateTokenRequest {
+            role: "edge".into(),
+            label: "dev edge".into(),
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().context("admin token")?,
+        );
+        let edge_token = client
+            .create_token(req)
+            .await
+            .map_err(|s| anyhow::anyhow!("creating the edge token: {}", s.message()))?
+            .into_inner()
+            .token;
+        write_private(&edge_token_path, format!("{edge_token}\n").as_bytes())
+            .with_context(|| format!("writing {}", edge_token_path.display()))?;
+        (token, edge_token)
     };
     let (stop_edge, edge_stopped) = tokio::sync::oneshot::channel::<()>();
     let edge = tokio::spawn(tollgate_edge::run(
@@ -180,6 +203,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             admin: a.admin,
             peer: a.peer,
             data_dir: a.data_dir.join("edge"),
+            join_token: Some(edge_token),
         },
         async move {
             let _ = edge_stopped.await;

@@ -123,6 +123,22 @@ pub enum SubscriptionCmd {
 }
 
 #[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; it is printed once and stored only as a hash
+    Create {
+        /// cluster-admin (the whole admin API) or edge (the config stream, for --join-token)
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    /// Revoke a token by its id (see `token list`)
+    Revoke { id: String },
+    /// List tokens (ids, roles, labels; never the tokens)
+    List,
+}
+
+#[derive(Subcommand)]
 pub enum SecretCmd {
     /// Set a secret; the value is read from standard input (a trailing newline is dropped)
     Set {
@@ -144,8 +160,7 @@ fn read_file(path: &PathBuf) -> Result<String, Failure> {
         std::io::stdin().read_to_string(&mut s)?;
         return Ok(s);
     }
-    std::fs::read_to_string(path)
-        .map_err(|e| Failure::other(format!("reading {}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(|e| Failure::other(format!("reading {}: {e}", path.display())))
 }
 
 #[derive(Serialize)]
@@ -313,12 +328,7 @@ struct ResourceOut {
 
 /// One-line summary of a resource for tables.
 fn describe(kind: &str, spec: &serde_json::Value) -> String {
-    let s = |k: &str| {
-        spec.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
+    let s = |k: &str| spec.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     match kind {
         "service" => {
             let paths: Vec<String> = spec["routes"]
@@ -492,10 +502,7 @@ pub async fn subscription(g: &Global, c: SubscriptionCmd) -> CliResult {
         .into_inner();
     let out = apply_out(r);
     print(g.output, &out, || {
-        format!(
-            "subscription {id} {status} (config version {})\n",
-            out.version
-        )
+        format!("subscription {id} {status} (config version {})\n", out.version)
     });
     Ok(())
 }
@@ -513,17 +520,11 @@ pub async fn secret(g: &Global, c: SecretCmd) -> CliResult {
                 }
             }
             client
-                .set_secret(SetSecretRequest {
-                    tenant,
-                    name,
-                    value,
-                })
+                .set_secret(SetSecretRequest { tenant, name, value })
                 .await?
         }
         SecretCmd::Delete { name, tenant } => {
-            client
-                .delete_secret(DeleteSecretRequest { tenant, name })
-                .await?
+            client.delete_secret(DeleteSecretRequest { tenant, name }).await?
         }
     };
     let out = apply_out(r.into_inner());
@@ -649,10 +650,7 @@ pub async fn cluster(g: &Global, c: ClusterCmd) -> CliResult {
     let mut client = connect(g).await?;
     match c {
         ClusterCmd::Init => {
-            let r = client
-                .cluster_init(ClusterInitRequest {})
-                .await?
-                .into_inner();
+            let r = client.cluster_init(ClusterInitRequest {}).await?.into_inner();
             #[derive(Serialize)]
             struct InitOut {
                 node_id: u64,
@@ -700,6 +698,76 @@ pub async fn cluster(g: &Global, c: ClusterCmd) -> CliResult {
                 .into_inner();
             let out = status_out(r);
             print(g.output, &out, || status_table(&out));
+        }
+    }
+    Ok(())
+}
+
+pub async fn token(g: &Global, c: TokenCmd) -> CliResult {
+    let mut client = connect(g).await?;
+    match c {
+        TokenCmd::Create { role, label } => {
+            let r = client
+                .create_token(CreateTokenRequest { role, label })
+                .await?
+                .into_inner();
+            #[derive(Serialize)]
+            struct TokenOut {
+                token: String,
+                id: String,
+            }
+            let out = TokenOut {
+                token: r.token,
+                id: r.id,
+            };
+            print(g.output, &out, || {
+                format!(
+                    "{}\n# token id {} — this is the only time the token is shown\n",
+                    out.token, out.id
+                )
+            });
+        }
+        TokenCmd::Revoke { id } => {
+            let r = client
+                .revoke_token(RevokeTokenRequest { id: id.clone() })
+                .await?
+                .into_inner();
+            let out = apply_out(r);
+            print(g.output, &out, || {
+                format!("token {id} revoked (config version {})\n", out.version)
+            });
+        }
+        TokenCmd::List => {
+            let r = client.list_tokens(ListTokensRequest {}).await?.into_inner();
+            #[derive(Serialize)]
+            struct TokenInfoOut {
+                id: String,
+                role: String,
+                label: String,
+                created_ms: u64,
+            }
+            let list: Vec<TokenInfoOut> = r
+                .tokens
+                .into_iter()
+                .map(|t| TokenInfoOut {
+                    id: t.id,
+                    role: t.role,
+                    label: t.label,
+                    created_ms: t.created_ms,
+                })
+                .collect();
+            print(g.output, &list, || {
+                let mut t = Table::new(&["ID", "ROLE", "LABEL", "CREATED"]);
+                for tok in &list {
+                    t.row(vec![
+                        tok.id.clone(),
+                        tok.role.clone(),
+                        tok.label.clone(),
+                        ago(tok.created_ms),
+                    ]);
+                }
+                t.render()
+            });
         }
     }
     Ok(())

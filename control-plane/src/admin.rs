@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers};
 use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
@@ -17,9 +17,9 @@ use tollgate_proto::validate::check_name;
 use tollgate_proto::{Document, Kind, Spec};
 use tonic::{Request, Response, Status};
 
-use crate::node::{forwarded, now_ms, Node, Route};
+use crate::node::{command_status, forwarded, now_ms, retryable, Node, Route, LEADER_WAIT};
 use crate::secrets::{random_bytes, random_token, write_private};
-use crate::state::{AdminToken, Change as StateChange, Command, Outcome};
+use crate::state::{AdminToken, Change as StateChange, Command, Outcome, Role};
 
 /// Largest secret value accepted.
 const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -34,15 +34,29 @@ impl AdminService {
     }
 }
 
-/// Answers locally when this node leads, else relays to the leader. The leader checks the
-/// token; a follower cannot, as its copy of the tokens may lag.
+/// Answers locally (`$local`) when this node leads, else relays the call to the leader. The
+/// leader checks the token: a follower cannot, as its copy of the tokens may lag. A call that
+/// failed because leadership moved, and surely changed nothing, is tried again (against the
+/// new leader) until [`LEADER_WAIT`] runs out, so a failover is invisible to the caller.
 macro_rules! lead {
-    ($self:ident, $req:ident, $method:ident) => {
-        match $self.node.route(&$req).await? {
-            Route::Forward(mut client) => return client.$method(forwarded($req)).await,
-            Route::Local => $self.node.authorize(&$req)?,
+    ($self:ident, $req:ident, $method:ident, $local:ident) => {{
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            let result = match $self.node.route(&$req, deadline).await? {
+                Route::Forward(mut client) => client.$method(forwarded(&$req)).await,
+                Route::Local => {
+                    $self.node.authorize(&$req, &[Role::ClusterAdmin])?;
+                    $self.$local($req.get_ref().clone()).await.map(Response::new)
+                }
+            };
+            match result {
+                Err(s) if retryable(&s) && Instant::now() < deadline => {
+                    $self.node.wait_for_new_leader(deadline).await;
+                }
+                other => return other,
+            }
         }
-    };
+    }};
 }
 
 fn invalid(field: &str, e: String) -> Status {
@@ -52,10 +66,7 @@ fn invalid(field: &str, e: String) -> Status {
 fn parse_kind(kind: &str) -> Result<Kind, Status> {
     Kind::parse(kind).ok_or_else(|| {
         let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        Status::invalid_argument(format!(
-            "unknown kind {kind:?}: use one of {}",
-            kinds.join(", ")
-        ))
+        Status::invalid_argument(format!("unknown kind {kind:?}: use one of {}", kinds.join(", ")))
     })
 }
 
@@ -141,9 +152,8 @@ fn apply_response(out: Outcome, with_diff: bool) -> ApplyResponse {
 }
 
 /// A resource as shown by `get`: key hashes and sealed secrets are never shown.
-fn resource_to_proto(spec: &Spec, version: u64) -> Resource {
-    let key = spec.key();
-    let shown = match spec {
+fn shown_resource(key: &tollgate_proto::ResourceKey, stored: &crate::state::Stored) -> Resource {
+    let shown = match &stored.spec {
         Spec::ApiKey(k) => Spec::ApiKey(ApiKey {
             sha256: String::new(),
             ..k.clone()
@@ -154,20 +164,125 @@ fn resource_to_proto(spec: &Spec, version: u64) -> Resource {
         }),
         other => other.clone(),
     };
-    Resource {
-        kind: key.kind.as_str().into(),
-        tenant: key.tenant,
-        name: key.name,
-        version,
-        spec_json: shown.to_json(),
-    }
+    crate::stream::to_resource(key, &shown, stored.version)
 }
 
 #[tonic::async_trait]
 impl Admin for AdminService {
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, apply);
-        let r = req.into_inner();
+        lead!(self, req, apply, apply_local)
+    }
+
+    async fn diff(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, diff, diff_local)
+    }
+
+    async fn export(&self, req: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
+        if req.get_ref().local {
+            self.node.authorize(&req, &[Role::ClusterAdmin])?;
+            return self.export_from_state(req.into_inner().tenant).map(Response::new);
+        }
+        lead!(self, req, export, export_local)
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        lead!(self, req, get, get_local)
+    }
+
+    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, delete, delete_local)
+    }
+
+    async fn create_key(
+        &self,
+        req: Request<CreateKeyRequest>,
+    ) -> Result<Response<CreateKeyResponse>, Status> {
+        lead!(self, req, create_key, create_key_local)
+    }
+
+    async fn revoke_key(&self, req: Request<RevokeKeyRequest>) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, revoke_key, revoke_key_local)
+    }
+
+    async fn decide_subscription(
+        &self,
+        req: Request<DecideSubscriptionRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, decide_subscription, decide_subscription_local)
+    }
+
+    async fn set_secret(&self, req: Request<SetSecretRequest>) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, set_secret, set_secret_local)
+    }
+
+    async fn delete_secret(
+        &self,
+        req: Request<DeleteSecretRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, delete_secret, delete_secret_local)
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<CreateTokenRequest>,
+    ) -> Result<Response<CreateTokenResponse>, Status> {
+        lead!(self, req, create_token, create_token_local)
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<RevokeTokenRequest>,
+    ) -> Result<Response<ApplyResponse>, Status> {
+        lead!(self, req, revoke_token, revoke_token_local)
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<ListTokensRequest>,
+    ) -> Result<Response<ListTokensResponse>, Status> {
+        lead!(self, req, list_tokens, list_tokens_local)
+    }
+
+    async fn cluster_init(
+        &self,
+        _req: Request<ClusterInitRequest>,
+    ) -> Result<Response<ClusterInitResponse>, Status> {
+        self.init().await.map(Response::new)
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<AddNodeRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        lead!(self, req, add_node, add_node_local)
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        lead!(self, req, remove_node, remove_node_local)
+    }
+
+    async fn cluster_status(
+        &self,
+        req: Request<ClusterStatusRequest>,
+    ) -> Result<Response<ClusterStatusResponse>, Status> {
+        self.node.authorize(&req, &[Role::ClusterAdmin])?;
+        let local = req.get_ref().local;
+        let token = req.metadata().get("authorization").cloned();
+        let status = if local {
+            crate::status::local_status(&self.node)
+        } else {
+            crate::status::cluster_status(&self.node, token).await
+        };
+        Ok(Response::new(status))
+    }
+}
+
+/// The leader's side of each call.
+impl AdminService {
+    async fn apply_local(&self, r: ApplyRequest) -> Result<ApplyResponse, Status> {
         let specs = parse_document(&r.document)?;
         let out = self
             .node
@@ -176,52 +291,38 @@ impl Admin for AdminService {
                 prune: r.prune,
             })
             .await?;
-        Ok(Response::new(apply_response(out, false)))
+        Ok(apply_response(out, false))
     }
 
-    async fn diff(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, diff);
-        let r = req.into_inner();
+    async fn diff_local(&self, r: ApplyRequest) -> Result<ApplyResponse, Status> {
         let specs = parse_document(&r.document)?;
         self.node.linearizable().await?;
         let cmd = Command::Apply {
             specs,
             prune: r.prune,
         };
-        let out = self
-            .node
-            .sm
-            .read(|s| s.dry_run(&cmd))
-            .map_err(crate::node::command_status)?;
-        Ok(Response::new(apply_response(out, true)))
+        let out = self.node.sm.read(|s| s.dry_run(&cmd)).map_err(command_status)?;
+        Ok(apply_response(out, true))
     }
 
-    async fn export(
-        &self,
-        req: Request<ExportRequest>,
-    ) -> Result<Response<ExportResponse>, Status> {
-        if req.get_ref().local {
-            self.node.authorize(&req)?;
-        } else {
-            lead!(self, req, export);
-            self.node.linearizable().await?;
-        }
-        let tenant = req.into_inner().tenant;
+    async fn export_local(&self, r: ExportRequest) -> Result<ExportResponse, Status> {
+        self.node.linearizable().await?;
+        self.export_from_state(r.tenant)
+    }
+
+    fn export_from_state(&self, tenant: String) -> Result<ExportResponse, Status> {
         let (version, doc) = self.node.sm.read(|s| {
             let t = (!tenant.is_empty()).then_some(tenant.as_str());
             (s.version, s.export(t))
         });
-        let document_json =
-            serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(ExportResponse {
+        let document_json = serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(ExportResponse {
             version,
             document_json,
-        }))
+        })
     }
 
-    async fn get(&self, req: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        lead!(self, req, get);
-        let r = req.into_inner();
+    async fn get_local(&self, r: GetRequest) -> Result<GetResponse, Status> {
         let kind = parse_kind(&r.kind)?;
         self.node.linearizable().await?;
         let (version, resources) = self.node.sm.read(|s| {
@@ -235,7 +336,7 @@ impl Admin for AdminService {
                         || (kind == Kind::Tenant && k.name == r.tenant)
                 })
                 .filter(|(k, _)| r.name.is_empty() || k.name == r.name)
-                .map(|(_, stored)| resource_to_proto(&stored.spec, stored.version))
+                .map(|(k, stored)| shown_resource(k, stored))
                 .collect();
             (s.version, list)
         });
@@ -245,20 +346,13 @@ impl Admin for AdminService {
             } else {
                 format!(" in tenant {}", r.tenant)
             };
-            return Err(Status::not_found(format!(
-                "{kind} {}{where_} not found",
-                r.name
-            )));
+            return Err(Status::not_found(format!("{kind} {}{where_} not found", r.name)));
         }
-        Ok(Response::new(GetResponse { version, resources }))
+        Ok(GetResponse { version, resources })
     }
 
-    async fn delete(&self, req: Request<DeleteRequest>) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, delete);
-        let r = req.into_inner();
-        let key = r
-            .key
-            .ok_or_else(|| Status::invalid_argument("key is required"))?;
+    async fn delete_local(&self, r: DeleteRequest) -> Result<ApplyResponse, Status> {
+        let key = r.key.ok_or_else(|| Status::invalid_argument("key is required"))?;
         let kind = parse_kind(&key.kind)?;
         let tenant = if kind == Kind::Tenant {
             String::new()
@@ -272,26 +366,21 @@ impl Admin for AdminService {
             key: tollgate_proto::ResourceKey::new(kind, tenant, key.name),
             expected_version: (r.expected_version != 0).then_some(r.expected_version),
         };
-        let out = self.node.write(cmd).await?;
-        Ok(Response::new(apply_response(out, false)))
+        Ok(apply_response(self.node.write(cmd).await?, false))
     }
 
-    async fn create_key(
-        &self,
-        req: Request<CreateKeyRequest>,
-    ) -> Result<Response<CreateKeyResponse>, Status> {
-        lead!(self, req, create_key);
-        let r = req.into_inner();
+    async fn create_key_local(&self, r: CreateKeyRequest) -> Result<CreateKeyResponse, Status> {
         check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
         check_name(&r.app).map_err(|e| invalid("app", e))?;
+        if r.label.len() > 200 {
+            return Err(invalid("label", "must be at most 200 characters".into()));
+        }
         let mut id_bytes = [0u8; 6];
         let mut secret = [0u8; 32];
-        random_bytes(&mut id_bytes).map_err(|e| Status::internal(e.to_string()))?;
-        random_bytes(&mut secret).map_err(|e| Status::internal(e.to_string()))?;
+        random_bytes(&mut id_bytes).map_err(internal)?;
+        random_bytes(&mut secret).map_err(internal)?;
         let key = format_key(&id_bytes, &secret);
-        let id = parse_key(&key)
-            .expect("freshly formatted keys parse")
-            .to_string();
+        let id = parse_key(&key).expect("freshly formatted keys parse").to_string();
         let record = ApiKey {
             id: id.clone(),
             tenant: r.tenant,
@@ -301,37 +390,24 @@ impl Admin for AdminService {
             created_ms: now_ms(),
         };
         let out = self.node.write(Command::CreateKey(record)).await?;
-        Ok(Response::new(CreateKeyResponse {
+        Ok(CreateKeyResponse {
             key,
             id,
             version: out.version,
-        }))
+        })
     }
 
-    async fn revoke_key(
-        &self,
-        req: Request<RevokeKeyRequest>,
-    ) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, revoke_key);
-        let r = req.into_inner();
+    async fn revoke_key_local(&self, r: RevokeKeyRequest) -> Result<ApplyResponse, Status> {
         // Accept the whole key as well as its id.
         let id = parse_key(&r.id).map(str::to_string).unwrap_or(r.id);
         let out = self
             .node
-            .write(Command::RevokeKey {
-                tenant: r.tenant,
-                id,
-            })
+            .write(Command::RevokeKey { tenant: r.tenant, id })
             .await?;
-        Ok(Response::new(apply_response(out, false)))
+        Ok(apply_response(out, false))
     }
 
-    async fn decide_subscription(
-        &self,
-        req: Request<DecideSubscriptionRequest>,
-    ) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, decide_subscription);
-        let r = req.into_inner();
+    async fn decide_subscription_local(&self, r: DecideSubscriptionRequest) -> Result<ApplyResponse, Status> {
         let status = SubscriptionStatus::parse(&r.status).ok_or_else(|| {
             invalid(
                 "status",
@@ -341,142 +417,169 @@ impl Admin for AdminService {
         if !r.id.contains(':') {
             return Err(invalid("id", format!("{:?}: write <app>:<service>", r.id)));
         }
-        let out = self
-            .node
-            .write(Command::SetSubscriptionStatus {
-                tenant: r.tenant,
-                id: r.id,
-                status,
-            })
-            .await?;
-        Ok(Response::new(apply_response(out, false)))
+        let cmd = Command::SetSubscriptionStatus {
+            tenant: r.tenant,
+            id: r.id,
+            status,
+        };
+        Ok(apply_response(self.node.write(cmd).await?, false))
     }
 
-    async fn set_secret(
-        &self,
-        req: Request<SetSecretRequest>,
-    ) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, set_secret);
-        let r = req.into_inner();
+    async fn set_secret_local(&self, r: SetSecretRequest) -> Result<ApplyResponse, Status> {
         check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
         check_name(&r.name).map_err(|e| invalid("name", e))?;
         if r.value.is_empty() || r.value.len() > MAX_SECRET_BYTES {
-            return Err(invalid(
-                "value",
-                format!("must be 1 to {MAX_SECRET_BYTES} bytes"),
-            ));
+            return Err(invalid("value", format!("must be 1 to {MAX_SECRET_BYTES} bytes")));
         }
-        let record = self
-            .node
-            .master_key
+        let key = &self.node.master_key;
+        let cluster_key = self.node.sm.read(|s| s.master_key_id.clone());
+        if cluster_key.as_deref().is_some_and(|k| k != key.id()) {
+            return Err(Status::failed_precondition(format!(
+                "this node's master key ({}) is not the cluster's ({}); give every node the same --master-key-file",
+                key.id(),
+                cluster_key.unwrap_or_default()
+            )));
+        }
+        let record = key
             .seal(&r.tenant, &r.name, &r.value, now_ms())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let out = self.node.write(Command::PutSecret(record)).await?;
-        Ok(Response::new(apply_response(out, false)))
-    }
-
-    async fn delete_secret(
-        &self,
-        req: Request<DeleteSecretRequest>,
-    ) -> Result<Response<ApplyResponse>, Status> {
-        lead!(self, req, delete_secret);
-        let r = req.into_inner();
-        let out = self
-            .node
-            .write(Command::DeleteSecret {
-                tenant: r.tenant,
-                name: r.name,
-            })
-            .await?;
-        Ok(Response::new(apply_response(out, false)))
-    }
-
-    async fn cluster_init(
-        &self,
-        _req: Request<ClusterInitRequest>,
-    ) -> Result<Response<ClusterInitResponse>, Status> {
-        if self.node.is_initialized() {
-            return Err(Status::failed_precondition(
-                "cluster is already initialized",
-            ));
-        }
-        let members = BTreeMap::from([(
-            self.node.id,
-            BasicNode {
-                addr: self.node.addr.clone(),
-            },
-        )]);
-        self.node
-            .raft
-            .initialize(members)
-            .await
-            .map_err(|e| Status::failed_precondition(format!("cannot initialize: {e}")))?;
-        self.node
-            .raft
-            .wait(Some(Duration::from_secs(10)))
-            .current_leader(self.node.id, "become leader after init")
-            .await
-            .map_err(|e| Status::unavailable(format!("no leader after init: {e}")))?;
-        let admin_token = random_token("tga_").map_err(|e| Status::internal(e.to_string()))?;
-        self.node
-            .write(Command::AddAdminToken(AdminToken {
-                sha256: sha256_hex(admin_token.as_bytes()),
-                role: "cluster-admin".into(),
-                label: "bootstrap".into(),
-                created_ms: now_ms(),
-            }))
-            .await?;
-        let path = self.node.data_dir.join("admin.token");
-        write_private(&path, format!("{admin_token}\n").as_bytes())
-            .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
-        tracing::info!(node = self.node.id, path = %path.display(), "cluster initialized; bootstrap admin token written");
-        Ok(Response::new(ClusterInitResponse {
-            admin_token,
-            node_id: self.node.id,
-        }))
-    }
-
-    async fn add_node(
-        &self,
-        req: Request<AddNodeRequest>,
-    ) -> Result<Response<ClusterStatusResponse>, Status> {
-        lead!(self, req, add_node);
-        let r = req.into_inner();
-        if r.node_id == 0 {
-            return Err(invalid("node_id", "must be above zero".into()));
-        }
-        if r.addr.parse::<std::net::SocketAddr>().is_err() && !r.addr.contains(':') {
-            return Err(invalid("addr", format!("{:?}: write host:port", r.addr)));
-        }
-        let raft = &self.node.raft;
-        raft.add_learner(
-            r.node_id,
-            BasicNode {
-                addr: r.addr.clone(),
-            },
-            true,
-        )
-        .await
-        .map_err(|e| Status::unavailable(format!("adding node {} as learner: {e}", r.node_id)))?;
-        if !r.learner_only {
-            raft.change_membership(ChangeMembers::AddVoterIds([r.node_id].into()), false)
-                .await
-                .map_err(|e| {
-                    Status::unavailable(format!("promoting node {} to voter: {e}", r.node_id))
-                })?;
-        }
-        tracing::info!(node = r.node_id, addr = %r.addr, "node added");
-        Ok(Response::new(
-            crate::status::cluster_status(&self.node, None).await,
+            .map_err(internal)?;
+        Ok(apply_response(
+            self.node.write(Command::PutSecret(record)).await?,
+            false,
         ))
     }
 
-    async fn remove_node(
-        &self,
-        req: Request<RemoveNodeRequest>,
-    ) -> Result<Response<ClusterStatusResponse>, Status> {
-        lead!(self, req, remove_node);
-        let id = req.into_inner().node_id;
+    async fn delete_secret_local(&self, r: DeleteSecretRequest) -> Result<ApplyResponse, Status> {
+        let cmd = Command::DeleteSecret {
+            tenant: r.tenant,
+            name: r.name,
+        };
+        Ok(apply_response(self.node.write(cmd).await?, false))
+    }
+
+    async fn create_token_local(&self, r: CreateTokenRequest) -> Result<CreateTokenResponse, Status> {
+        let role = Role::parse(&r.role)
+            .ok_or_else(|| invalid("role", format!("{:?}: use cluster-admin or edge", r.role)))?;
+        if r.label.len() > 200 {
+            return Err(invalid("label", "must be at most 200 characters".into()));
+        }
+        let (token, record) = mint_token(role, r.label)?;
+        let id = record.id.clone();
+        let out = self.node.write(Command::AddAdminToken(record)).await?;
+        Ok(CreateTokenResponse {
+            token,
+            id,
+            version: out.version,
+        })
+    }
+
+    async fn revoke_token_local(&self, r: RevokeTokenRequest) -> Result<ApplyResponse, Status> {
+        Ok(apply_response(
+            self.node.write(Command::RevokeAdminToken { id: r.id }).await?,
+            false,
+        ))
+    }
+
+    async fn list_tokens_local(&self, _r: ListTokensRequest) -> Result<ListTokensResponse, Status> {
+        self.node.linearizable().await?;
+        let mut tokens: Vec<TokenInfo> = self.node.sm.read(|s| {
+            s.admin_tokens
+                .values()
+                .map(|t| TokenInfo {
+                    id: t.id.clone(),
+                    role: t.role.as_str().into(),
+                    label: t.label.clone(),
+                    created_ms: t.created_ms,
+                })
+                .collect()
+        });
+        tokens.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(ListTokensResponse { tokens })
+    }
+
+    /// `cluster init`: makes this node a one-node cluster and mints the bootstrap token.
+    /// Allowed only while the cluster has no token, so a node that crashed half-way through
+    /// init can finish it; never once an operator holds a token.
+    async fn init(&self) -> Result<ClusterInitResponse, Status> {
+        let node = &self.node;
+        if !node.is_initialized().await {
+            let members = BTreeMap::from([(
+                node.id,
+                BasicNode {
+                    addr: node.addr.clone(),
+                },
+            )]);
+            node.raft
+                .initialize(members)
+                .await
+                .map_err(|e| Status::failed_precondition(format!("cannot initialize: {e}")))?;
+        } else {
+            let sole_member = {
+                let m = node.raft.metrics().borrow().membership_config.clone();
+                let ids: Vec<u64> = m.nodes().map(|(id, _)| *id).collect();
+                ids == [node.id]
+            };
+            let has_tokens = node.sm.read(|s| !s.admin_tokens.is_empty());
+            if has_tokens || !sole_member {
+                return Err(Status::failed_precondition("cluster is already initialized"));
+            }
+        }
+        node.raft
+            .wait(Some(Duration::from_secs(10)))
+            .current_leader(node.id, "become leader after init")
+            .await
+            .map_err(|e| Status::unavailable(format!("no leader after init: {e}")))?;
+        let (admin_token, record) = mint_token(Role::ClusterAdmin, "bootstrap".into())?;
+        node.write(Command::Bootstrap {
+            token: record,
+            master_key_id: node.master_key.id().to_string(),
+        })
+        .await
+        .map_err(|s| match s.code() {
+            tonic::Code::Aborted => Status::failed_precondition("cluster is already initialized"),
+            _ => s,
+        })?;
+        let path = node.data_dir.join("admin.token");
+        write_private(&path, format!("{admin_token}\n").as_bytes())
+            .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
+        tracing::info!(node = node.id, path = %path.display(), "cluster initialized; bootstrap admin token written");
+        Ok(ClusterInitResponse {
+            admin_token,
+            node_id: node.id,
+        })
+    }
+
+    async fn add_node_local(&self, r: AddNodeRequest) -> Result<ClusterStatusResponse, Status> {
+        if r.node_id == 0 {
+            return Err(invalid("node_id", "must be above zero".into()));
+        }
+        check_peer_addr(&r.addr).map_err(|e| invalid("addr", e))?;
+        crate::raft::probe(&self.node.channels, &self.node.credential, &r.addr, r.node_id)
+            .await
+            .map_err(Status::failed_precondition)?;
+        let raft = &self.node.raft;
+        let learner = raft.add_learner(r.node_id, BasicNode { addr: r.addr.clone() }, true);
+        match tokio::time::timeout(ADD_NODE_TIMEOUT, learner).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Status::unavailable(format!("adding node {} as learner: {e}", r.node_id))),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "node {} at {} did not catch up within {ADD_NODE_TIMEOUT:?}: is it running, and does it share the cluster's master key file?",
+                    r.node_id, r.addr
+                )))
+            }
+        }
+        if !r.learner_only {
+            raft.change_membership(ChangeMembers::AddVoterIds([r.node_id].into()), false)
+                .await
+                .map_err(|e| Status::unavailable(format!("promoting node {} to voter: {e}", r.node_id)))?;
+        }
+        tracing::info!(node = r.node_id, addr = %r.addr, "node added");
+        Ok(crate::status::cluster_status(&self.node, None).await)
+    }
+
+    async fn remove_node_local(&self, r: RemoveNodeRequest) -> Result<ClusterStatusResponse, Status> {
+        let id = r.node_id;
         let (is_voter, known) = {
             let m = self.node.raft.metrics().borrow().membership_config.clone();
             let known = m.nodes().any(|(n, _)| *n == id);
@@ -496,24 +599,48 @@ impl Admin for AdminService {
             .await
             .map_err(|e| Status::failed_precondition(format!("removing node {id}: {e}")))?;
         tracing::info!(node = id, "node removed");
-        Ok(Response::new(
-            crate::status::cluster_status(&self.node, None).await,
-        ))
+        Ok(crate::status::cluster_status(&self.node, None).await)
     }
+}
 
-    async fn cluster_status(
-        &self,
-        req: Request<ClusterStatusRequest>,
-    ) -> Result<Response<ClusterStatusResponse>, Status> {
-        self.node.authorize(&req)?;
-        let local = req.get_ref().local;
-        let token = req.metadata().get("authorization").cloned();
-        let status = if local {
-            crate::status::local_status(&self.node)
-        } else {
-            crate::status::cluster_status(&self.node, token).await
-        };
-        Ok(Response::new(status))
+/// How long `add-node` waits for the new node to catch up as a learner.
+const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+/// A fresh random token and its stored form.
+fn mint_token(role: Role, label: String) -> Result<(String, AdminToken), Status> {
+    let prefix = match role {
+        Role::ClusterAdmin => "tga_",
+        Role::Edge => "tge_",
+    };
+    let token = random_token(prefix).map_err(internal)?;
+    let sha256 = sha256_hex(token.as_bytes());
+    let record = AdminToken {
+        id: sha256[..12].to_string(),
+        sha256,
+        role,
+        label,
+        created_ms: now_ms(),
+    };
+    Ok((token, record))
+}
+
+/// A peer address must be host:port and name one host (not `0.0.0.0`).
+pub fn check_peer_addr(addr: &str) -> Result<(), String> {
+    if let Ok(sa) = addr.parse::<std::net::SocketAddr>() {
+        if sa.ip().is_unspecified() || sa.port() == 0 {
+            return Err(format!(
+                "{addr:?} is not an address peers can reach; give the node's own host:port"
+            ));
+        }
+        return Ok(());
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("{addr:?}: write host:port")),
     }
 }
 

@@ -51,17 +51,13 @@ fn metrics(node: &Node) -> String {
     )
 }
 
-async fn handle(
-    node: Arc<Node>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let json = "application/json";
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => respond(
             StatusCode::OK,
             json,
-            serde_json::json!({"status": "ok", "node_id": node.id, "role": node.role()})
-                .to_string(),
+            serde_json::json!({"status": "ok", "node_id": node.id, "role": node.role()}).to_string(),
         ),
         ("GET", "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&node)),
         _ => respond(
@@ -73,11 +69,7 @@ async fn handle(
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    node: Arc<Node>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
@@ -94,9 +86,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }

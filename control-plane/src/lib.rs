@@ -101,20 +101,24 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         .with_context(|| format!("binding --http {}", opts.http))?;
     let grpc_addr = grpc.local_addr()?;
     let http_addr = http.local_addr()?;
-    let addr = opts
-        .advertise
-        .clone()
-        .unwrap_or_else(|| grpc_addr.to_string());
+    let addr = opts.advertise.clone().unwrap_or_else(|| grpc_addr.to_string());
+    admin::check_peer_addr(&addr).map_err(|e| {
+        anyhow::anyhow!("--advertise: {e} (when --grpc binds all interfaces, set --advertise host:port)")
+    })?;
 
+    // Peers prove membership with a credential derived from the shared master key.
+    let credential = master_key.derive("tollgate raft v1");
+    let channels = raft::Channels::default();
     let raft = raft::Raft::new(
         opts.node_id,
         Arc::new(raft::config().validate()?),
-        raft::Network::default(),
+        raft::Network::new(channels.clone(), &credential),
         log_store,
         sm.clone(),
     )
     .await?;
     let node = Arc::new(Node {
+        credential: credential.clone(),
         id: opts.node_id,
         addr: addr.clone(),
         raft: raft.clone(),
@@ -122,6 +126,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         data_dir: opts.data_dir.clone(),
         master_key,
         edges: Default::default(),
+        channels,
     });
 
     let (stop, stopped) = watch::channel(false);
@@ -132,11 +137,17 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(AdminServer::new(admin::AdminService::new(node.clone())))
-        .add_service(ConfigStreamServer::new(stream::StreamService::new(
-            node.clone(),
-        )))
-        .add_service(RaftServer::new(raft::RaftService::new(raft)))
+        .add_service(
+            AdminServer::new(admin::AdminService::new(node.clone()))
+                .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(raft::MAX_MESSAGE_BYTES),
+        )
+        .add_service(ConfigStreamServer::new(stream::StreamService::new(node.clone())))
+        .add_service(
+            RaftServer::new(raft::RaftService::new(raft, opts.node_id, credential.clone()))
+                .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(raft::MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stopped.clone()));
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server.await {

@@ -1,6 +1,6 @@
 //! One control-plane node: its Raft instance, state machine handle, master key and edge
-//! registry, plus the two things every API call needs — deciding who answers (this node or
-//! the leader) and turning a [`Command`] into a committed outcome.
+//! registry, plus what every API call needs — the token check, deciding who answers (this
+//! node or the leader) and turning a [`Command`] into a committed outcome.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,16 +13,18 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::raft::{NodeId, Raft};
+use crate::raft::{Channels, NodeId, Raft, MAX_MESSAGE_BYTES};
 use crate::secrets::MasterKey;
-use crate::state::{Command, CommandError, Outcome};
+use crate::state::{AdminToken, Command, CommandError, Outcome, Role};
 use crate::store::StateMachineStore;
 use crate::stream::EdgeRegistry;
 
 /// Metadata set on calls a node forwards to the leader, so they are never forwarded twice.
 const FORWARDED: &str = "x-tollgate-forwarded";
-/// How long a call waits for a leader to be elected before giving up.
-const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// Metadata on an error that guarantees the call changed nothing, so it may be retried.
+const NOT_APPLIED: &str = "x-tollgate-not-applied";
+/// How long a call waits for a leader (an election, a failover) before giving up.
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 pub struct Node {
     pub id: NodeId,
@@ -33,6 +35,9 @@ pub struct Node {
     pub data_dir: PathBuf,
     pub master_key: MasterKey,
     pub edges: EdgeRegistry,
+    pub channels: Channels,
+    /// The cluster credential Raft peers present (derived from the master key).
+    pub credential: String,
 }
 
 /// Who answers a call.
@@ -57,49 +62,67 @@ pub fn command_status(e: CommandError) -> Status {
     }
 }
 
+/// An `Unavailable` status for a call that surely changed nothing (retried by [`Node`]'s
+/// callers while a new leader is elected).
+pub fn not_applied(message: &str) -> Status {
+    let mut s = Status::unavailable(format!("{message}; retry"));
+    s.metadata_mut()
+        .insert(NOT_APPLIED, MetadataValue::from_static("1"));
+    s
+}
+
+/// Whether a failed call may be sent again: it surely changed nothing.
+pub fn retryable(s: &Status) -> bool {
+    if s.metadata().contains_key(NOT_APPLIED) {
+        return true;
+    }
+    // A forward that never reached the leader (it just died): nothing was sent.
+    let text = format!("{s:?}");
+    s.code() == tonic::Code::Unavailable
+        && (text.contains("tcp connect error") || text.contains("Connection refused"))
+}
+
 fn raft_status<E: std::fmt::Display>(e: E) -> Status {
-    Status::unavailable(format!("raft: {e}; retry"))
+    Status::unavailable(format!("raft: {e}"))
 }
 
 impl Node {
-    pub fn is_initialized(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .nodes()
-            .next()
-            .is_some()
+    /// Whether this node belongs to an initialized cluster (asks the Raft core, so it is
+    /// right also just after a restart).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
     }
 
-    /// Checks the call's admin token against this node's state.
-    pub fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// The token of a call, checked against this node's state: it must exist and have one
+    /// of `roles`.
+    pub fn authorize<T>(&self, req: &Request<T>, roles: &[Role]) -> Result<AdminToken, Status> {
         let token = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| {
-                Status::unauthenticated("missing admin token: pass --token or set TOLLGATE_TOKEN")
-            })?;
+            .ok_or_else(|| Status::unauthenticated("missing token: pass --token or set TOLLGATE_TOKEN"))?;
         let hash = sha256_hex(token.as_bytes());
-        if self.sm.read(|s| s.has_admin_token(&hash).is_some()) {
-            Ok(())
-        } else {
-            Err(Status::unauthenticated("invalid admin token"))
+        let found = self.sm.read(|s| s.has_admin_token(&hash).cloned());
+        match found {
+            Some(t) if roles.contains(&t.role) => Ok(t),
+            Some(t) => Err(Status::permission_denied(format!(
+                "a {} token cannot do this",
+                t.role.as_str()
+            ))),
+            None => Err(Status::unauthenticated("invalid token")),
         }
     }
 
     /// Decides whether this node answers `req` or forwards it to the leader, waiting for an
     /// election in progress to finish.
-    pub async fn route<T>(&self, req: &Request<T>) -> Result<Route, Status> {
-        if !self.is_initialized() {
+    pub async fn route<T>(&self, req: &Request<T>, deadline: Instant) -> Result<Route, Status> {
+        if !self.is_initialized().await {
             return Err(Status::failed_precondition(
                 "cluster not initialized: run `tollgate cluster init` on one node",
             ));
         }
-        let deadline = Instant::now() + LEADER_WAIT;
         let mut metrics = self.raft.metrics();
         loop {
             let (leader, addr) = {
@@ -117,11 +140,16 @@ impl Node {
                 (Some(l), _) if l == self.id => return Ok(Route::Local),
                 (Some(_), Some(addr)) => {
                     if req.metadata().contains_key(FORWARDED) {
-                        return Err(Status::unavailable("leadership is moving; retry"));
+                        return Err(not_applied("leadership is moving"));
                     }
-                    let channel = crate::raft::channel(&addr)
+                    let channel = self
+                        .channels
+                        .get(&addr)
                         .map_err(|e| Status::unavailable(format!("leader at {addr}: {e}")))?;
-                    return Ok(Route::Forward(AdminClient::new(channel)));
+                    let client = AdminClient::new(channel)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                    return Ok(Route::Forward(client));
                 }
                 _ => {}
             }
@@ -131,8 +159,22 @@ impl Node {
                     "no control-plane leader; is a quorum of nodes up?",
                 ));
             }
-            let _ =
-                tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
+        }
+    }
+
+    /// After a call failed because the leader went away: waits (until `deadline`) for this
+    /// node to learn of a different leader, or a moment if it already has.
+    pub async fn wait_for_new_leader(&self, deadline: Instant) {
+        let mut metrics = self.raft.metrics();
+        let old = metrics.borrow_and_update().current_leader;
+        let until = deadline.min(Instant::now() + Duration::from_secs(2));
+        while Instant::now() < until {
+            let _ = tokio::time::timeout(Duration::from_millis(100), metrics.changed()).await;
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some() && now != old {
+                return;
+            }
         }
     }
 
@@ -144,9 +186,9 @@ impl Node {
                 Some(Err(e)) => Err(command_status(e)),
                 None => Err(Status::internal("command produced no result")),
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(
-                Status::unavailable("leadership changed during the write; retry"),
-            ),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(not_applied("leadership changed"))
+            }
             Err(e) => Err(raft_status(e)),
         }
     }
@@ -156,9 +198,12 @@ impl Node {
     pub async fn linearizable(&self) -> Result<(), Status> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(
-                Status::unavailable("leadership changed during the read; retry"),
-            ),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(not_applied("leadership changed"))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                Err(Status::unavailable(format!("cannot confirm leadership: {e}")))
+            }
             Err(e) => Err(raft_status(e)),
         }
     }
@@ -174,9 +219,11 @@ impl Node {
     }
 }
 
-/// Re-sends `req` to the leader with its metadata, marked as forwarded.
-pub fn forwarded<T>(req: Request<T>) -> Request<T> {
-    let (mut metadata, extensions, message) = req.into_parts();
-    metadata.insert(FORWARDED, MetadataValue::from_static("1"));
-    Request::from_parts(metadata, extensions, message)
+/// A copy of `req` for the leader, with its metadata, marked as forwarded.
+pub fn forwarded<T: Clone>(req: &Request<T>) -> Request<T> {
+    let mut copy = Request::new(req.get_ref().clone());
+    *copy.metadata_mut() = req.metadata().clone();
+    copy.metadata_mut()
+        .insert(FORWARDED, MetadataValue::from_static("1"));
+    copy
 }

@@ -3,16 +3,17 @@
 //! example: the internal service is apart from the public admin API).
 //!
 //! Payloads are openraft's own request/response types as JSON inside a protobuf envelope, so
-//! the transport never needs to change when openraft's messages do.
+//! the transport never needs to change when openraft's messages do; snapshot chunks travel
+//! as raw bytes beside the JSON. Every call carries the cluster credential (derived from the
+//! master key all members share) and is refused without it: the Raft service shares the
+//! `--grpc` port with the admin API, so it must not trust the network.
 
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -24,6 +25,7 @@ use serde::Serialize;
 use tollgate_proto::v1::raft_client::RaftClient;
 use tollgate_proto::v1::raft_server;
 use tollgate_proto::v1::RaftPayload;
+use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -53,12 +55,21 @@ pub fn config() -> openraft::Config {
         heartbeat_interval: 150,
         election_timeout_min: 600,
         election_timeout_max: 1200,
-        install_snapshot_timeout: 2000,
+        install_snapshot_timeout: 4000,
+        // Chunks and batches well under the gRPC message limit (MAX_MESSAGE_BYTES).
+        snapshot_max_chunk_size: 1024 * 1024,
+        max_payload_entries: 64,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(crate::store::SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: 500,
         ..Default::default()
     }
 }
+
+/// Largest gRPC message the control plane sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Metadata key of the cluster credential on Raft calls.
+pub const CLUSTER_CREDENTIAL: &str = "x-tollgate-cluster";
 
 /// A lazily connecting gRPC channel to `addr` (host:port).
 pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -68,28 +79,57 @@ pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
-/// Makes connections to peers; channels are cached per address and reconnect by themselves.
+/// Channels to peers by address, shared by Raft replication and call forwarding; a channel
+/// reconnects by itself, so one per peer is enough.
 #[derive(Clone, Default)]
+pub struct Channels {
+    cache: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        let mut cache = self.cache.lock().expect("channel cache poisoned");
+        if let Some(c) = cache.get(addr) {
+            return Ok(c.clone());
+        }
+        let c = channel(addr)?;
+        cache.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+}
+
+/// Makes connections to peers.
+#[derive(Clone)]
 pub struct Network {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Channels,
+    credential: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Network {
+    pub fn new(channels: Channels, credential: &str) -> Self {
+        Self {
+            channels,
+            credential: credential.parse().expect("credentials are hex"),
+        }
+    }
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
-        let channel = {
-            let mut channels = self.channels.lock().expect("channel cache poisoned");
-            match channels.get(&node.addr) {
-                Some(c) => Ok(c.clone()),
-                None => channel(&node.addr).inspect(|c| {
-                    channels.insert(node.addr.clone(), c.clone());
-                }),
-            }
-        };
         Connection {
             target,
-            client: channel.map(RaftClient::new).map_err(|e| e.to_string()),
+            client: self
+                .channels
+                .get(&node.addr)
+                .map(|c| {
+                    RaftClient::new(c)
+                        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+                })
+                .map_err(|e| e.to_string()),
+            credential: self.credential.clone(),
         }
     }
 }
@@ -97,6 +137,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
+    credential: MetadataValue<tonic::metadata::Ascii>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +149,7 @@ impl Connection {
         &mut self,
         method: Method,
         req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
@@ -127,8 +169,12 @@ impl Connection {
         let mut request = Request::new(RaftPayload {
             json,
             error: Vec::new(),
+            data,
         });
         request.set_timeout(option.hard_ttl());
+        request
+            .metadata_mut()
+            .insert(CLUSTER_CREDENTIAL, self.credential.clone());
         let reply = match method {
             Method::Vote => client.vote(request).await,
             Method::Append => client.append_entries(request).await,
@@ -139,16 +185,16 @@ impl Connection {
             Err(status) => {
                 let e = TransportError(status.message().to_string());
                 return Err(match status.code() {
-                    tonic::Code::Unavailable
-                    | tonic::Code::DeadlineExceeded
-                    | tonic::Code::Cancelled => RPCError::Unreachable(Unreachable::new(&e)),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                        RPCError::Unreachable(Unreachable::new(&e))
+                    }
                     _ => RPCError::Network(NetworkError::new(&e)),
                 });
             }
         };
         if !reply.error.is_empty() {
-            let err: RaftError<NodeId, E> = serde_json::from_slice(&reply.error)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            let err: RaftError<NodeId, E> =
+                serde_json::from_slice(&reply.error).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
             return Err(RPCError::RemoteError(RemoteError::new(self.target, err)));
         }
         serde_json::from_slice(&reply.json).map_err(|e| RPCError::Network(NetworkError::new(&e)))
@@ -168,18 +214,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Method::Append, &rpc, &option).await
+        self.call(Method::Append, &rpc, Vec::new(), &option).await
     }
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<TypeConfig>,
+        mut rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Method::Snapshot, &rpc, &option).await
+        let data = std::mem::take(&mut rpc.data);
+        self.call(Method::Snapshot, &rpc, data, &option).await
     }
 
     async fn vote(
@@ -187,37 +234,50 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Method::Vote, &rpc, &option).await
+        self.call(Method::Vote, &rpc, Vec::new(), &option).await
     }
 }
 
 /// The internal Raft service: hands peers' messages to the local Raft node.
 pub struct RaftService {
     raft: Raft,
+    id: NodeId,
+    credential: String,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> Self {
-        Self { raft }
+    pub fn new(raft: Raft, id: NodeId, credential: String) -> Self {
+        Self { raft, id, credential }
+    }
+
+    /// Checks the caller's cluster credential, then decodes the JSON payload.
+    fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<(T, Vec<u8>), Status> {
+        let presented = req
+            .metadata()
+            .get(CLUSTER_CREDENTIAL)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if aws_lc_rs::constant_time::verify_slices_are_equal(presented, self.credential.as_bytes()).is_err() {
+            return Err(Status::permission_denied(
+                "raft call without this cluster's credential (do all nodes share the master key file?)",
+            ));
+        }
+        let payload = req.into_inner();
+        let value = serde_json::from_slice(&payload.json)
+            .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))?;
+        Ok((value, payload.data))
     }
 }
 
-fn decode<T: DeserializeOwned>(req: Request<RaftPayload>) -> Result<T, Status> {
-    serde_json::from_slice(&req.into_inner().json)
-        .map_err(|e| Status::invalid_argument(format!("malformed raft message: {e}")))
-}
-
-fn encode<T: Serialize, E: Serialize>(
-    result: Result<T, E>,
-) -> Result<Response<RaftPayload>, Status> {
+fn encode<T: Serialize, E: Serialize>(result: Result<T, E>) -> Result<Response<RaftPayload>, Status> {
     let payload = match result {
         Ok(v) => RaftPayload {
             json: serde_json::to_vec(&v).map_err(|e| Status::internal(e.to_string()))?,
-            error: Vec::new(),
+            ..Default::default()
         },
         Err(e) => RaftPayload {
-            json: Vec::new(),
             error: serde_json::to_vec(&e).map_err(|e| Status::internal(e.to_string()))?,
+            ..Default::default()
         },
     };
     Ok(Response::new(payload))
@@ -226,20 +286,55 @@ fn encode<T: Serialize, E: Serialize>(
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        encode(self.raft.vote(decode(req)?).await)
+        let (rpc, _) = self.decode(req)?;
+        encode(self.raft.vote(rpc).await)
     }
 
-    async fn append_entries(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        encode(self.raft.append_entries(decode(req)?).await)
+    async fn append_entries(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let (rpc, _) = self.decode(req)?;
+        encode(self.raft.append_entries(rpc).await)
     }
 
-    async fn install_snapshot(
-        &self,
-        req: Request<RaftPayload>,
-    ) -> Result<Response<RaftPayload>, Status> {
-        encode(self.raft.install_snapshot(decode(req)?).await)
+    async fn install_snapshot(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let (mut rpc, data): (InstallSnapshotRequest<TypeConfig>, _) = self.decode(req)?;
+        rpc.data = data;
+        encode(self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn probe(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let (_, _): (serde_json::Value, _) = self.decode(req)?;
+        encode::<_, ()>(Ok(serde_json::json!({ "node_id": self.id })))
+    }
+}
+
+/// Checks that the node at `addr` is `expected` and holds this cluster's credential.
+pub async fn probe(
+    channels: &Channels,
+    credential: &str,
+    addr: &str,
+    expected: NodeId,
+) -> Result<(), String> {
+    let channel = channels.get(addr).map_err(|e| format!("{addr}: {e}"))?;
+    let mut client = RaftClient::new(channel);
+    let mut req = Request::new(RaftPayload {
+        json: b"{}".to_vec(),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_secs(3));
+    req.metadata_mut().insert(
+        CLUSTER_CREDENTIAL,
+        credential.parse().map_err(|_| "bad credential".to_string())?,
+    );
+    let reply = client.probe(req).await.map_err(|s| match s.code() {
+        tonic::Code::PermissionDenied => format!(
+            "node at {addr} refused this cluster's credential: it must use the same master key file as the cluster"
+        ),
+        _ => format!("node at {addr} did not answer: {}", s.message()),
+    })?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.into_inner().json).unwrap_or_default();
+    match v["node_id"].as_u64() {
+        Some(id) if id == expected => Ok(()),
+        Some(id) => Err(format!("the node at {addr} is node {id}, not node {expected}")),
+        None => Err(format!("node at {addr} gave a malformed answer")),
     }
 }

@@ -16,10 +16,7 @@ use tollgate_proto::model::SecretRecord;
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("master key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("master key file {0} is not 64 hex characters")]
     Malformed(String),
     #[error("secret {0} was sealed with master key {1}, this node has {2}")]
@@ -59,6 +56,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
 pub struct MasterKey {
     id: String,
     key: LessSafeKey,
+    hmac: aws_lc_rs::hmac::Key,
 }
 
 impl std::fmt::Debug for MasterKey {
@@ -70,22 +68,36 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    /// Loads the key at `path`, creating a random one (mode 0600) if there is none.
+    /// Loads the key at `path`, creating a random one (mode 0600) if there is none. Several
+    /// nodes may start at once on one shared file: the first to link its file in wins and the
+    /// others read it.
     pub fn load_or_create(path: &Path) -> Result<Self, SecretError> {
         let io = |source| SecretError::Io {
             path: path.display().to_string(),
             source,
         };
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut raw = [0u8; 32];
-                random_bytes(&mut raw)?;
-                write_private(path, format!("{}\n", hex(&raw)).as_bytes()).map_err(io)?;
-                return Self::from_bytes(&raw);
+        match std::fs::read_to_string(path) {
+            Ok(text) => return Self::parse(path, &text),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+            Err(_) => {}
+        }
+        let mut raw = [0u8; 32];
+        random_bytes(&mut raw)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        write_private(&tmp, format!("{}\n", hex(&raw)).as_bytes()).map_err(io)?;
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => Self::from_bytes(&raw),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let text = std::fs::read_to_string(path).map_err(io)?;
+                Self::parse(path, &text)
             }
-            Err(e) => return Err(io(e)),
-        };
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn parse(path: &Path, text: &str) -> Result<Self, SecretError> {
         let text = text.trim();
         if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(SecretError::Malformed(path.display().to_string()));
@@ -101,7 +113,14 @@ impl MasterKey {
         Ok(Self {
             id: sha256_hex(raw)[..12].to_string(),
             key: LessSafeKey::new(key),
+            hmac: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, raw),
         })
+    }
+
+    /// A credential derived from the key for `purpose` (HMAC-SHA256, hex): nodes sharing the
+    /// key agree on it without it ever being sent or stored.
+    pub fn derive(&self, purpose: &str) -> String {
+        hex(aws_lc_rs::hmac::sign(&self.hmac, purpose.as_bytes()).as_ref())
     }
 
     pub fn id(&self) -> &str {
@@ -156,8 +175,8 @@ impl MasterKey {
             return Err(SecretError::Corrupt(what));
         }
         let (nonce, ct) = bytes.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce)
-            .map_err(|_| SecretError::Corrupt(what.clone()))?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(nonce).map_err(|_| SecretError::Corrupt(what.clone()))?;
         let mut buf = ct.to_vec();
         let plain = self
             .key
@@ -186,9 +205,7 @@ mod tests {
                 0o600
             );
         }
-        let rec = key
-            .seal("acme", "openai-key", b"sk-very-secret", 1)
-            .unwrap();
+        let rec = key.seal("acme", "openai-key", b"sk-very-secret", 1).unwrap();
         assert!(!rec.sealed.contains(&hex(b"sk-very-secret")));
         assert_eq!(again.open(&rec).unwrap(), b"sk-very-secret");
         // Moving a sealed value to another name fails: the name is bound in.
@@ -197,5 +214,8 @@ mod tests {
         assert!(matches!(key.open(&moved), Err(SecretError::Corrupt(_))));
         let other = MasterKey::load_or_create(&dir.path().join("other.key")).unwrap();
         assert!(matches!(other.open(&rec), Err(SecretError::WrongKey(..))));
+        assert_eq!(key.derive("raft"), again.derive("raft"));
+        assert_ne!(key.derive("raft"), other.derive("raft"));
+        assert_ne!(key.derive("raft"), key.derive("other"));
     }
 }

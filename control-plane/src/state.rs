@@ -15,12 +15,16 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tollgate_proto::model::{ApiKey, SecretRecord, ServiceState, Subscription, SubscriptionStatus};
-use tollgate_proto::validate::{check_duplicates, check_references, validate_spec};
+use tollgate_proto::validate::{check_duplicates, check_spec_references, references, validate_spec};
 use tollgate_proto::{Document, Kind, ResourceKey, Spec};
 
 /// How many deletions are remembered for deltas; an edge older than the oldest one forgotten
 /// gets a snapshot instead.
 pub const TOMBSTONE_CAPACITY: usize = 10_000;
+
+/// Largest resource (as JSON) a document may hold; keeps every stream push and Raft entry
+/// far below the gRPC message limits.
+pub const MAX_RESOURCE_BYTES: usize = 256 * 1024;
 
 /// A change to the config, as written into the Raft log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -51,7 +55,16 @@ pub enum Command {
         tenant: String,
         name: String,
     },
+    /// The first command of a cluster: its first admin token and the id of the master key
+    /// its members share.
+    Bootstrap {
+        token: AdminToken,
+        master_key_id: String,
+    },
     AddAdminToken(AdminToken),
+    RevokeAdminToken {
+        id: String,
+    },
 }
 
 impl Command {
@@ -65,17 +78,47 @@ impl Command {
             Command::SetSubscriptionStatus { .. } => "subscription decide",
             Command::PutSecret(_) => "secret set",
             Command::DeleteSecret { .. } => "secret delete",
-            Command::AddAdminToken(_) => "admin token create",
+            Command::Bootstrap { .. } => "cluster init",
+            Command::AddAdminToken(_) => "token create",
+            Command::RevokeAdminToken { .. } => "token revoke",
         }
     }
 }
 
-/// An admin token as stored: only its SHA-256.
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Everything in the admin API.
+    ClusterAdmin,
+    /// Only the config stream (edge nodes).
+    Edge,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "cluster-admin" => Some(Role::ClusterAdmin),
+            "edge" => Some(Role::Edge),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ClusterAdmin => "cluster-admin",
+            Role::Edge => "edge",
+        }
+    }
+}
+
+/// A token as stored: only its SHA-256.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AdminToken {
+    /// Public id (first 12 hex chars of the hash), for listing and revoking.
+    pub id: String,
     pub sha256: String,
-    /// `cluster-admin` for now; roles arrive with access control.
-    pub role: String,
+    pub role: Role,
     pub label: String,
     pub created_ms: u64,
 }
@@ -158,6 +201,9 @@ pub struct ConfigState {
     /// Deltas can be computed only from versions at or after this one.
     pub tombstone_floor: u64,
     pub admin_tokens: BTreeMap<String, AdminToken>,
+    /// Id of the master key the cluster's secrets are sealed with (set by `cluster init`).
+    #[serde(default)]
+    pub master_key_id: Option<String>,
     /// Index of the last command applied (the global config version).
     pub version: u64,
 }
@@ -172,24 +218,52 @@ impl ConfigState {
     /// Applies `cmd` at log `index`. All or nothing.
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, CommandError> {
         self.version = index;
-        if let Command::AddAdminToken(t) = cmd {
-            self.admin_tokens.insert(t.sha256.clone(), t.clone());
-            return Ok(Outcome {
-                version: index,
-                changes: Vec::new(),
-            });
+        let done = Ok(Outcome {
+            version: index,
+            changes: Vec::new(),
+        });
+        match cmd {
+            Command::Bootstrap { token, master_key_id } => {
+                if !self.admin_tokens.is_empty() {
+                    return Err(CommandError::Conflict("cluster is already initialized".into()));
+                }
+                self.master_key_id = Some(master_key_id.clone());
+                self.admin_tokens.insert(token.sha256.clone(), token.clone());
+                return done;
+            }
+            Command::AddAdminToken(t) => {
+                self.admin_tokens.insert(t.sha256.clone(), t.clone());
+                return done;
+            }
+            Command::RevokeAdminToken { id } => {
+                let Some(hash) = self
+                    .admin_tokens
+                    .values()
+                    .find(|t| &t.id == id)
+                    .map(|t| t.sha256.clone())
+                else {
+                    return Err(CommandError::NotFound(format!("token {id} not found")));
+                };
+                let admins_left = self
+                    .admin_tokens
+                    .values()
+                    .filter(|t| t.role == Role::ClusterAdmin && t.sha256 != hash)
+                    .count();
+                if admins_left == 0 {
+                    return Err(CommandError::Conflict(
+                        "refusing to revoke the last cluster-admin token (create another first)".into(),
+                    ));
+                }
+                self.admin_tokens.remove(&hash);
+                return done;
+            }
+            _ => {}
         }
         let plan = self.plan(cmd)?;
         for (key, spec) in plan.writes {
             match spec {
                 Some(spec) => {
-                    self.resources.insert(
-                        key,
-                        Stored {
-                            version: index,
-                            spec,
-                        },
-                    );
+                    self.resources.insert(key, Stored { version: index, spec });
                 }
                 None => {
                     self.resources.remove(&key);
@@ -241,6 +315,15 @@ impl ConfigState {
                     validate_spec(s, &mut found);
                 }
                 errors.extend(found.iter().map(ToString::to_string));
+                for s in specs {
+                    let size = s.to_json().len();
+                    if size > MAX_RESOURCE_BYTES {
+                        errors.push(format!(
+                            "{}: is {size} bytes; the limit is {MAX_RESOURCE_BYTES}",
+                            s.key()
+                        ));
+                    }
+                }
                 if !errors.is_empty() {
                     return Err(CommandError::Invalid(errors));
                 }
@@ -336,7 +419,7 @@ impl ConfigState {
                 self.get(&key).ok_or_else(|| not_found(&key))?;
                 writes.insert(key, None);
             }
-            Command::AddAdminToken(_) => {}
+            Command::Bootstrap { .. } | Command::AddAdminToken(_) | Command::RevokeAdminToken { .. } => {}
         }
         self.cascade(&mut writes);
         self.settle_subscriptions(&mut writes);
@@ -391,8 +474,7 @@ impl ConfigState {
         let keys: Vec<ResourceKey> = writes
             .iter()
             .filter(|(k, v)| {
-                k.kind == Kind::Subscription
-                    && matches!(v, Some(Spec::Subscription(s)) if s.status.is_none())
+                k.kind == Kind::Subscription && matches!(v, Some(Spec::Subscription(s)) if s.status.is_none())
             })
             .map(|(k, _)| k.clone())
             .collect();
@@ -421,47 +503,37 @@ impl ConfigState {
         }
     }
 
-    /// Checks references over the config as it would be after `writes`.
-    fn check_result(
-        &self,
-        writes: &BTreeMap<ResourceKey, Option<Spec>>,
-    ) -> Result<(), CommandError> {
-        let mut config: BTreeMap<ResourceKey, Spec> = self
-            .resources
-            .iter()
-            .map(|(k, v)| (k.clone(), v.spec.clone()))
-            .collect();
-        for (key, spec) in writes {
-            match spec {
-                Some(s) => config.insert(key.clone(), s.clone()),
-                None => config.remove(key),
-            };
-        }
+    /// Checks references over the config as it would be after `writes`: those of every
+    /// written resource, and those of untouched resources that point at a deleted one.
+    fn check_result(&self, writes: &BTreeMap<ResourceKey, Option<Spec>>) -> Result<(), CommandError> {
+        let exists = |k: &ResourceKey| match writes.get(k) {
+            Some(new) => new.is_some(),
+            None => self.resources.contains_key(k),
+        };
+        let deleting = |k: &ResourceKey| matches!(writes.get(k), Some(None));
         let mut errors = Vec::new();
-        check_references(&config, &mut errors);
-        let mut messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        // Say which deletion broke a reference, when one did.
         for (key, spec) in writes {
-            if spec.is_none() {
-                let what = if key.tenant.is_empty() {
-                    format!("{} {}", key.kind, key.name)
-                } else {
-                    format!("{} {}/{}", key.kind, key.tenant, key.name)
-                };
-                for m in &mut messages {
-                    if m.contains(&format!("references {what}, which does not exist")) {
-                        *m = m.replace(
-                            &format!("references {what}, which does not exist"),
-                            &format!("references {what}, which this change deletes"),
-                        );
-                    }
+            if let Some(spec) = spec {
+                check_spec_references(key, spec, &exists, &deleting, &mut errors);
+            }
+        }
+        if writes.values().any(Option::is_none) {
+            for (key, stored) in &self.resources {
+                if writes.contains_key(key) {
+                    continue;
+                }
+                let refs = references(key, &stored.spec);
+                if refs.iter().any(|(_, target)| deleting(target)) {
+                    check_spec_references(key, &stored.spec, &exists, &deleting, &mut errors);
                 }
             }
         }
-        if messages.is_empty() {
+        if errors.is_empty() {
             Ok(())
         } else {
-            Err(CommandError::Invalid(messages))
+            Err(CommandError::Invalid(
+                errors.iter().map(ToString::to_string).collect(),
+            ))
         }
     }
 
@@ -528,16 +600,11 @@ mod resource_list {
 
     use super::Stored;
 
-    pub fn serialize<S: Serializer>(
-        map: &BTreeMap<ResourceKey, Stored>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(map: &BTreeMap<ResourceKey, Stored>, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(map.values())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<BTreeMap<ResourceKey, Stored>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ResourceKey, Stored>, D::Error> {
         let list = Vec::<Stored>::deserialize(d)?;
         Ok(list.into_iter().map(|s| (s.spec.key(), s)).collect())
     }

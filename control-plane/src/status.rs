@@ -55,30 +55,20 @@ pub async fn cluster_status(
             let token = token.clone();
             async move {
                 let report = async {
-                    let mut client = AdminClient::new(crate::raft::channel(addr).ok()?);
+                    let mut client = AdminClient::new(node.channels.get(addr).ok()?);
                     let mut req = Request::new(ClusterStatusRequest { local: true });
                     req.set_timeout(PEER_TIMEOUT);
                     if let Some(t) = token {
                         req.metadata_mut().insert("authorization", t);
                     }
-                    client
-                        .cluster_status(req)
-                        .await
-                        .ok()
-                        .map(|r| r.into_inner())
+                    client.cluster_status(req).await.ok().map(|r| r.into_inner())
                 };
-                let report = tokio::time::timeout(PEER_TIMEOUT, report)
-                    .await
-                    .ok()
-                    .flatten();
+                let report = tokio::time::timeout(PEER_TIMEOUT, report).await.ok().flatten();
                 (*id, addr.clone(), *voter, report)
             }
         });
-    let mut edges: BTreeMap<String, EdgeStatus> = out
-        .edges
-        .drain(..)
-        .map(|e| (e.node_id.clone(), e))
-        .collect();
+    let mut edges: BTreeMap<String, EdgeStatus> =
+        out.edges.drain(..).map(|e| (e.node_id.clone(), e)).collect();
     for (id, addr, voter, report) in futures::future::join_all(asks).await {
         match report {
             Some(r) => {

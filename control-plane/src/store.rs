@@ -5,7 +5,7 @@
 //!   sled db (data-dir/raft)
 //!   ├── tree "log"   index (u64 big-endian) -> Entry (JSON)
 //!   ├── tree "meta"  vote, committed, last_purged (JSON)
-//!   └── tree "sm"    the last snapshot: meta + ConfigState (JSON)
+//!   └── tree "sm"    the last snapshot: "snapshot_meta" (JSON) + "snapshot_data" (bytes)
 //! ```
 //!
 //! The state machine lives in memory and is made durable by snapshots: on restart it loads
@@ -26,9 +26,8 @@ use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState,
-    RaftLogReader, RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError,
-    StoredMembership, Vote,
+    AnyError, BasicNode, Entry, EntryPayload, ErrorSubject, ErrorVerb, LogId, LogState, RaftLogReader,
+    RaftSnapshotBuilder, Snapshot, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -170,9 +169,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> StorageResult<Option<LogId<NodeId>>> {
-        Ok(self
-            .get_meta::<Option<LogId<NodeId>>>("committed")?
-            .flatten())
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
@@ -182,8 +179,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            let bytes = serde_json::to_vec(&entry)
-                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let bytes =
+                serde_json::to_vec(&entry).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
             batch.insert(&index_key(entry.log_id.index), bytes);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
@@ -238,7 +235,7 @@ struct SnapshotData {
     state: ConfigState,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, BasicNode>,
     data: Vec<u8>,
@@ -247,7 +244,6 @@ struct StoredSnapshot {
 struct Inner {
     data: SnapshotData,
     current: Option<StoredSnapshot>,
-    snapshots_built: u64,
 }
 
 /// The state machine. Cheap to clone: the admin API and the config stream hold clones and
@@ -258,14 +254,26 @@ pub struct StateMachineStore {
     tree: sled::Tree,
     inner: Arc<RwLock<Inner>>,
     applied: watch::Sender<u64>,
+    /// Snapshot builds run beside installs; saves go one at a time and never replace a
+    /// newer snapshot with an older one.
+    save: Arc<tokio::sync::Mutex<()>>,
+    built: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl StateMachineStore {
     fn new(db: &sled::Db) -> StorageResult<Self> {
         let tree = db.open_tree("sm").map_err(read_err)?;
-        let current: Option<StoredSnapshot> = match tree.get("snapshot").map_err(read_err)? {
-            Some(v) => Some(serde_json::from_slice(&v).map_err(read_err)?),
-            None => None,
+        let meta: Option<SnapshotMeta<NodeId, BasicNode>> =
+            match tree.get("snapshot_meta").map_err(read_err)? {
+                Some(v) => Some(serde_json::from_slice(&v).map_err(read_err)?),
+                None => None,
+            };
+        let current = match (meta, tree.get("snapshot_data").map_err(read_err)?) {
+            (Some(meta), Some(data)) => Some(StoredSnapshot {
+                meta,
+                data: data.to_vec(),
+            }),
+            _ => None,
         };
         let data = match &current {
             Some(s) => serde_json::from_slice(&s.data).map_err(read_err)?,
@@ -275,12 +283,10 @@ impl StateMachineStore {
         Ok(Self {
             db: db.clone(),
             tree,
-            inner: Arc::new(RwLock::new(Inner {
-                data,
-                current,
-                snapshots_built: 0,
-            })),
+            inner: Arc::new(RwLock::new(Inner { data, current })),
             applied,
+            save: Arc::default(),
+            built: Arc::default(),
         })
     }
 
@@ -295,39 +301,59 @@ impl StateMachineStore {
         self.applied.subscribe()
     }
 
-    async fn persist(&self, snapshot: &StoredSnapshot) -> StorageResult<()> {
-        let bytes = serde_json::to_vec(snapshot)
+    /// Saves `snapshot` unless a newer one is already saved; returns whether it was saved.
+    async fn persist(&self, snapshot: &StoredSnapshot) -> StorageResult<bool> {
+        let _one_at_a_time = self.save.lock().await;
+        let saved: Option<SnapshotMeta<NodeId, BasicNode>> =
+            match self.tree.get("snapshot_meta").map_err(read_err)? {
+                Some(v) => Some(serde_json::from_slice(&v).map_err(read_err)?),
+                None => None,
+            };
+        if saved.is_some_and(|m| m.last_log_id > snapshot.meta.last_log_id) {
+            return Ok(false);
+        }
+        let meta = serde_json::to_vec(&snapshot.meta)
             .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
-        self.tree.insert("snapshot", bytes).map_err(write_err)?;
+        let mut batch = sled::Batch::default();
+        batch.insert("snapshot_meta", meta);
+        batch.insert("snapshot_data", snapshot.data.as_slice());
+        self.tree.apply_batch(batch).map_err(write_err)?;
         self.db.flush_async().await.map_err(write_err)?;
-        Ok(())
+        Ok(true)
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let built = self.built.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let snapshot = {
-            let mut inner = self.inner.write().expect("state lock poisoned");
-            inner.snapshots_built += 1;
+            let inner = self.inner.read().expect("state lock poisoned");
             let data = serde_json::to_vec(&inner.data)
                 .map_err(|e| io_err(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
             let last = inner.data.last_applied;
             let snapshot_id = match last {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, inner.snapshots_built),
-                None => format!("none-{}", inner.snapshots_built),
+                Some(l) => format!("{}-{}-{built}", l.leader_id, l.index),
+                None => format!("none-{built}"),
             };
-            let stored = StoredSnapshot {
+            StoredSnapshot {
                 meta: SnapshotMeta {
                     last_log_id: last,
                     last_membership: inner.data.membership.clone(),
                     snapshot_id,
                 },
                 data,
-            };
-            inner.current = Some(stored.clone());
-            stored
+            }
         };
-        self.persist(&snapshot).await?;
+        if self.persist(&snapshot).await? {
+            let mut inner = self.inner.write().expect("state lock poisoned");
+            if inner
+                .current
+                .as_ref()
+                .is_none_or(|c| c.meta.last_log_id <= snapshot.meta.last_log_id)
+            {
+                inner.current = Some(snapshot.clone());
+            }
+        }
         Ok(Snapshot {
             meta: snapshot.meta,
             snapshot: Box::new(Cursor::new(snapshot.data)),
@@ -387,13 +413,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> StorageResult<()> {
         let bytes = snapshot.into_inner();
-        let data: SnapshotData = serde_json::from_slice(&bytes).map_err(|e| {
-            io_err(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Read,
-                e,
-            )
-        })?;
+        let data: SnapshotData = serde_json::from_slice(&bytes)
+            .map_err(|e| io_err(ErrorSubject::Snapshot(Some(meta.signature())), ErrorVerb::Read, e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: bytes,
@@ -456,10 +477,7 @@ mod tests {
                 .into_specs();
             let entry = Entry::<TypeConfig> {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),
-                payload: EntryPayload::Normal(Command::Apply {
-                    specs,
-                    prune: false,
-                }),
+                payload: EntryPayload::Normal(Command::Apply { specs, prune: false }),
             };
             let out = sm.apply([entry]).await?;
             assert!(matches!(out[0].result, Some(Ok(_))));

@@ -2,7 +2,7 @@
 //! state, so the leader is never a bottleneck.
 //!
 //! ```text
-//!   edge: Hello{last_version = v}
+//!   edge: Hello{last_version = v}            (token of role edge in `authorization`)
 //!   cp:   v == 0, or deletions since v forgotten  -> snapshot in chunks (one nonce)
 //!         else                                    -> delta since v (may be empty)
 //!   edge: Ack{nonce, version} -> v = version      | Nack{nonce, errors} -> recorded, v kept
@@ -11,7 +11,13 @@
 //!
 //! One push is in flight per edge: the next is computed only after the edge answered the
 //! last, from the version it acknowledged, so a delta always starts where the edge is. After
-//! a NACK nothing is resent until the config moves past the refused version.
+//! a NACK nothing is resent until the config moves past the refused version. A node never
+//! sends an edge a version older than the one it holds (it tells the edge to try another
+//! member instead). Pushes carry at most [`CHUNK_BYTES`] of resources; a bigger delta is sent
+//! as a chunked snapshot.
+//!
+//! Edges authenticate with a token of role `edge` (`tollgate token create --role edge`,
+//! given to the edge as `--join-token`).
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -29,13 +35,19 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{now_ms, Node};
 use crate::secrets::random_bytes;
-use crate::state::{ConfigState, Stored};
+use crate::state::{ConfigState, Role, Stored};
 
-/// Resources per snapshot chunk.
-pub const CHUNK_SIZE: usize = 256;
+/// Most resource bytes (JSON) in one push; far below the gRPC message limit.
+pub const CHUNK_BYTES: usize = 1024 * 1024;
+/// Most edges one node remembers; disconnected ones are forgotten first.
+const MAX_EDGES: usize = 10_000;
+/// Most bytes kept of an edge-supplied text (NACK reasons).
+const MAX_REPORT_BYTES: usize = 2048;
 /// How long an edge may take to answer a push before the stream is dropped.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an edge that is ahead of this node waits for it to catch up.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 
 /// What this node knows of the edges that talk to it.
 #[derive(Default)]
@@ -44,16 +56,30 @@ pub struct EdgeRegistry {
 }
 
 impl EdgeRegistry {
-    fn update(&self, node_id: &str, f: impl FnOnce(&mut EdgeStatus)) {
+    /// Notes contact from an edge. Returns false when the registry is full of connected
+    /// edges (the new edge is refused).
+    fn update(&self, node_id: &str, f: impl FnOnce(&mut EdgeStatus)) -> bool {
         let mut edges = self.edges.lock().expect("edge registry poisoned");
-        let e = edges
-            .entry(node_id.to_string())
-            .or_insert_with(|| EdgeStatus {
-                node_id: node_id.to_string(),
-                ..Default::default()
-            });
+        if !edges.contains_key(node_id) && edges.len() >= MAX_EDGES {
+            let oldest = edges
+                .values()
+                .filter(|e| !e.connected)
+                .min_by_key(|e| e.last_contact_ms)
+                .map(|e| e.node_id.clone());
+            match oldest {
+                Some(id) => {
+                    edges.remove(&id);
+                }
+                None => return false,
+            }
+        }
+        let e = edges.entry(node_id.to_string()).or_insert_with(|| EdgeStatus {
+            node_id: node_id.to_string(),
+            ..Default::default()
+        });
         e.last_contact_ms = now_ms();
         f(e);
+        true
     }
 
     /// The edges this node has seen, as reported by `cluster status`.
@@ -88,14 +114,19 @@ impl StreamService {
     }
 }
 
-fn to_resource(key: &tollgate_proto::ResourceKey, stored: &Stored) -> Resource {
+/// A resource on the wire (the stream, and `get` once secrets are hidden).
+pub fn to_resource(key: &tollgate_proto::ResourceKey, spec: &tollgate_proto::Spec, version: u64) -> Resource {
     Resource {
         kind: key.kind.as_str().into(),
         tenant: key.tenant.clone(),
         name: key.name.clone(),
-        version: stored.version,
-        spec_json: stored.spec.to_json(),
+        version,
+        spec_json: spec.to_json(),
     }
+}
+
+fn streamed(key: &tollgate_proto::ResourceKey, stored: &Stored) -> Resource {
+    to_resource(key, &stored.spec, stored.version)
 }
 
 fn nonce() -> String {
@@ -107,72 +138,92 @@ fn nonce() -> String {
     hex(&b)
 }
 
+/// Cuts `resources` into chunks of at most [`CHUNK_BYTES`] of JSON (at least one resource
+/// each; a single resource is at most `MAX_RESOURCE_BYTES`).
+fn chunk_by_bytes(resources: Vec<Resource>) -> Vec<Vec<Resource>> {
+    let mut chunks: Vec<Vec<Resource>> = vec![Vec::new()];
+    let mut size = 0;
+    for r in resources {
+        let len = r.spec_json.len();
+        if size + len > CHUNK_BYTES && chunks.last().is_some_and(|c| !c.is_empty()) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        chunks.last_mut().expect("never empty").push(r);
+    }
+    chunks
+}
+
 /// The pushes that bring an edge from `since` to the current state: a delta when possible,
 /// else a chunked snapshot.
 pub fn pushes_since(state: &ConfigState, since: u64, force_snapshot: bool) -> Vec<ConfigPush> {
     let nonce = nonce();
-    let delta = if force_snapshot || since == 0 {
-        None
-    } else {
-        state.delta_since(since)
-    };
-    match delta {
-        Some((upserts, removals)) => {
-            let upserts: Vec<Resource> = upserts
-                .into_iter()
-                .map(|(k, s)| to_resource(k, s))
-                .collect();
-            let removals: Vec<ResourceKey> = removals
-                .into_iter()
-                .map(|k| ResourceKey {
-                    kind: k.kind.as_str().into(),
-                    tenant: k.tenant.clone(),
-                    name: k.name.clone(),
-                })
-                .collect();
-            let checksum = tollgate_proto::stream::checksum(&upserts, &removals);
-            vec![ConfigPush {
-                nonce,
-                version: state.version,
-                snapshot: false,
-                chunk: 0,
-                chunks: 1,
-                upserts,
-                removals,
-                checksum,
-                base_version: since,
-            }]
-        }
-        None => {
-            let all: Vec<Resource> = state.streamed().map(|(k, s)| to_resource(k, s)).collect();
-            let checksum = tollgate_proto::stream::checksum(&all, &[]);
-            let chunks: Vec<Vec<Resource>> = if all.is_empty() {
-                vec![Vec::new()]
-            } else {
-                all.chunks(CHUNK_SIZE).map(<[Resource]>::to_vec).collect()
-            };
-            let count = chunks.len() as u32;
-            chunks
-                .into_iter()
-                .enumerate()
-                .map(|(i, upserts)| ConfigPush {
-                    nonce: nonce.clone(),
-                    version: state.version,
-                    snapshot: true,
-                    chunk: i as u32,
-                    chunks: count,
-                    upserts,
-                    removals: Vec::new(),
-                    checksum: if i as u32 + 1 == count {
-                        checksum.clone()
-                    } else {
-                        String::new()
-                    },
-                    base_version: 0,
-                })
-                .collect()
-        }
+    let delta = (!force_snapshot && since != 0)
+        .then(|| state.delta_since(since))
+        .flatten()
+        .map(|(upserts, removals)| {
+            let upserts: Vec<Resource> = upserts.into_iter().map(|(k, s)| streamed(k, s)).collect();
+            (upserts, removals)
+        })
+        .filter(|(upserts, _)| upserts.iter().map(|r| r.spec_json.len()).sum::<usize>() <= CHUNK_BYTES);
+    if let Some((upserts, removals)) = delta {
+        let removals: Vec<ResourceKey> = removals
+            .into_iter()
+            .map(|k| ResourceKey {
+                kind: k.kind.as_str().into(),
+                tenant: k.tenant.clone(),
+                name: k.name.clone(),
+            })
+            .collect();
+        let checksum = tollgate_proto::stream::checksum(&upserts, &removals);
+        return vec![ConfigPush {
+            nonce,
+            version: state.version,
+            snapshot: false,
+            chunk: 0,
+            chunks: 1,
+            upserts,
+            removals,
+            checksum,
+            base_version: since,
+        }];
     }
+    let all: Vec<Resource> = state.streamed().map(|(k, s)| streamed(k, s)).collect();
+    let checksum = tollgate_proto::stream::checksum(&all, &[]);
+    let chunks = chunk_by_bytes(all);
+    let count = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, upserts)| ConfigPush {
+            nonce: nonce.clone(),
+            version: state.version,
+            snapshot: true,
+            chunk: i as u32,
+            chunks: count,
+            upserts,
+            removals: Vec::new(),
+            checksum: if i as u32 + 1 == count {
+                checksum.clone()
+            } else {
+                String::new()
+            },
+            base_version: 0,
+        })
+        .collect()
+}
+
+/// Keeps at most [`MAX_REPORT_BYTES`] of an edge-supplied text.
+fn bounded(text: &str) -> String {
+    if text.len() <= MAX_REPORT_BYTES {
+        return text.to_string();
+    }
+    let mut end = MAX_REPORT_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
 }
 
 fn check_node_id(id: &str) -> Result<(), Status> {
@@ -192,12 +243,10 @@ type PushStream = Pin<Box<dyn Stream<Item = Result<ConfigPush, Status>> + Send>>
 impl ConfigStream for StreamService {
     type StreamStream = PushStream;
 
-    async fn stream(
-        &self,
-        req: Request<Streaming<EdgeMessage>>,
-    ) -> Result<Response<PushStream>, Status> {
+    async fn stream(&self, req: Request<Streaming<EdgeMessage>>) -> Result<Response<PushStream>, Status> {
+        self.node.authorize(&req, &[Role::Edge, Role::ClusterAdmin])?;
         let mut inbound = req.into_inner();
-        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        let mut hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(EdgeMessage {
                 msg: Some(Msg::Hello(h)),
             }))) => h,
@@ -206,16 +255,38 @@ impl ConfigStream for StreamService {
             Err(_) => return Err(Status::deadline_exceeded("no hello received")),
         };
         check_node_id(&hello.node_id)?;
+        hello.capabilities.truncate(32);
+        hello.capabilities.iter_mut().for_each(|c| c.truncate(64));
+        // An edge already ahead of this node waits for it to catch up, or is sent elsewhere:
+        // pushing it an older config would undo changes it already serves.
+        let mut applied = self.node.sm.subscribe();
+        let want = hello.last_version;
+        if want > *applied.borrow() {
+            let caught_up = tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|v| *v >= want))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if !caught_up {
+                return Err(Status::unavailable(format!(
+                    "this control-plane node is behind the edge (at {}, edge at {want}); try another",
+                    *applied.borrow()
+                )));
+            }
+        }
+        let id = hello.node_id.clone();
+        let registered = self.node.edges.update(&id, |e| {
+            e.connected = true;
+            e.applied_version = want;
+            e.capabilities = hello.capabilities.clone();
+        });
+        if !registered {
+            return Err(Status::resource_exhausted(
+                "too many edges connected to this node",
+            ));
+        }
         let (tx, rx) = mpsc::channel(8);
         let node = self.node.clone();
         tokio::spawn(async move {
-            let id = hello.node_id.clone();
-            node.edges.update(&id, |e| {
-                e.connected = true;
-                e.applied_version = hello.last_version;
-                e.capabilities = hello.capabilities.clone();
-            });
-            tracing::info!(edge = %id, last_version = hello.last_version, "edge connected");
+            tracing::info!(edge = %id, last_version = want, "edge connected");
             let end = session(&node, &hello, &mut inbound, &tx).await;
             node.edges.update(&id, |e| e.connected = false);
             tracing::info!(edge = %id, reason = %end, "edge disconnected");
@@ -227,7 +298,7 @@ impl ConfigStream for StreamService {
         &self,
         req: Request<LocalEdgesRequest>,
     ) -> Result<Response<LocalEdgesResponse>, Status> {
-        self.node.authorize(&req)?;
+        self.node.authorize(&req, &[Role::ClusterAdmin])?;
         Ok(Response::new(LocalEdgesResponse {
             edges: self.node.edges.list(self.node.id),
         }))
@@ -246,15 +317,6 @@ async fn session(
     let mut acked = hello.last_version;
     let mut force_snapshot = acked == 0;
     let mut refused: Option<u64> = None;
-    // An edge that holds a newer version than this node has applied (it last talked to a more
-    // up-to-date member) waits for this node to catch up, or starts over from a snapshot.
-    if acked > *applied.borrow() {
-        let caught_up =
-            tokio::time::timeout(Duration::from_secs(5), applied.wait_for(|v| *v >= acked)).await;
-        if !matches!(caught_up, Ok(Ok(_))) {
-            force_snapshot = true;
-        }
-    }
     loop {
         let current = *applied.borrow_and_update();
         let due = force_snapshot || (current > acked && refused.is_none_or(|r| current > r));
@@ -288,9 +350,11 @@ async fn session(
                         let reason = n
                             .errors
                             .iter()
+                            .take(20)
                             .map(|r| format!("{} {}/{}: {}", r.kind, r.tenant, r.name, r.message))
                             .collect::<Vec<_>>()
                             .join("; ");
+                        let reason = bounded(&reason);
                         tracing::warn!(edge = %id, version, reason = %reason, "edge refused config");
                         node.edges
                             .update(id, |e| e.last_nack = format!("version {version}: {reason}"));
@@ -299,7 +363,9 @@ async fn session(
                         break;
                     }
                     // A stale answer to an earlier push: note the contact and keep waiting.
-                    _ => node.edges.update(id, |_| {}),
+                    _ => {
+                        node.edges.update(id, |_| {});
+                    }
                 }
             }
             continue;
@@ -311,7 +377,9 @@ async fn session(
                 }
             }
             msg = inbound.message() => match msg {
-                Ok(Some(_)) => node.edges.update(id, |_| {}),
+                Ok(Some(_)) => {
+                    node.edges.update(id, |_| {});
+                }
                 Ok(None) => return "stream closed".into(),
                 Err(e) => return format!("stream error: {}", e.message()),
             },
@@ -322,64 +390,68 @@ async fn session(
 
 #[cfg(test)]
 mod tests {
-    use tollgate_proto::Document;
+    use tollgate_proto::{Document, Kind};
 
     use super::*;
     use crate::state::Command;
 
-    fn state_with_apps(n: usize) -> ConfigState {
-        let mut s = ConfigState::default();
-        let mut doc = String::from("tenants: [{name: t}]\napps:\n");
+    fn apply(s: &mut ConfigState, index: u64, yaml: &str) {
+        let specs = Document::parse(yaml).unwrap().into_specs();
+        s.apply(index, &Command::Apply { specs, prune: false }).unwrap();
+    }
+
+    fn apps(n: usize, description: &str) -> String {
+        let mut doc = String::from("apps:\n");
         for i in 0..n {
-            doc.push_str(&format!("  - {{name: a{i}, tenant: t}}\n"));
+            doc.push_str(&format!(
+                "  - {{name: a{i}, tenant: t, description: '{description}'}}\n"
+            ));
         }
-        let specs = Document::parse(&doc).unwrap().into_specs();
-        s.apply(
-            1,
-            &Command::Apply {
-                specs,
-                prune: false,
-            },
-        )
-        .unwrap();
-        s
+        doc
     }
 
     #[test]
-    fn snapshots_are_chunked_with_one_nonce_and_a_final_checksum() {
-        let s = state_with_apps(600);
+    fn snapshots_are_chunked_by_bytes_with_one_nonce_and_a_final_checksum() {
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, "tenants: [{name: t}]");
+        // ~110 bytes per app: about 3 MiB in all.
+        apply(&mut s, 2, &apps(30_000, &"x".repeat(60)));
         let pushes = pushes_since(&s, 0, false);
-        assert_eq!(pushes.len(), 3);
+        let n = pushes.len();
+        assert!(n >= 3, "{n} chunks");
         assert!(pushes
             .iter()
-            .all(|p| p.snapshot && p.nonce == pushes[0].nonce && p.chunks == 3));
-        assert!(pushes[0].checksum.is_empty() && !pushes[2].checksum.is_empty());
+            .all(|p| p.snapshot && p.nonce == pushes[0].nonce && p.chunks as usize == n));
+        let biggest = pushes
+            .iter()
+            .map(|p| p.upserts.iter().map(|r| r.spec_json.len()).sum::<usize>())
+            .max();
+        assert!(biggest.unwrap() <= CHUNK_BYTES);
+        assert!(pushes[..n - 1].iter().all(|p| p.checksum.is_empty()));
         let all: Vec<Resource> = pushes.iter().flat_map(|p| p.upserts.clone()).collect();
-        assert_eq!(all.len(), 601);
+        assert_eq!(all.len(), 30_001);
         assert_eq!(
-            pushes[2].checksum,
+            pushes[n - 1].checksum,
             tollgate_proto::stream::checksum(&all, &[])
         );
+
+        // A small change is a delta; a delta bigger than a chunk becomes a snapshot.
+        apply(&mut s, 3, "apps: [{name: a1, tenant: t, description: y}]");
+        assert!(pushes_since(&s, 2, false).iter().all(|p| !p.snapshot));
+        apply(&mut s, 4, &apps(30_000, &"y".repeat(60)));
+        assert!(pushes_since(&s, 3, false).iter().all(|p| p.snapshot));
     }
 
     #[test]
     fn deltas_carry_only_what_changed() {
-        let mut s = state_with_apps(3);
-        let specs = Document::parse("apps: [{name: a1, tenant: t, description: changed}]")
-            .unwrap()
-            .into_specs();
-        s.apply(
-            2,
-            &Command::Apply {
-                specs,
-                prune: false,
-            },
-        )
-        .unwrap();
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, &format!("tenants: [{{name: t}}]\n{}", apps(3, "x")));
+        apply(&mut s, 2, "apps: [{name: a1, tenant: t, description: changed}]");
+        let key = tollgate_proto::ResourceKey::new(Kind::App, "t", "a2");
         s.apply(
             3,
             &Command::Delete {
-                key: tollgate_proto::ResourceKey::new(tollgate_proto::Kind::App, "t", "a2"),
+                key,
                 expected_version: None,
             },
         )
@@ -389,23 +461,22 @@ mod tests {
         let p = &pushes[0];
         assert!(!p.snapshot);
         assert_eq!((p.base_version, p.version), (1, 3));
+        let names = |rs: Vec<&str>| rs.into_iter().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(names(p.upserts.iter().map(|r| r.name.as_str()).collect()), ["a1"]);
         assert_eq!(
-            p.upserts
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>(),
-            ["a1"]
-        );
-        assert_eq!(
-            p.removals
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>(),
+            names(p.removals.iter().map(|r| r.name.as_str()).collect()),
             ["a2"]
         );
         assert_eq!(
             p.checksum,
             tollgate_proto::stream::checksum(&p.upserts, &p.removals)
         );
+    }
+
+    #[test]
+    fn edge_reports_are_bounded() {
+        let long = "é".repeat(5000);
+        let b = bounded(&long);
+        assert!(b.len() <= MAX_REPORT_BYTES + 3 && b.ends_with("..."));
     }
 }

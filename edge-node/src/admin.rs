@@ -34,10 +34,9 @@ impl Admin {
         match path {
             "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => match self.shared.version() {
-                Some(version) => json_response(
-                    StatusCode::OK,
-                    &json!({"status": "ready", "version": version}),
-                ),
+                Some(version) => {
+                    json_response(StatusCode::OK, &json!({"status": "ready", "version": version}))
+                }
                 None => json_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &json!({"status": "waiting for config"}),
@@ -83,20 +82,11 @@ mod tests {
             get(&admin, "/healthz").await,
             (StatusCode::OK, json!({"status": "ok"}))
         );
-        assert_eq!(
-            get(&admin, "/readyz").await.0,
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            get(&admin, "/config/version").await.1,
-            json!({"version": 0})
-        );
+        assert_eq!(get(&admin, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(get(&admin, "/config/version").await.1, json!({"version": 0}));
         shared.install(compile(9, resources(DOC)));
         assert_eq!(get(&admin, "/readyz").await.0, StatusCode::OK);
-        assert_eq!(
-            get(&admin, "/config/version").await.1,
-            json!({"version": 9})
-        );
+        assert_eq!(get(&admin, "/config/version").await.1, json!({"version": 9}));
         assert_eq!(get(&admin, "/nope").await.0, StatusCode::NOT_FOUND);
     }
 }

@@ -13,9 +13,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A body holding `bytes` in one piece.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 /// Boxes any streaming body (an upstream's, a client's) without reading it.
@@ -28,10 +26,7 @@ where
 }
 
 /// A body the edge can forward: any stream of bytes (hyper's `Incoming` in production).
-pub trait ClientBody:
-    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static
-{
-}
+pub trait ClientBody: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static {}
 
 impl<B> ClientBody for B where
     B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + 'static

@@ -53,15 +53,13 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MissingCredential | ProxyError::InvalidCredential => {
-                StatusCode::UNAUTHORIZED
+            ProxyError::MissingCredential | ProxyError::InvalidCredential => StatusCode::UNAUTHORIZED,
+            ProxyError::NotSubscribed | ProxyError::SubscriptionPending | ProxyError::ApiRetired => {
+                StatusCode::FORBIDDEN
             }
-            ProxyError::NotSubscribed
-            | ProxyError::SubscriptionPending
-            | ProxyError::ApiRetired => StatusCode::FORBIDDEN,
-            ProxyError::NotReady
-            | ProxyError::NoHealthyUpstream
-            | ProxyError::NotImplemented(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -95,9 +93,9 @@ impl ProxyError {
             | ProxyError::SubscriptionPending
             | ProxyError::ApiRetired => Fault::Client,
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Fault::Upstream,
-            ProxyError::NotReady
-            | ProxyError::NoHealthyUpstream
-            | ProxyError::NotImplemented(_) => Fault::Gateway,
+            ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
+                Fault::Gateway
+            }
         }
     }
 
@@ -122,10 +120,7 @@ impl ProxyError {
 
     /// The HTTP answer for this error (without `x-request-id`, which the caller adds).
     pub fn to_response(&self) -> Response<Body> {
-        json_response(
-            self.status(),
-            &error_body(self.code(), &self.client_message()),
-        )
+        json_response(self.status(), &error_body(self.code(), &self.client_message()))
     }
 }
 
@@ -138,10 +133,8 @@ pub fn error_body(code: &str, message: &str) -> serde_json::Value {
 pub fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -162,10 +155,7 @@ mod tests {
         assert_eq!(v["error"]["code"], "upstream_error");
         assert!(!v["error"]["message"].as_str().unwrap().contains("10.0.0.7"));
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
-        assert_eq!(
-            ProxyError::SubscriptionPending.code(),
-            "subscription_pending"
-        );
+        assert_eq!(ProxyError::SubscriptionPending.code(), "subscription_pending");
         assert_eq!(ProxyError::UpstreamTimeout.fault(), Fault::Upstream);
     }
 }

@@ -92,9 +92,8 @@ pub fn upstream_request<B: ClientBody>(
     let (mut parts, incoming) = req.into_parts();
 
     let query = parts.uri.query();
-    let mut pq = String::with_capacity(
-        f.target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1),
-    );
+    let mut pq =
+        String::with_capacity(f.target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1));
     pq.push_str(&f.target.base_path);
     pq.push_str(f.path);
     if let Some(q) = query {
@@ -117,10 +116,7 @@ pub fn upstream_request<B: ClientBody>(
     remove_consumer_headers(h);
     if let Some(c) = f.consumer {
         h.remove(&c.credential_header);
-        if let (Ok(app), Ok(tenant)) = (
-            HeaderValue::from_str(&c.app),
-            HeaderValue::from_str(&c.tenant),
-        ) {
+        if let (Ok(app), Ok(tenant)) = (HeaderValue::from_str(&c.app), HeaderValue::from_str(&c.tenant)) {
             h.insert("x-consumer-app", app);
             h.insert("x-consumer-tenant", tenant);
         }
@@ -144,10 +140,7 @@ pub fn upstream_request<B: ClientBody>(
 }
 
 /// Sends `req` to the pool's client, bounded by the request timeout.
-pub async fn send(
-    pool: &UpstreamPool,
-    req: Request<Body>,
-) -> Result<Response<Incoming>, ProxyError> {
+pub async fn send(pool: &UpstreamPool, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
     match tokio::time::timeout(pool.request_timeout, pool.client.request(req)).await {
         Err(_) => Err(ProxyError::UpstreamTimeout),
         Ok(Ok(resp)) => Ok(resp),

@@ -74,6 +74,8 @@ pub struct EdgeOptions {
     pub peer: SocketAddr,
     /// Where the last-known-good config lives.
     pub data_dir: PathBuf,
+    /// Token (role `edge`) presented to the control plane on the config stream.
+    pub join_token: Option<String>,
 }
 
 /// A started edge node. Dropping it stops it without waiting; prefer
@@ -134,17 +136,14 @@ impl RunningEdge {
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot bind the {what} listener on {addr} (is the port already in use?)")
-    })
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind the {what} listener on {addr} (is the port already in use?)"))
 }
 
 /// Loads and compiles the last-known-good config; any problem is logged and the file
 /// ignored as a whole.
-async fn load_last_known_good(
-    dir: &Path,
-    clients: &mut Clients,
-) -> Option<(Arc<ConfigState>, Snapshot)> {
+async fn load_last_known_good(dir: &Path, clients: &mut Clients) -> Option<(Arc<ConfigState>, Snapshot)> {
     let owned = dir.to_path_buf();
     let loaded = tokio::task::spawn_blocking(move || lkg::load(&owned)).await;
     let state = match loaded {
@@ -186,12 +185,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     }
     let proxy_listener = bind(opts.listen, "proxy").await?;
     let admin_listener = bind(opts.admin, "admin").await?;
-    let proxy_addr = proxy_listener
-        .local_addr()
-        .context("proxy listener address")?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .context("admin listener address")?;
+    let proxy_addr = proxy_listener.local_addr().context("proxy listener address")?;
+    let admin_addr = admin_listener.local_addr().context("admin listener address")?;
 
     let shared = Arc::new(Shared::default());
     let mut clients = Clients::default();
@@ -227,6 +222,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             proxy_addr: proxy_addr.to_string(),
             peer_addr: opts.peer.to_string(),
             data_dir: opts.data_dir.clone(),
+            join_token: opts.join_token.clone(),
         },
         shared.clone(),
         sync::Applier::new(initial),

@@ -23,10 +23,7 @@ const FORMAT: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum LkgError {
     #[error("cannot access {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path} is corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 }
@@ -103,9 +100,7 @@ pub fn save(dir: &Path, state: &ConfigState) -> Result<(), LkgError> {
     fs::rename(&tmp, &target).map_err(io(&target))?;
     // Make the rename itself durable (directories cannot be opened for sync on Windows).
     #[cfg(unix)]
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(())
 }
 

@@ -109,11 +109,7 @@ impl Handler for Proxy {
 
 impl Proxy {
     /// Answers one request (any body type, so tests need no sockets).
-    pub async fn answer<B: ClientBody>(
-        &self,
-        remote: SocketAddr,
-        req: Request<B>,
-    ) -> Response<Body> {
+    pub async fn answer<B: ClientBody>(&self, remote: SocketAddr, req: Request<B>) -> Response<Body> {
         let started = Instant::now();
         let request_id = request_id::from_headers(req.headers());
         let method = req.method().clone();

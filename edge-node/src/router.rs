@@ -164,8 +164,7 @@ impl<S: Clone> RouterBuilder<S> {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                Method::from_bytes(m.as_bytes())
-                    .map_err(|_| format!("methods[{i}]: invalid method {m:?}"))
+                Method::from_bytes(m.as_bytes()).map_err(|_| format!("methods[{i}]: invalid method {m:?}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let hosts = route
@@ -185,8 +184,8 @@ impl<S: Clone> RouterBuilder<S> {
             .map(|(n, v)| {
                 let name = HeaderName::from_bytes(n.as_bytes())
                     .map_err(|_| format!("headers: invalid header name {n:?}"))?;
-                let value = HeaderValue::from_str(v)
-                    .map_err(|_| format!("headers.{n}: invalid header value"))?;
+                let value =
+                    HeaderValue::from_str(v).map_err(|_| format!("headers.{n}: invalid header value"))?;
                 Ok((name, value))
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -217,8 +216,7 @@ impl<S: Clone> RouterBuilder<S> {
                     let idx = match self.regex_index.get(re) {
                         Some(i) => *i,
                         None => {
-                            let regex =
-                                compile_route_regex(re).map_err(|e| format!("paths[{j}]: {e}"))?;
+                            let regex = compile_route_regex(re).map_err(|e| format!("paths[{j}]: {e}"))?;
                             self.router.regex.push(RegexGroup {
                                 regex,
                                 candidates: Vec::new(),

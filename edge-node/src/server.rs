@@ -91,10 +91,7 @@ pub async fn serve<H: Handler>(
     }
     drop(listener);
     tracing::debug!(listener = name, "draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             listener = name,
             ?drain,

@@ -59,10 +59,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles a resource set; every problem found is reported.
-    pub fn compile(
-        state: &ConfigState,
-        clients: &mut Clients,
-    ) -> Result<Snapshot, Vec<ResourceError>> {
+    pub fn compile(state: &ConfigState, clients: &mut Clients) -> Result<Snapshot, Vec<ResourceError>> {
         let specs = state.decode()?;
         let mut errors = Vec::new();
 
@@ -90,8 +87,7 @@ impl Snapshot {
                             let entry = Arc::new(entry);
                             for (i, r) in s.routes.iter().enumerate() {
                                 if let Err(m) = router.add_route(r, entry.clone()) {
-                                    errors
-                                        .push(ResourceError::new(&key, format!("routes[{i}].{m}")));
+                                    errors.push(ResourceError::new(&key, format!("routes[{i}].{m}")));
                                 }
                             }
                         }
@@ -163,8 +159,8 @@ fn compile_service(
     };
     let sunset = match &s.sunset {
         Some(t) => {
-            let date = crate::http_date::from_rfc3339(t)
-                .ok_or_else(|| format!("sunset: invalid time {t:?}"))?;
+            let date =
+                crate::http_date::from_rfc3339(t).ok_or_else(|| format!("sunset: invalid time {t:?}"))?;
             Some(HeaderValue::from_str(&date).expect("http dates are valid header values"))
         }
         None => None,

@@ -64,9 +64,7 @@ pub fn endpoint(url: &str) -> Result<Endpoint, StreamError> {
                 .keep_alive_timeout(Duration::from_secs(10))
                 .keep_alive_while_idle(true)
         })
-        .map_err(|_| StreamError::BadUrl {
-            url: url.to_string(),
-        })
+        .map_err(|_| StreamError::BadUrl { url: url.to_string() })
 }
 
 /// Exponential backoff with jitter: each delay is drawn from `[d/2, d]`, `d` doubling from
@@ -113,6 +111,7 @@ pub struct StreamConfig {
     pub proxy_addr: String,
     pub peer_addr: String,
     pub data_dir: PathBuf,
+    pub join_token: Option<String>,
 }
 
 enum SessionEnd {
@@ -183,12 +182,8 @@ impl StreamClient {
         announce: u64,
         backoff: &mut Backoff,
     ) -> Result<SessionEnd, StreamError> {
-        let channel = endpoint(url)?
-            .connect()
-            .await
-            .map_err(StreamError::Connect)?;
-        let mut client =
-            ConfigStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let channel = endpoint(url)?.connect().await.map_err(StreamError::Connect)?;
+        let mut client = ConfigStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let hello = Hello {
             node_id: self.cfg.node_id.clone(),
@@ -198,7 +193,14 @@ impl StreamClient {
             peer_addr: self.cfg.peer_addr.clone(),
         };
         send(&tx, Msg::Hello(hello)).await?;
-        let mut pushes = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &self.cfg.join_token {
+            let value = format!("Bearer {token}").parse().map_err(|_| {
+                tonic::Status::invalid_argument("the join token has characters a header cannot carry")
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        let mut pushes = client.stream(request).await?.into_inner();
         tracing::info!(control_plane = %url, last_version = announce, "config stream open");
         while let Some(push) = pushes.message().await? {
             backoff.reset();
@@ -206,11 +208,7 @@ impl StreamClient {
             tracing::debug!(nonce = %nonce, version, snapshot, chunk = push.chunk, "config push received");
             match self.applier.on_push(push, &mut self.clients) {
                 Outcome::Pending => {}
-                Outcome::Applied {
-                    ack,
-                    state,
-                    snapshot,
-                } => {
+                Outcome::Applied { ack, state, snapshot } => {
                     self.shared.install(snapshot);
                     tracing::info!(
                         version = ack.version,
@@ -227,11 +225,7 @@ impl StreamClient {
                     send(&tx, Msg::Nack(nack)).await?;
                 }
                 Outcome::Resync { nack, from_version } => {
-                    let reason = nack
-                        .errors
-                        .first()
-                        .map(|e| e.message.clone())
-                        .unwrap_or_default();
+                    let reason = nack.errors.first().map(|e| e.message.clone()).unwrap_or_default();
                     tracing::warn!(nonce = %nonce, version, %reason, "config push out of step");
                     send(&tx, Msg::Nack(nack)).await?;
                     return Ok(SessionEnd::Resync { from_version });
@@ -280,9 +274,6 @@ mod tests {
     #[test]
     fn control_plane_urls_are_checked() {
         assert!(endpoint("http://127.0.0.1:7700").is_ok());
-        assert!(matches!(
-            endpoint("not a url"),
-            Err(StreamError::BadUrl { .. })
-        ));
+        assert!(matches!(endpoint("not a url"), Err(StreamError::BadUrl { .. })));
     }
 }

@@ -126,10 +126,7 @@ impl Applier {
     }
 
     /// Stores a chunk; returns the assembled config after the last one.
-    fn collect_chunk(
-        &mut self,
-        push: v1::ConfigPush,
-    ) -> Result<Option<(String, ConfigState)>, Outcome> {
+    fn collect_chunk(&mut self, push: v1::ConfigPush) -> Result<Option<(String, ConfigState)>, Outcome> {
         let chunks = push.chunks.max(1);
         if push.chunk == 0 {
             self.pending = Some(PendingSnapshot {

@@ -79,9 +79,7 @@ impl Target {
             .cloned()
             .ok_or_else(|| format!("invalid target URL {url:?}: no host"))?;
         if uri.query().is_some() {
-            return Err(format!(
-                "invalid target URL {url:?}: a query is not allowed"
-            ));
+            return Err(format!("invalid target URL {url:?}: a query is not allowed"));
         }
         Ok(Target {
             url: url.to_string(),

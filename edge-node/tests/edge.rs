@@ -96,6 +96,14 @@ impl ConfigStream for FakeCp {
         &self,
         request: tonic::Request<Streaming<EdgeMessage>>,
     ) -> Result<tonic::Response<Self::StreamStream>, Status> {
+        // The edge presents its join token like the real control plane expects it.
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if auth != Some("Bearer tge_join") {
+            return Err(Status::unauthenticated("no join token"));
+        }
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let pushes = self.pushes.clone();
@@ -171,6 +179,7 @@ fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         admin: "127.0.0.1:0".parse().unwrap(),
         peer: "127.0.0.1:7900".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
+        join_token: Some("tge_join".into()),
     }
 }
 
@@ -186,10 +195,7 @@ async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Answer {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = client
-        .request(req.body(Full::default()).unwrap())
-        .await
-        .unwrap();
+    let resp = client.request(req.body(Full::default()).unwrap()).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -265,10 +271,7 @@ async fn edge_applies_a_streamed_snapshot_proxies_and_restarts_from_lkg() {
 
     assert_eq!(get(admin, "/healthz", &[]).await.json["status"], "ok");
     assert_eq!(get(admin, "/readyz", &[]).await.status, StatusCode::OK);
-    assert_eq!(
-        get(admin, "/config/version", &[]).await.json["version"],
-        VERSION
-    );
+    assert_eq!(get(admin, "/config/version", &[]).await.json["version"], VERSION);
 
     // The ports are taken while the edge runs.
     let mut clash = options(cp, data_dir.path());
@@ -305,11 +308,7 @@ async fn edge_applies_a_streamed_snapshot_proxies_and_restarts_from_lkg() {
 #[tokio::test]
 async fn not_ready_until_a_config_arrives_and_a_corrupt_lkg_is_ignored() {
     let data_dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        data_dir.path().join("lkg.json"),
-        b"{\"format\":1,\"version\":3,",
-    )
-    .unwrap();
+    std::fs::write(data_dir.path().join("lkg.json"), b"{\"format\":1,\"version\":3,").unwrap();
     let dead_cp = TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap()
@@ -340,14 +339,10 @@ async fn shutdown_lets_in_flight_requests_finish() {
     let edge = start(options(cp, data_dir.path())).await.unwrap();
     wait_ready(&edge).await;
     let proxy = edge.proxy_addr();
-    let in_flight = tokio::spawn(async move {
-        get(
-            proxy,
-            "/orders/slow",
-            &[("apikey", &key), ("x-delay-ms", "400")],
-        )
-        .await
-    });
+    let in_flight =
+        tokio::spawn(
+            async move { get(proxy, "/orders/slow", &[("apikey", &key), ("x-delay-ms", "400")]).await },
+        );
     tokio::time::sleep(Duration::from_millis(150)).await;
     let started = std::time::Instant::now();
     edge.shutdown().await.unwrap();

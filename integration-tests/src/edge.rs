@@ -37,6 +37,8 @@ pub struct EdgeNode {
     pub dir: PathBuf,
     pub log: PathBuf,
     pub control_planes: Vec<String>,
+    /// `--join-token` (a token of role edge).
+    pub join_token: String,
     proc: Option<Proc>,
 }
 
@@ -45,11 +47,11 @@ impl EdgeNode {
     /// waits (bounded) until it answers `/healthz`.
     pub fn start(sb: &Sandbox, node_id: &str) -> EdgeNode {
         let urls = sb.nodes.iter().map(|n| n.url()).collect();
-        Self::start_with(sb.dir.path(), node_id, urls)
+        Self::start_with(sb.dir.path(), node_id, urls, &sb.edge_token)
     }
 
     /// Like [`EdgeNode::start`] with explicit control-plane URLs; files go under `root`.
-    pub fn start_with(root: &Path, node_id: &str, control_planes: Vec<String>) -> EdgeNode {
+    pub fn start_with(root: &Path, node_id: &str, control_planes: Vec<String>, join_token: &str) -> EdgeNode {
         let mut edge = EdgeNode {
             node_id: node_id.to_string(),
             proxy: loopback(free_port()),
@@ -58,6 +60,7 @@ impl EdgeNode {
             dir: root.join(format!("edge-{node_id}")),
             log: root.join(format!("edge-{node_id}.log")),
             control_planes,
+            join_token: join_token.to_string(),
             proc: None,
         };
         edge.spawn();
@@ -81,6 +84,8 @@ impl EdgeNode {
             &self.dir.display().to_string(),
             "--node-id",
             &self.node_id,
+            "--join-token",
+            &self.join_token,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -173,8 +178,7 @@ impl Reply {
 
     /// The body as JSON; panics with the body if it is not JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
     }
 
     /// `error.code` of a JSON error answer (`{"error": {"code": ..., "message": ...}}`);
@@ -258,11 +262,7 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Headers)>>
 
 /// Reads a message body framed by `content-length` or chunked encoding; otherwise, if
 /// `to_eof`, everything until the peer closes, else nothing.
-fn read_body(
-    r: &mut impl BufRead,
-    headers: &[(String, String)],
-    to_eof: bool,
-) -> std::io::Result<Vec<u8>> {
+fn read_body(r: &mut impl BufRead, headers: &[(String, String)], to_eof: bool) -> std::io::Result<Vec<u8>> {
     let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
     let mut body = Vec::new();
     if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
@@ -376,9 +376,7 @@ fn serve_one(conn: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()> {
         "headers": hmap,
         "body": String::from_utf8_lossy(&body),
     });
-    seen.lock()
-        .expect("upstream log poisoned")
-        .push(echo.clone());
+    seen.lock().expect("upstream log poisoned").push(echo.clone());
     let text = echo.to_string();
     write!(
         writer,

@@ -146,11 +146,7 @@ impl Drop for Proc {
         if std::thread::panicking() {
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!(
-                "---- last lines of {} ({}) ----",
-                self.name,
-                self.log.display()
-            );
+            eprintln!("---- last lines of {} ({}) ----", self.name, self.log.display());
             for l in tail.into_iter().rev() {
                 eprintln!("{l}");
             }
@@ -161,6 +157,8 @@ impl Drop for Proc {
 /// One control-plane node of the sandbox.
 pub struct CpNode {
     pub id: u64,
+    /// The master key file all nodes of the sandbox share (secrets, cluster credential).
+    pub master_key: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub dir: PathBuf,
@@ -184,6 +182,8 @@ impl CpNode {
             &self.grpc.to_string(),
             "--http",
             &self.http.to_string(),
+            "--master-key-file",
+            &self.master_key.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -249,7 +249,10 @@ impl tonic::service::Interceptor for TokenInterceptor {
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<CpNode>,
+    /// The bootstrap admin token.
     pub token: String,
+    /// A token of role edge, for edges' `--join-token`.
+    pub edge_token: String,
 }
 
 impl Sandbox {
@@ -261,28 +264,32 @@ impl Sandbox {
             dir,
             nodes: Vec::new(),
             token: String::new(),
+            edge_token: String::new(),
         };
         for id in 1..=n {
             sb.add_node_process(id);
         }
         let out = sb.cli(0, &["cluster", "init", "-o", "json"]).ok();
-        let init: serde_json::Value =
-            serde_json::from_str(&out.stdout).expect("init output is JSON");
-        sb.token = init["admin_token"]
-            .as_str()
-            .expect("admin token")
-            .to_string();
-        let token_file = std::fs::read_to_string(sb.nodes[0].dir.join("admin.token"))
-            .expect("admin.token written");
+        let init: serde_json::Value = serde_json::from_str(&out.stdout).expect("init output is JSON");
+        sb.token = init["admin_token"].as_str().expect("admin token").to_string();
+        let token_file =
+            std::fs::read_to_string(sb.nodes[0].dir.join("admin.token")).expect("admin.token written");
         assert_eq!(token_file.trim(), sb.token);
         for i in 1..sb.nodes.len() {
             let (id, addr) = (sb.nodes[i].id.to_string(), sb.nodes[i].grpc.to_string());
-            sb.cli(
+            sb.cli(0, &["cluster", "add-node", "--node-id", &id, "--addr", &addr])
+                .ok();
+        }
+        let out = sb
+            .cli(
                 0,
-                &["cluster", "add-node", "--node-id", &id, "--addr", &addr],
+                &[
+                    "token", "create", "--role", "edge", "--label", "sandbox", "-o", "json",
+                ],
             )
             .ok();
-        }
+        let edge: serde_json::Value = serde_json::from_str(&out.stdout).expect("token output is JSON");
+        sb.edge_token = edge["token"].as_str().expect("edge token").to_string();
         sb
     }
 
@@ -290,6 +297,7 @@ impl Sandbox {
     pub fn add_node_process(&mut self, id: u64) {
         let mut node = CpNode {
             id,
+            master_key: self.dir.path().join("master.key"),
             grpc: loopback(free_port()),
             http: loopback(free_port()),
             dir: self.dir.path().join(format!("cp{id}")),
@@ -300,10 +308,7 @@ impl Sandbox {
     }
 
     pub fn node(&mut self, id: u64) -> &mut CpNode {
-        self.nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .expect("no such node")
+        self.nodes.iter_mut().find(|n| n.id == id).expect("no such node")
     }
 
     /// Runs `tollgate --server <node i> --token <token> args...`.
@@ -369,10 +374,7 @@ impl Sandbox {
                 let req = tollgate_proto::v1::ClusterStatusRequest { local: true };
                 if let Ok(r) = c.cluster_status(req).await {
                     let r = r.into_inner();
-                    let alive = self
-                        .nodes
-                        .iter()
-                        .any(|n| n.id == r.leader && n.proc.is_some());
+                    let alive = self.nodes.iter().any(|n| n.id == r.leader && n.proc.is_some());
                     if r.leader != 0 && alive {
                         return r.leader;
                     }

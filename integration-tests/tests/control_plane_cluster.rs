@@ -19,10 +19,7 @@ apps: [{name: mobile, tenant: acme}]
 "#;
 
 fn index_of(sb: &Sandbox, id: u64) -> usize {
-    sb.nodes
-        .iter()
-        .position(|n| n.id == id)
-        .expect("node index")
+    sb.nodes.iter().position(|n| n.id == id).expect("node index")
 }
 
 fn local_export(sb: &Sandbox, i: usize) -> String {
@@ -52,18 +49,17 @@ async fn leader_kill_failover_catch_up_and_identical_exports() {
     sb.nodes[li].kill();
     let other = (li + 1) % 3;
     let more = sb.file("more.yaml", "apps: [{name: web, tenant: acme}]");
+    // One CLI call, sent right after the kill to a follower that still believes in the dead
+    // leader: the node waits for the election and forwards the write, so the operator only
+    // notices a delay.
     let started = Instant::now();
-    let elapsed = loop {
-        let out = sb.cli(other, &["apply", "-f", &more]);
-        if out.code == 0 {
-            break started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "no apply succeeded within 5s of the kill: {out:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let out = sb.cli(other, &["apply", "-f", &more]);
+    let elapsed = started.elapsed();
+    assert_eq!(
+        out.code, 0,
+        "the apply through a follower failed after the leader was killed: {out:?}"
+    );
+    assert!(elapsed < Duration::from_secs(5), "the apply took {elapsed:?}");
     eprintln!(
         "apply through node {} succeeded {elapsed:?} after killing leader {leader}",
         sb.nodes[other].id
@@ -125,9 +121,7 @@ async fn read(client: &mut Admin, key: usize) -> Result<u64, tonic::Status> {
         .await?
         .into_inner();
     let spec: serde_json::Value = serde_json::from_str(&r.resources[0].spec_json).unwrap();
-    Ok(spec["description"]
-        .as_str()
-        .map_or(0, |d| d.parse().unwrap()))
+    Ok(spec["description"].as_str().map_or(0, |d| d.parse().unwrap()))
 }
 
 fn definitely_not_sent(s: &tonic::Status) -> bool {
@@ -174,21 +168,17 @@ async fn no_acknowledged_write_is_lost_across_five_leader_kills() {
                 if rand() % 2 == 0 {
                     let value = next_value.fetch_add(1, Ordering::SeqCst);
                     let op = RegisterOperation::Write(value);
-                    history
-                        .lock()
-                        .unwrap()
-                        .push(Event::Call { process, key, op });
+                    history.lock().unwrap().push(Event::Call { process, key, op });
                     let req = ApplyRequest {
                         document: register_doc(key, value),
                         prune: false,
                     };
-                    let outcome =
-                        match tokio::time::timeout(Duration::from_secs(6), client.apply(req)).await
-                        {
-                            Ok(Ok(_)) => Outcome::Written,
-                            Ok(Err(s)) if definitely_not_sent(&s) => Outcome::Failed,
-                            _ => Outcome::Unknown,
-                        };
+                    let outcome = match tokio::time::timeout(Duration::from_secs(6), client.apply(req)).await
+                    {
+                        Ok(Ok(_)) => Outcome::Written,
+                        Ok(Err(s)) if definitely_not_sent(&s) => Outcome::Failed,
+                        _ => Outcome::Unknown,
+                    };
                     if matches!(outcome, Outcome::Written) {
                         acked += 1;
                     }
@@ -209,15 +199,14 @@ async fn no_acknowledged_write_is_lost_across_five_leader_kills() {
                         key,
                         op: RegisterOperation::Read(None),
                     });
-                    let outcome =
-                        match tokio::time::timeout(Duration::from_secs(6), read(client, key)).await
-                        {
-                            Ok(Ok(v)) => {
-                                reads += 1;
-                                Outcome::Read(v)
-                            }
-                            _ => Outcome::Failed,
-                        };
+                    let outcome = match tokio::time::timeout(Duration::from_secs(6), read(client, key)).await
+                    {
+                        Ok(Ok(v)) => {
+                            reads += 1;
+                            Outcome::Read(v)
+                        }
+                        _ => Outcome::Failed,
+                    };
                     history.lock().unwrap().push(Event::Return {
                         process,
                         key,
@@ -284,9 +273,8 @@ async fn no_acknowledged_write_is_lost_across_five_leader_kills() {
     for key in 0..KEYS {
         let actions = per_key_history(&events, key);
         let ops = actions.len() / 2;
-        let linearizable = WGLChecker::<RegisterSpecification<u64>>::is_linearizable(
-            History::from_actions(actions),
-        );
+        let linearizable =
+            WGLChecker::<RegisterSpecification<u64>>::is_linearizable(History::from_actions(actions));
         assert!(
             linearizable,
             "history of reg{key} ({ops} operations) is not linearizable"
@@ -313,9 +301,7 @@ fn per_key_history(events: &[Event], key: usize) -> Vec<(usize, Action<RegisterO
     let mut keep = vec![false; events.len()];
     for (i, e) in events.iter().enumerate() {
         match e {
-            Event::Call {
-                process, key: k, ..
-            } if *k == key => {
+            Event::Call { process, key: k, .. } if *k == key => {
                 open.insert(*process, i);
             }
             Event::Return {
@@ -339,15 +325,11 @@ fn per_key_history(events: &[Event], key: usize) -> Vec<(usize, Action<RegisterO
         match e {
             Event::Call { process, op, .. } => actions.push((*process, Action::Call(*op))),
             Event::Return {
-                process,
-                op,
-                outcome,
-                ..
+                process, op, outcome, ..
             } => match outcome {
-                Outcome::Read(v) => actions.push((
-                    *process,
-                    Action::Response(RegisterOperation::Read(Some(*v))),
-                )),
+                Outcome::Read(v) => {
+                    actions.push((*process, Action::Response(RegisterOperation::Read(Some(*v)))))
+                }
                 Outcome::Written => actions.push((*process, Action::Response(*op))),
                 Outcome::Unknown => pending_unknown.push((*process, Action::Response(*op))),
                 Outcome::Failed => {}
@@ -417,8 +399,7 @@ fn the_checker_catches_a_lost_write() {
 }
 
 fn metric(sb: &Sandbox, i: usize, name: &str) -> u64 {
-    let (_, body) =
-        tollgate_integration_tests::http_get(sb.nodes[i].http, "/metrics").expect("metrics");
+    let (_, body) = tollgate_integration_tests::http_get(sb.nodes[i].http, "/metrics").expect("metrics");
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
@@ -427,11 +408,8 @@ fn metric(sb: &Sandbox, i: usize, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_added_after_compaction_catches_up_from_a_snapshot() {
     let mut sb = Sandbox::cluster(1);
-    sb.cli(
-        0,
-        &["apply", "-f", &sb.file("t.yaml", "tenants: [{name: bulk}]")],
-    )
-    .ok();
+    sb.cli(0, &["apply", "-f", &sb.file("t.yaml", "tenants: [{name: bulk}]")])
+        .ok();
     // Enough writes for a snapshot and a purge of the log (snapshots every 1000 entries).
     let mut writers = Vec::new();
     for w in 0..8 {
@@ -453,23 +431,17 @@ async fn a_node_added_after_compaction_catches_up_from_a_snapshot() {
         w.await.unwrap();
     }
     // Snapshots are built in the background: wait (bounded) for one and the purge after it.
-    let purged = wait_for(
-        "a snapshot and a log purge",
-        Duration::from_secs(10),
-        || {
-            let purged = metric(&sb, 0, "tollgate_cp_purged_index");
-            (metric(&sb, 0, "tollgate_cp_snapshot_index") >= 1000 && purged > 0).then_some(purged)
-        },
-    );
+    let purged = wait_for("a snapshot and a log purge", Duration::from_secs(10), || {
+        let purged = metric(&sb, 0, "tollgate_cp_purged_index");
+        let snapshot = metric(&sb, 0, "tollgate_cp_snapshot_index");
+        (snapshot > 0 && purged > 0).then_some(purged)
+    });
 
     // The new node cannot get the purged entries: it must install the snapshot.
     sb.add_node_process(2);
     let addr = sb.nodes[1].grpc.to_string();
-    sb.cli(
-        0,
-        &["cluster", "add-node", "--node-id", "2", "--addr", &addr],
-    )
-    .ok();
+    sb.cli(0, &["cluster", "add-node", "--node-id", "2", "--addr", &addr])
+        .ok();
     let want = sb.cli(0, &["export", "-o", "json"]).ok().stdout;
     wait_for("node 2 to catch up", Duration::from_secs(20), || {
         (local_export(&sb, 1) == want).then_some(())

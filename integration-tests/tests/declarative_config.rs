@@ -22,8 +22,7 @@ fn export(sb: &Sandbox) -> String {
 #[test]
 fn bad_input_is_refused_clearly_and_writes_nothing() {
     let sb = Sandbox::cluster(1);
-    sb.cli(0, &["apply", "-f", &sb.file("good.yaml", GOOD)])
-        .ok();
+    sb.cli(0, &["apply", "-f", &sb.file("good.yaml", GOOD)]).ok();
     let before = export(&sb);
 
     // Each case: a document that also contains a valid new app (which must not be written),
@@ -89,11 +88,7 @@ fn bad_input_is_refused_clearly_and_writes_nothing() {
             "{what}: every line is one reason: {}",
             out.stderr
         );
-        assert_eq!(
-            export(&sb),
-            before,
-            "{what}: a refused apply changed the config"
-        );
+        assert_eq!(export(&sb), before, "{what}: a refused apply changed the config");
         // diff refuses it the same way
         let out = sb.cli(0, &["diff", "-f", &file]);
         assert_eq!(out.code, 1, "{what}: diff should refuse too: {out:?}");
@@ -152,20 +147,14 @@ fn apply_diff_export_get_delete_round_trip() {
     let changed = GOOD.replace("weight: 2", "weight: 5");
     let changed = sb.file("changed.yaml", &changed);
     let diff = sb.cli(0, &["diff", "-f", &changed]).ok().stdout;
-    assert!(
-        diff.contains("~ upstream acme/orders-be (updated)"),
-        "{diff}"
-    );
+    assert!(diff.contains("~ upstream acme/orders-be (updated)"), "{diff}");
     assert!(diff.contains("-   weight: 2\n    +   weight: 5"), "{diff}");
     let code = sb.cli(0, &["diff", "--exit-code", "-f", &changed]).code;
     assert_eq!(code, 1, "--exit-code reports differences");
 
     // Optimistic concurrency: a stale resource_version is refused with exit code 5.
     let got = sb
-        .cli(
-            0,
-            &["get", "app", "mobile", "--tenant", "acme", "-o", "json"],
-        )
+        .cli(0, &["get", "app", "mobile", "--tenant", "acme", "-o", "json"])
         .ok()
         .stdout;
     let version = serde_json::from_str::<serde_json::Value>(&got).unwrap()["version"]
@@ -181,26 +170,26 @@ fn apply_diff_export_get_delete_round_trip() {
         out.stderr.contains("does not match the stored version"),
         "{out:?}"
     );
-    let fresh = format!(
-        "apps: [{{name: mobile, tenant: acme, description: x, resource_version: {version}}}]"
-    );
-    sb.cli(0, &["apply", "-f", &sb.file("fresh.yaml", &fresh)])
-        .ok();
+    let fresh =
+        format!("apps: [{{name: mobile, tenant: acme, description: x, resource_version: {version}}}]");
+    sb.cli(0, &["apply", "-f", &sb.file("fresh.yaml", &fresh)]).ok();
 
     // Deleting what is still referenced is refused; deleting the referrer first works.
     let out = sb.cli(0, &["delete", "upstream", "orders-be", "--tenant", "acme"]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("service acme/orders: upstream: references upstream acme/orders-be, which this change deletes"), "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "service acme/orders: upstream: references upstream acme/orders-be, which this change deletes"
+        ),
+        "{out:?}"
+    );
     let out = sb.cli(0, &["delete", "app", "ghost", "--tenant", "acme"]);
     assert_eq!(out.code, 4, "not found: {out:?}");
 
     // Prune removes, within the file's tenants, what the file no longer names.
     let smaller = "tenants: [{name: acme}]\nupstreams: [{name: orders-be, tenant: acme, targets: [{url: 'http://127.0.0.1:9001'}]}]";
     let out = sb
-        .cli(
-            0,
-            &["apply", "--prune", "-f", &sb.file("smaller.yaml", smaller)],
-        )
+        .cli(0, &["apply", "--prune", "-f", &sb.file("smaller.yaml", smaller)])
         .ok()
         .stdout;
     assert!(out.contains("4 deleted"), "{out}");
@@ -212,16 +201,10 @@ fn apply_diff_export_get_delete_round_trip() {
         &[
             "apply",
             "-f",
-            &sb.file(
-                "doc.json",
-                r#"{"apps": [{"name": "web", "tenant": "acme"}]}"#,
-            ),
+            &sb.file("doc.json", r#"{"apps": [{"name": "web", "tenant": "acme"}]}"#),
         ],
     )
     .ok();
     let table = sb.cli(0, &["get", "app"]).ok().stdout;
-    assert!(
-        table.starts_with("KIND") && table.contains("web"),
-        "{table}"
-    );
+    assert!(table.starts_with("KIND") && table.contains("web"), "{table}");
 }

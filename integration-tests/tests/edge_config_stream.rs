@@ -55,14 +55,9 @@ fn json(text: &str) -> Value {
 /// `tollgate apply -f` through node 0; returns the config version after it.
 fn apply(sb: &Sandbox, yaml: &str) -> u64 {
     static N: AtomicU32 = AtomicU32::new(0);
-    let file = sb.file(
-        &format!("apply-{}.yaml", N.fetch_add(1, Ordering::SeqCst)),
-        yaml,
-    );
+    let file = sb.file(&format!("apply-{}.yaml", N.fetch_add(1, Ordering::SeqCst)), yaml);
     let out = sb.cli(0, &["apply", "-f", &file, "-o", "json"]).ok();
-    json(&out.stdout)["version"]
-        .as_u64()
-        .expect("apply version")
+    json(&out.stdout)["version"].as_u64().expect("apply version")
 }
 
 /// `tollgate key create`: (key, id, version).
@@ -70,9 +65,7 @@ fn create_key(sb: &Sandbox, tenant: &str, app: &str) -> (String, String, u64) {
     let out = sb
         .cli(
             0,
-            &[
-                "key", "create", "--app", app, "--tenant", tenant, "-o", "json",
-            ],
+            &["key", "create", "--app", app, "--tenant", tenant, "-o", "json"],
         )
         .ok();
     let v = json(&out.stdout);
@@ -144,10 +137,7 @@ fn assert_error(r: &Reply, status: u16, code: &str) {
     assert_eq!(r.status, status, "{r:?}");
     assert_eq!(r.error_code(), code, "{r:?}");
     assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
-    assert!(
-        r.header("x-request-id").is_some_and(|v| !v.is_empty()),
-        "{r:?}"
-    );
+    assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()), "{r:?}");
 }
 
 #[test]
@@ -155,10 +145,7 @@ fn config_reaches_two_edges_within_a_second_and_status_shows_acks() {
     let _serial = serial();
     let sb = Sandbox::cluster(1);
     let up = Upstream::start();
-    let edges = [
-        EdgeNode::start(&sb, "edge-a"),
-        EdgeNode::start(&sb, "edge-b"),
-    ];
+    let edges = [EdgeNode::start(&sb, "edge-a"), EdgeNode::start(&sb, "edge-b")];
     apply(&sb, &config(&up.url(), "auto"));
     let (key, _, key_version) = create_key(&sb, "acme", "mobile");
     for e in &edges {
@@ -179,16 +166,8 @@ fn config_reaches_two_edges_within_a_second_and_status_shows_acks() {
         assert_eq!(seen["method"], "GET", "{seen}");
         assert_eq!(seen["path"], "/orders/42?x=1", "{seen}");
         let h = r.upstream_headers();
-        assert_eq!(
-            h.get("x-consumer-app"),
-            Some(&Value::from("mobile")),
-            "{seen}"
-        );
-        assert_eq!(
-            h.get("x-consumer-tenant"),
-            Some(&Value::from("acme")),
-            "{seen}"
-        );
+        assert_eq!(h.get("x-consumer-app"), Some(&Value::from("mobile")), "{seen}");
+        assert_eq!(h.get("x-consumer-tenant"), Some(&Value::from("acme")), "{seen}");
         assert!(
             !h.contains_key("apikey"),
             "the api key reached the upstream: {seen}"
@@ -200,11 +179,7 @@ fn config_reaches_two_edges_within_a_second_and_status_shows_acks() {
         let r = e.request("GET", "/orders", &[("authorization", &bearer)]);
         assert_eq!(r.status, 200, "{r:?}");
         let h = r.upstream_headers();
-        assert_eq!(
-            h.get("x-consumer-app"),
-            Some(&Value::from("mobile")),
-            "{r:?}"
-        );
+        assert_eq!(h.get("x-consumer-app"), Some(&Value::from("mobile")), "{r:?}");
         assert!(
             !h.contains_key("authorization"),
             "the bearer key reached the upstream: {r:?}"
@@ -217,11 +192,7 @@ fn config_reaches_two_edges_within_a_second_and_status_shows_acks() {
         } else {
             wrong
         };
-        assert_error(
-            &e.get_with_key("/orders", &wrong),
-            401,
-            "invalid_credential",
-        );
+        assert_error(&e.get_with_key("/orders", &wrong), 401, "invalid_credential");
         assert_error(&e.get_with_key("/nowhere", &key), 404, "no_route");
         assert_error(&e.get_with_key("/billing", &key), 404, "no_route");
     }
@@ -250,11 +221,7 @@ fn config_reaches_two_edges_within_a_second_and_status_shows_acks() {
     eprintln!("new route served {served:?} after the apply returned (edge-a, edge-b)");
     for (e, t) in edges.iter().zip(served) {
         let t = t.expect("measured");
-        assert!(
-            t <= PROPAGATION,
-            "{} served the change after {t:?}",
-            e.node_id
-        );
+        assert!(t <= PROPAGATION, "{} served the change after {t:?}", e.node_id);
         assert_eq!(e.config_version(), Some(version), "{}", e.node_id);
     }
 
@@ -267,19 +234,12 @@ fn config_reaches_two_edges_within_a_second_and_status_shows_acks() {
         })
     });
     assert_eq!(status["version"], version, "{status:#}");
-    assert_eq!(
-        status["edges"].as_array().map(Vec::len),
-        Some(2),
-        "{status:#}"
-    );
+    assert_eq!(status["edges"].as_array().map(Vec::len), Some(2), "{status:#}");
     for id in ["edge-a", "edge-b"] {
         let e = edge_in(&status, id).expect("listed");
         assert_eq!(e["cp_node"], 1, "{status:#}");
         assert_eq!(e["last_nack"], "", "{status:#}");
-        assert!(
-            e["last_contact_ms"].as_u64().is_some_and(|t| t > 0),
-            "{status:#}"
-        );
+        assert!(e["last_contact_ms"].as_u64().is_some_and(|t| t > 0), "{status:#}");
     }
 }
 
@@ -292,21 +252,11 @@ fn key_revocation_and_subscription_decisions_reach_edges() {
     apply(&sb, &config(&up.url(), "manual"));
     let (key1, id1, v) = create_key(&sb, "acme", "mobile");
     edge.wait_for_version(v, Duration::from_secs(10));
-    assert_error(
-        &edge.get_with_key("/orders", &key1),
-        403,
-        "subscription_pending",
-    );
+    assert_error(&edge.get_with_key("/orders", &key1), 403, "subscription_pending");
 
     sb.cli(
         0,
-        &[
-            "subscription",
-            "approve",
-            "mobile:orders",
-            "--tenant",
-            "acme",
-        ],
+        &["subscription", "approve", "mobile:orders", "--tenant", "acme"],
     )
     .ok();
     within("approval to reach the edge", PROPAGATION, || {
@@ -321,11 +271,7 @@ fn key_revocation_and_subscription_decisions_reach_edges() {
     within("key revocation to reach the edge", PROPAGATION, || {
         expect_status(edge.get_with_key("/orders", &key1), 401).map(drop)
     });
-    assert_error(
-        &edge.get_with_key("/orders", &key1),
-        401,
-        "invalid_credential",
-    );
+    assert_error(&edge.get_with_key("/orders", &key1), 401, "invalid_credential");
     assert_eq!(
         edge.get_with_key("/orders", &key2).status,
         200,
@@ -334,13 +280,7 @@ fn key_revocation_and_subscription_decisions_reach_edges() {
 
     sb.cli(
         0,
-        &[
-            "subscription",
-            "reject",
-            "mobile:orders",
-            "--tenant",
-            "acme",
-        ],
+        &["subscription", "reject", "mobile:orders", "--tenant", "acme"],
     )
     .ok();
     within("rejection to reach the edge", PROPAGATION, || {
@@ -361,10 +301,7 @@ fn assert_nothing_secret(upserts: &[Resource], secrets: &[&str]) {
     }
 }
 
-async fn next_push(
-    pushes: &mut tonic::Streaming<ConfigPush>,
-    timeout: Duration,
-) -> Option<ConfigPush> {
+async fn next_push(pushes: &mut tonic::Streaming<ConfigPush>, timeout: Duration) -> Option<ConfigPush> {
     match tokio::time::timeout(timeout, pushes.message()).await {
         Err(_) => None,
         Ok(Ok(Some(p))) => Some(p),
@@ -413,11 +350,25 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
             peer_addr: String::new(),
         };
         say(&tx, Msg::Hello(hello)).await;
-        let mut pushes = client
-            .stream(ReceiverStream::new(rx))
-            .await
-            .expect("stream")
-            .into_inner();
+        // Without a token (or with a wrong one) the stream is refused.
+        for auth in [None, Some("Bearer tge_0000")] {
+            let (_tx, rx) = tokio::sync::mpsc::channel::<EdgeMessage>(1);
+            let mut req = tonic::Request::new(ReceiverStream::new(rx));
+            if let Some(a) = auth {
+                req.metadata_mut().insert("authorization", a.parse().unwrap());
+            }
+            let err = client
+                .stream(req)
+                .await
+                .expect_err("a stream without a valid token");
+            assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+        }
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {}", sb.edge_token).parse().unwrap(),
+        );
+        let mut pushes = client.stream(req).await.expect("stream").into_inner();
 
         // A fresh edge gets the whole config as a snapshot: chunks in order, one nonce, the
         // checksum on the last chunk covering all of them.
@@ -429,10 +380,7 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
         let mut push = first;
         loop {
             assert!(push.snapshot, "{push:?}");
-            assert_eq!(
-                (push.nonce.as_str(), push.version),
-                (nonce.as_str(), version)
-            );
+            assert_eq!((push.nonce.as_str(), push.version), (nonce.as_str(), version));
             assert_eq!(push.base_version, 0);
             all.extend(push.upserts.iter().cloned());
             if push.chunk + 1 == push.chunks {
@@ -452,14 +400,7 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
         assert_eq!(version, snapshot_version);
         assert_nothing_secret(&all, &secrets);
         let kinds: Vec<&str> = all.iter().map(|r| r.kind.as_str()).collect();
-        for k in [
-            "tenant",
-            "upstream",
-            "service",
-            "app",
-            "subscription",
-            "api_key",
-        ] {
+        for k in ["tenant", "upstream", "service", "app", "subscription", "api_key"] {
             assert!(kinds.contains(&k), "no {k} in the snapshot: {kinds:?}");
         }
         say(&tx, Msg::Ack(Ack { nonce, version })).await;
@@ -537,15 +478,10 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
         eprintln!("{deltas} delta(s) after the secret change and the refused apply");
 
         let status = tokio::task::block_in_place(|| {
-            status_until(
-                &sb,
-                "the NACK in cluster status",
-                Duration::from_secs(5),
-                |s| {
-                    edge_in(s, "fake-edge")
-                        .is_some_and(|e| e["last_nack"].as_str().is_some_and(|n| !n.is_empty()))
-                },
-            )
+            status_until(&sb, "the NACK in cluster status", Duration::from_secs(5), |s| {
+                edge_in(s, "fake-edge")
+                    .is_some_and(|e| e["last_nack"].as_str().is_some_and(|n| !n.is_empty()))
+            })
         });
         let e = edge_in(&status, "fake-edge").expect("listed");
         let last_nack = e["last_nack"].as_str().unwrap_or_default();
@@ -559,21 +495,13 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
             "a NACK keeps the old version: {status:#}"
         );
         assert_eq!(e["connected"], true, "{status:#}");
-        assert_eq!(
-            e["lag"].as_u64(),
-            Some(refused_version - acked),
-            "{status:#}"
-        );
+        assert_eq!(e["lag"].as_u64(), Some(refused_version - acked), "{status:#}");
 
         // The refused version is not pushed again...
         let again = next_push(&mut pushes, Duration::from_millis(500)).await;
-        assert!(
-            again.is_none(),
-            "the refused config was pushed again: {again:?}"
-        );
+        assert!(again.is_none(), "the refused config was pushed again: {again:?}");
         // ...but the next change is, from the version the edge still holds.
-        let fixed =
-            tokio::task::block_in_place(|| apply(&sb, "apps: [{name: web2, tenant: acme}]"));
+        let fixed = tokio::task::block_in_place(|| apply(&sb, "apps: [{name: web2, tenant: acme}]"));
         let p = next_push(&mut pushes, Duration::from_secs(5))
             .await
             .expect("a delta after the next change");
@@ -586,10 +514,7 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
             tollgate_proto::stream::checksum(&p.upserts, &p.removals)
         );
         let names: Vec<&str> = p.upserts.iter().map(|r| r.name.as_str()).collect();
-        assert!(
-            names.contains(&"web") && names.contains(&"web2"),
-            "{names:?}"
-        );
+        assert!(names.contains(&"web") && names.contains(&"web2"), "{names:?}");
         assert_nothing_secret(&p.upserts, &secrets);
         say(
             &tx,
@@ -601,8 +526,7 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
         .await;
         tokio::task::block_in_place(|| {
             status_until(&sb, "the ack after the NACK", Duration::from_secs(5), |s| {
-                edge_in(s, "fake-edge")
-                    .is_some_and(|e| e["applied_version"] == fixed && e["lag"] == 0)
+                edge_in(s, "fake-edge").is_some_and(|e| e["applied_version"] == fixed && e["lag"] == 0)
             });
         });
     });
@@ -644,10 +568,7 @@ fn edges_keep_serving_when_the_control_plane_dies_and_after_their_own_restart() 
     );
     assert_eq!(edge.config_version(), Some(version));
     let r = edge.get_with_key("/orders/7", &key);
-    assert_eq!(
-        r.status, 200,
-        "after a restart without control plane: {r:?}"
-    );
+    assert_eq!(r.status, 200, "after a restart without control plane: {r:?}");
     assert_eq!(
         r.upstream_headers().get("x-consumer-app"),
         Some(&Value::from("mobile")),
@@ -665,10 +586,7 @@ fn edges_keep_serving_when_the_control_plane_dies_and_after_their_own_restart() 
         if out.code == 0 {
             break json(&out.stdout)["version"].as_u64().expect("version");
         }
-        assert!(
-            Instant::now() < deadline,
-            "apply after the restart: {out:?}"
-        );
+        assert!(Instant::now() < deadline, "apply after the restart: {out:?}");
         std::thread::sleep(Duration::from_millis(200));
     };
     let took = edge.wait_for_version(next, Duration::from_secs(15));

@@ -29,9 +29,7 @@ impl std::str::FromStr for HumanDuration {
 impl fmt::Display for HumanDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // humantime writes `1m 30s`; drop the spaces so it parses back as one token.
-        let s = humantime::format_duration(self.0)
-            .to_string()
-            .replace(' ', "");
+        let s = humantime::format_duration(self.0).to_string().replace(' ', "");
         f.write_str(&s)
     }
 }
@@ -55,12 +53,7 @@ mod tests {
 
     #[test]
     fn parses_and_round_trips() {
-        for (text, ms) in [
-            ("500ms", 500),
-            ("5s", 5000),
-            ("2m", 120_000),
-            ("1m30s", 90_000),
-        ] {
+        for (text, ms) in [("500ms", 500), ("5s", 5000), ("2m", 120_000), ("1m30s", 90_000)] {
             let d: HumanDuration = text.parse().unwrap();
             assert_eq!(d.0, Duration::from_millis(ms), "{text}");
             let back: HumanDuration = d.to_string().parse().unwrap();

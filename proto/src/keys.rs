@@ -45,11 +45,7 @@ pub fn parse_key(key: &str) -> Option<&str> {
     }
     let (id, rest) = rest.split_at(ID_LEN);
     let rest = rest.strip_prefix('_')?;
-    if !id
-        .bytes()
-        .chain(rest.bytes())
-        .all(|b| b.is_ascii_hexdigit())
-    {
+    if !id.bytes().chain(rest.bytes()).all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     let body_len = key.len() - CHECK_LEN;

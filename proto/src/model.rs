@@ -820,8 +820,8 @@ fn default_leeway() -> HumanDuration {
 }
 
 pub const JWT_ALGORITHMS: [&str; 12] = [
-    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256",
-    "ES384", "EdDSA",
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+    "EdDSA",
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -920,16 +920,7 @@ ai_providers: [{name: openai, tenant: acme, kind: openai, base_url: "https://api
         )
         .unwrap();
         assert_eq!(doc.services[0].auth, vec![AuthKind::ApiKey, AuthKind::Jwt]);
-        assert_eq!(
-            doc.upstreams[0]
-                .health
-                .as_ref()
-                .unwrap()
-                .interval
-                .0
-                .as_secs(),
-            5
-        );
+        assert_eq!(doc.upstreams[0].health.as_ref().unwrap().interval.0.as_secs(), 5);
         assert_eq!(doc.clone().into_specs().len(), 9);
         // Round trip through JSON keeps everything.
         let json = serde_json::to_string(&doc).unwrap();

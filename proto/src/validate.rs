@@ -163,10 +163,7 @@ pub fn is_internal_address(ip: IpAddr) -> bool {
             let s = v6.segments();
             (s[0] & 0xffc0) == 0xfe80
                 || v6.is_unspecified()
-                || v6
-                    == "fd00:ec2::254"
-                        .parse::<std::net::Ipv6Addr>()
-                        .expect("literal")
+                || v6 == "fd00:ec2::254".parse::<std::net::Ipv6Addr>().expect("literal")
                 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
         }
     }
@@ -181,9 +178,7 @@ const METADATA_HOSTS: [&str; 3] = [
 fn check_url(value: &str, allow_internal: bool) -> Result<(), String> {
     let url = url::Url::parse(value).map_err(|e| format!("invalid URL {value:?}: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!(
-            "invalid URL {value:?}: scheme must be http or https"
-        ));
+        return Err(format!("invalid URL {value:?}: scheme must be http or https"));
     }
     let host = match url.host() {
         Some(h) => h,
@@ -277,16 +272,12 @@ fn check_host(value: &str) -> Result<(), String> {
         && h.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         });
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "invalid host {value:?}: write a host name or *.domain"
-        ))
+        Err(format!("invalid host {value:?}: write a host name or *.domain"))
     }
 }
 
@@ -340,11 +331,7 @@ fn validate_upstream(c: &mut Checker<'_>, u: &Upstream) {
         c.err("targets", "at least one target is required");
     }
     for (i, t) in u.targets.iter().enumerate() {
-        c.url(
-            &format!("targets[{i}].url"),
-            &t.url,
-            u.allow_internal_addresses,
-        );
+        c.url(&format!("targets[{i}].url"), &t.url, u.allow_internal_addresses);
         if t.weight > 10_000 {
             c.err(format!("targets[{i}].weight"), "must be at most 10000");
         }
@@ -417,10 +404,7 @@ fn validate_service(c: &mut Checker<'_>, s: &Service) {
     }
     for (i, r) in s.routes.iter().enumerate() {
         if r.paths.is_empty() {
-            c.err(
-                format!("routes[{i}].paths"),
-                "at least one path is required",
-            );
+            c.err(format!("routes[{i}].paths"), "at least one path is required");
         }
         for (j, p) in r.paths.iter().enumerate() {
             let field = format!("routes[{i}].paths[{j}]");
@@ -452,10 +436,7 @@ fn validate_service(c: &mut Checker<'_>, s: &Service) {
         for (name, value) in &r.headers {
             c.header_name(&format!("routes[{i}].headers"), name);
             if !is_header_value(value) {
-                c.err(
-                    format!("routes[{i}].headers.{name}"),
-                    "invalid header value",
-                );
+                c.err(format!("routes[{i}].headers.{name}"), "invalid header value");
             }
         }
     }
@@ -473,10 +454,7 @@ fn check_model_ref(c: &mut Checker<'_>, field: &str, m: &str) {
 
 fn validate_ai_route(c: &mut Checker<'_>, ai: &AiRoute) {
     if ai.models.is_empty() && ai.model.is_none() {
-        c.err(
-            "ai",
-            "name the models (models: [provider/model]) or a model",
-        );
+        c.err("ai", "name the models (models: [provider/model]) or a model");
     }
     for (i, m) in ai.models.iter().enumerate() {
         check_model_ref(c, &format!("ai.models[{i}]"), m);
@@ -698,67 +676,85 @@ pub fn check_duplicates(specs: &[Spec], out: &mut Vec<ValidationError>) {
     }
 }
 
-/// Checks that every reference in `config` (a whole resulting config) resolves in the same
-/// tenant.
-pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<ValidationError>) {
-    let has = |kind: Kind, tenant: &str, name: &str| {
-        config.contains_key(&ResourceKey::new(kind, tenant, name))
+/// What `spec` refers to: `(field, key)` pairs, each of which must exist in the same config.
+/// Every resource but a tenant refers to its tenant.
+pub fn references(key: &ResourceKey, spec: &Spec) -> Vec<(String, ResourceKey)> {
+    let mut refs = Vec::new();
+    let tenant = key.tenant.as_str();
+    let mut need = |field: String, kind: Kind, name: &str| {
+        let t = if kind == Kind::Tenant { "" } else { tenant };
+        refs.push((field, ResourceKey::new(kind, t, name)));
     };
-    for (key, spec) in config {
-        let mut c = Checker {
-            resource: key.to_string(),
-            out: &mut *out,
-        };
-        let need = |c: &mut Checker<'_>, field: String, kind: Kind, name: &str| {
-            let tenant = if kind == Kind::Tenant {
-                ""
-            } else {
-                key.tenant.as_str()
-            };
-            if !has(kind, tenant, name) {
-                let what = if tenant.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{tenant}/{name}")
-                };
-                c.err(
-                    field,
-                    format!("references {kind} {what}, which does not exist"),
-                );
+    if key.kind != Kind::Tenant {
+        need("tenant".into(), Kind::Tenant, tenant);
+    }
+    match spec {
+        Spec::Service(s) => {
+            if let Some(u) = &s.upstream {
+                need("upstream".into(), Kind::Upstream, u);
             }
-        };
-        if key.kind != Kind::Tenant {
-            need(&mut c, "tenant".into(), Kind::Tenant, &key.tenant);
-        }
-        match spec {
-            Spec::Service(s) => {
-                if let Some(u) = &s.upstream {
-                    need(&mut c, "upstream".into(), Kind::Upstream, u);
-                }
-                for (i, p) in s.policies.iter().enumerate() {
-                    need(&mut c, format!("policies[{i}]"), Kind::Policy, p);
-                }
-                if let Some(ai) = &s.ai {
-                    let refs = ai
-                        .models
-                        .iter()
-                        .map(|m| ("ai.models", m))
-                        .chain(ai.model.iter().map(|m| ("ai.model", m)))
-                        .chain(ai.fallback.iter().map(|m| ("ai.fallback", m)));
-                    for (field, m) in refs {
-                        if let Some((provider, _)) = m.split_once('/') {
-                            need(&mut c, field.into(), Kind::AiProvider, provider);
-                        }
+            for (i, p) in s.policies.iter().enumerate() {
+                need(format!("policies[{i}]"), Kind::Policy, p);
+            }
+            if let Some(ai) = &s.ai {
+                let models = ai
+                    .models
+                    .iter()
+                    .map(|m| ("ai.models", m))
+                    .chain(ai.model.iter().map(|m| ("ai.model", m)))
+                    .chain(ai.fallback.iter().map(|m| ("ai.fallback", m)));
+                for (field, m) in models {
+                    if let Some((provider, _)) = m.split_once('/') {
+                        need(field.into(), Kind::AiProvider, provider);
                     }
                 }
             }
-            Spec::Subscription(s) => {
-                need(&mut c, "app".into(), Kind::App, &s.app);
-                need(&mut c, "service".into(), Kind::Service, &s.service);
-            }
-            Spec::ApiKey(k) => need(&mut c, "app".into(), Kind::App, &k.app),
-            _ => {}
         }
+        Spec::Subscription(s) => {
+            need("app".into(), Kind::App, &s.app);
+            need("service".into(), Kind::Service, &s.service);
+        }
+        Spec::ApiKey(k) => need("app".into(), Kind::App, &k.app),
+        _ => {}
+    }
+    refs
+}
+
+/// Checks `spec`'s references: `exists` says whether a key is in the resulting config,
+/// `deleting` whether the change at hand removes it (for a clearer message).
+pub fn check_spec_references(
+    key: &ResourceKey,
+    spec: &Spec,
+    exists: &dyn Fn(&ResourceKey) -> bool,
+    deleting: &dyn Fn(&ResourceKey) -> bool,
+    out: &mut Vec<ValidationError>,
+) {
+    for (field, target) in references(key, spec) {
+        if exists(&target) {
+            continue;
+        }
+        let what = if target.tenant.is_empty() {
+            target.name.clone()
+        } else {
+            format!("{}/{}", target.tenant, target.name)
+        };
+        let why = if deleting(&target) {
+            "which this change deletes"
+        } else {
+            "which does not exist"
+        };
+        out.push(ValidationError {
+            resource: key.to_string(),
+            field,
+            message: format!("references {} {what}, {why}", target.kind),
+        });
+    }
+}
+
+/// Checks that every reference in `config` (a whole config) resolves in the same tenant.
+pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<ValidationError>) {
+    for (key, spec) in config {
+        check_spec_references(key, spec, &|k| config.contains_key(k), &|_| false, out);
     }
 }
 

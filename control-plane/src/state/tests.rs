@@ -1,11 +1,6 @@
 use super::*;
 
-fn apply_doc(
-    state: &mut ConfigState,
-    index: u64,
-    yaml: &str,
-    prune: bool,
-) -> Result<Outcome, CommandError> {
+fn apply_doc(state: &mut ConfigState, index: u64, yaml: &str, prune: bool) -> Result<Outcome, CommandError> {
     let specs = Document::parse(yaml)
         .map_err(|e| CommandError::Invalid(vec![e]))?
         .into_specs();
@@ -61,8 +56,7 @@ fn rejected_apply_writes_nothing() {
     let mut s = ConfigState::default();
     apply_doc(&mut s, 1, BASE, false).unwrap();
     let before = s.resources.clone();
-    let bad =
-        format!("{BASE}\npolicies: [{{name: p, tenant: acme, ip_filter: {{allow: [nonsense]}}}}]");
+    let bad = format!("{BASE}\npolicies: [{{name: p, tenant: acme, ip_filter: {{allow: [nonsense]}}}}]");
     let err = apply_doc(&mut s, 2, &bad, false).unwrap_err();
     assert!(
         err.to_string()
@@ -72,10 +66,7 @@ fn rejected_apply_writes_nothing() {
     assert_eq!(s.resources, before);
     let dangling = "apps: [{name: x, tenant: nowhere}]";
     let err = apply_doc(&mut s, 3, dangling, false).unwrap_err();
-    assert!(
-        err.to_string().contains("references tenant nowhere"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("references tenant nowhere"), "{err}");
     assert_eq!(s.resources, before);
 }
 
@@ -103,10 +94,7 @@ apps: [{name: mobile, tenant: acme}]
 subscriptions: [{app: mobile, service: orders, tenant: acme}]
 "#;
     let err = apply_doc(&mut s, 2, without_upstream, true).unwrap_err();
-    assert!(
-        err.to_string().contains("which this change deletes"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("which this change deletes"), "{err}");
     // Dropping the app and its subscription deletes both, and the app's keys.
     s.apply(
         3,

@@ -96,11 +96,7 @@ async fn fixture() -> Fixture {
             held.push(s);
         }
     });
-    let mut res = resources(&doc(
-        echo_upstream().await,
-        closed_port().await,
-        silent_addr,
-    ));
+    let mut res = resources(&doc(echo_upstream().await, closed_port().await, silent_addr));
     let mut keys = BTreeMap::new();
     for (i, (tenant, app)) in [
         ("acme", "mobile"),
@@ -176,13 +172,7 @@ async fn not_ready_without_config() {
 async fn refusals_are_json_with_the_right_code() {
     let f = fixture().await;
     let p = &f.proxy;
-    expect_error(
-        p,
-        empty(get("/nothing-here")),
-        StatusCode::NOT_FOUND,
-        "no_route",
-    )
-    .await;
+    expect_error(p, empty(get("/nothing-here")), StatusCode::NOT_FOUND, "no_route").await;
     expect_error(p, empty(get("/wip")), StatusCode::NOT_FOUND, "no_route").await;
     expect_error(
         p,
@@ -339,11 +329,7 @@ async fn forwards_with_consumer_and_forwarding_headers() {
     .await;
     assert_eq!(a.status, StatusCode::OK);
     assert!(a.json["headers"].get("authorization").is_none());
-    assert!(
-        a.json["uri"].as_str().unwrap().ends_with("/base/"),
-        "{}",
-        a.json
-    );
+    assert!(a.json["uri"].as_str().unwrap().ends_with("/base/"), "{}", a.json);
 }
 
 #[tokio::test]

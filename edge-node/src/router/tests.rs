@@ -39,10 +39,7 @@ fn request(
 
 #[test]
 fn prefixes_are_segment_aware() {
-    let r = router(vec![
-        (route(&["/orders"]), "orders"),
-        (route(&["/a/b/"]), "ab"),
-    ]);
+    let r = router(vec![(route(&["/orders"]), "orders"), (route(&["/a/b/"]), "ab")]);
     assert_eq!(get(&r, None, "/orders"), Some("orders"));
     assert_eq!(get(&r, None, "/orders/"), Some("orders"));
     assert_eq!(get(&r, None, "/orders/1/items"), Some("orders"));
@@ -135,14 +132,8 @@ fn constrained_routes_win_among_equals_and_filter() {
     let none = HeaderMap::new();
     let mut beta_headers = HeaderMap::new();
     beta_headers.insert("X-Beta", HeaderValue::from_static("1"));
-    assert_eq!(
-        request(&r, &Method::GET, None, "/orders", &none),
-        Some("plain")
-    );
-    assert_eq!(
-        request(&r, &Method::POST, None, "/orders", &none),
-        Some("post")
-    );
+    assert_eq!(request(&r, &Method::GET, None, "/orders", &none), Some("plain"));
+    assert_eq!(request(&r, &Method::POST, None, "/orders", &none), Some("post"));
     assert_eq!(
         request(&r, &Method::POST, None, "/orders", &beta_headers),
         Some("beta")
@@ -160,10 +151,7 @@ fn constrained_routes_win_among_equals_and_filter() {
 
 #[test]
 fn equal_routes_keep_config_order() {
-    let r = router(vec![
-        (route(&["/same"]), "first"),
-        (route(&["/same"]), "second"),
-    ]);
+    let r = router(vec![(route(&["/same"]), "first"), (route(&["/same"]), "second")]);
     assert_eq!(get(&r, None, "/same"), Some("first"));
 }
 

@@ -3,12 +3,7 @@ use tollgate_proto::stream::checksum;
 use super::*;
 use crate::testutil::{resources, DOC};
 
-fn snapshot_chunks(
-    nonce: &str,
-    version: u64,
-    all: Vec<v1::Resource>,
-    n: usize,
-) -> Vec<v1::ConfigPush> {
+fn snapshot_chunks(nonce: &str, version: u64, all: Vec<v1::Resource>, n: usize) -> Vec<v1::ConfigPush> {
     let sum = checksum(&all, &[]);
     let per = all.len().div_ceil(n);
     let parts: Vec<Vec<v1::Resource>> = all.chunks(per).map(|c| c.to_vec()).collect();
@@ -113,21 +108,12 @@ fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
     let mut clients = Clients::default();
     let mut a = loaded(&mut clients);
     let before = a.current().clone();
-    let mut push = delta(
-        "d1",
-        5,
-        6,
-        resources("apps: [{name: new, tenant: acme}]"),
-        vec![],
-    );
+    let mut push = delta("d1", 5, 6, resources("apps: [{name: new, tenant: acme}]"), vec![]);
     push.upserts[0].spec_json = r#"{"name":"new","tenant":"acme","description":"tampered"}"#.into();
     match a.on_push(push, &mut clients) {
         Outcome::Resync { nack, from_version } => {
             assert_eq!((nack.nonce.as_str(), nack.version), ("d1", 6));
-            assert!(
-                nack.errors[0].message.contains("checksum mismatch"),
-                "{nack:?}"
-            );
+            assert!(nack.errors[0].message.contains("checksum mismatch"), "{nack:?}");
             assert_eq!(from_version, 5);
         }
         other => panic!("expected Resync, got {other:?}"),
@@ -137,10 +123,7 @@ fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
     // Same for a snapshot whose chunks do not add up to the checksum.
     let mut chunks = snapshot_chunks("s2", 7, resources(DOC), 2);
     chunks[0].upserts.pop();
-    let outcomes: Vec<_> = chunks
-        .into_iter()
-        .map(|p| a.on_push(p, &mut clients))
-        .collect();
+    let outcomes: Vec<_> = chunks.into_iter().map(|p| a.on_push(p, &mut clients)).collect();
     assert!(
         matches!(outcomes.last(), Some(Outcome::Resync { .. })),
         "{outcomes:?}"
@@ -152,9 +135,8 @@ fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
 fn an_invalid_config_is_nacked_per_resource_and_the_old_config_kept() {
     let mut clients = Clients::default();
     let mut a = loaded(&mut clients);
-    let bad = resources(
-        "services: [{name: broken, tenant: acme, upstream: missing, routes: [{paths: ['/b']}]}]",
-    );
+    let bad =
+        resources("services: [{name: broken, tenant: acme, upstream: missing, routes: [{paths: ['/b']}]}]");
     match a.on_push(delta("d1", 5, 6, bad, vec![]), &mut clients) {
         Outcome::Rejected { nack } => {
             assert_eq!(nack.version, 6);
@@ -203,10 +185,7 @@ fn chunks_out_of_order_are_refused() {
     ));
     assert!(matches!(
         a.on_push(chunks[2].clone(), &mut clients),
-        Outcome::Resync {
-            from_version: 0,
-            ..
-        }
+        Outcome::Resync { from_version: 0, .. }
     ));
     // A chunk of another nonce does not mix in either.
     let other = snapshot_chunks("s3", 8, resources(DOC), 3);
