@@ -146,3 +146,26 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     }
     cur.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(server: &str, token: Option<&str>) -> Global {
+        Global { server: server.into(), token: token.map(str::to_string), output: crate::Format::Table }
+    }
+
+    #[test]
+    fn only_loopback_servers_get_the_local_token_file() {
+        assert!(is_loopback("http://127.0.0.1:7700"));
+        assert!(is_loopback("http://localhost:7700"));
+        assert!(is_loopback("http://[::1]:7700"));
+        assert!(!is_loopback("http://10.0.0.5:7700"));
+        assert!(!is_loopback("https://cp.example.com"));
+        assert!(!is_loopback("not a url"));
+        // An explicit token is always used; without one, a remote server gets none (the
+        // file in ./tollgate-data is only read for loopback servers).
+        assert_eq!(token(&global("http://10.0.0.5:7700", Some("t"))), Some("t".into()));
+        assert_eq!(token(&global("http://10.0.0.5:7700", None)), None);
+    }
+}

@@ -91,6 +91,11 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, args: &[String], log: PathBuf) -> Proc {
+        Self::spawn_in(name, args, log, Path::new("."))
+    }
+
+    /// Like [`Proc::spawn`], in working directory `cwd`.
+    pub fn spawn_in(name: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,6 +104,7 @@ impl Proc {
         let err = out.try_clone().expect("cloning log handle");
         let child = Command::new(tollgate_bin())
             .args(args)
+            .current_dir(cwd)
             .env("TOLLGATE_LOG", "info,openraft=warn,sled=warn")
             .stdin(Stdio::null())
             .stdout(out)
@@ -317,32 +323,8 @@ impl Sandbox {
     }
 
     pub fn cli_with_stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> CliOutput {
-        let mut cmd = Command::new(tollgate_bin());
-        cmd.arg("--server").arg(self.nodes[i].url()).args(args);
-        cmd.env_remove("TOLLGATE_TOKEN")
-            .env_remove("TOLLGATE_SERVER")
-            .env("TOLLGATE_LOG", "warn");
-        cmd.current_dir(self.dir.path());
-        if !self.token.is_empty() {
-            cmd.env("TOLLGATE_TOKEN", &self.token);
-        }
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawning tollgate cli");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(input.as_bytes())
-                .expect("writing stdin");
-        }
-        let out = wait_child(child, Duration::from_secs(60));
-        CliOutput::from(out)
+        let token = (!self.token.is_empty()).then_some(self.token.as_str());
+        run_cli(self.dir.path(), &self.nodes[i].url(), token, args, stdin)
     }
 
     /// Writes `contents` to a file in the sandbox and returns its path.
@@ -384,6 +366,28 @@ impl Sandbox {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Runs `tollgate --server <server> args...` in `cwd`, with `TOLLGATE_TOKEN` set to `token`
+/// (and no other Tollgate settings from the environment).
+pub fn run_cli(cwd: &Path, server: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> CliOutput {
+    let mut cmd = Command::new(tollgate_bin());
+    cmd.arg("--server").arg(server).args(args);
+    cmd.env_remove("TOLLGATE_TOKEN")
+        .env_remove("TOLLGATE_SERVER")
+        .env_remove("TOLLGATE_TENANT")
+        .env("TOLLGATE_LOG", "warn");
+    cmd.current_dir(cwd);
+    if let Some(t) = token {
+        cmd.env("TOLLGATE_TOKEN", t);
+    }
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawning tollgate cli");
+    if let Some(input) = stdin {
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+    }
+    CliOutput::from(wait_child(child, Duration::from_secs(60)))
 }
 
 fn wait_child(child: Child, timeout: Duration) -> Output {
