@@ -152,7 +152,11 @@ mod tests {
     use super::*;
 
     fn global(server: &str, token: Option<&str>) -> Global {
-        Global { server: server.into(), token: token.map(str::to_string), output: crate::Format::Table }
+        Global {
+            server: server.into(),
+            token: token.map(str::to_string),
+            output: crate::Format::Table,
+        }
     }
 
     #[test]
@@ -165,7 +169,10 @@ mod tests {
         assert!(!is_loopback("not a url"));
         // An explicit token is always used; without one, a remote server gets none (the
         // file in ./tollgate-data is only read for loopback servers).
-        assert_eq!(token(&global("http://10.0.0.5:7700", Some("t"))), Some("t".into()));
+        assert_eq!(
+            token(&global("http://10.0.0.5:7700", Some("t"))),
+            Some("t".into())
+        );
         assert_eq!(token(&global("http://10.0.0.5:7700", None)), None);
     }
 }

@@ -370,7 +370,13 @@ impl Sandbox {
 
 /// Runs `tollgate --server <server> args...` in `cwd`, with `TOLLGATE_TOKEN` set to `token`
 /// (and no other Tollgate settings from the environment).
-pub fn run_cli(cwd: &Path, server: &str, token: Option<&str>, args: &[&str], stdin: Option<&str>) -> CliOutput {
+pub fn run_cli(
+    cwd: &Path,
+    server: &str,
+    token: Option<&str>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> CliOutput {
     let mut cmd = Command::new(tollgate_bin());
     cmd.arg("--server").arg(server).args(args);
     cmd.env_remove("TOLLGATE_TOKEN")
@@ -381,11 +387,20 @@ pub fn run_cli(cwd: &Path, server: &str, token: Option<&str>, args: &[&str], std
     if let Some(t) = token {
         cmd.env("TOLLGATE_TOKEN", t);
     }
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawning tollgate cli");
     if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("writing stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("writing stdin");
     }
     CliOutput::from(wait_child(child, Duration::from_secs(60)))
 }

@@ -20,13 +20,28 @@ struct Dev {
 impl Dev {
     fn new() -> Dev {
         let p = || loopback(free_port());
-        Dev { grpc: p(), http: p(), listen: p(), admin: p(), peer: p() }
+        Dev {
+            grpc: p(),
+            http: p(),
+            listen: p(),
+            admin: p(),
+            peer: p(),
+        }
     }
 
     fn start(&self, dir: &Path, log: &str) -> Proc {
         let args: Vec<String> = [
-            "dev", "--grpc", &self.grpc.to_string(), "--http", &self.http.to_string(), "--listen",
-            &self.listen.to_string(), "--admin", &self.admin.to_string(), "--peer", &self.peer.to_string(),
+            "dev",
+            "--grpc",
+            &self.grpc.to_string(),
+            "--http",
+            &self.http.to_string(),
+            "--listen",
+            &self.listen.to_string(),
+            "--admin",
+            &self.admin.to_string(),
+            "--peer",
+            &self.peer.to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -49,10 +64,17 @@ fn dev_runs_the_readme_tour_and_keeps_state_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
     let upstream = Upstream::start();
-    let tour = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/examples/tour.yaml"))
-        .expect("the README's tour file");
+    let tour = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/examples/tour.yaml"
+    ))
+    .expect("the README's tour file");
     assert!(tour.contains("http://127.0.0.1:9001"));
-    std::fs::write(dir.join("tour.yaml"), tour.replace("http://127.0.0.1:9001", &upstream.url())).unwrap();
+    std::fs::write(
+        dir.join("tour.yaml"),
+        tour.replace("http://127.0.0.1:9001", &upstream.url()),
+    )
+    .unwrap();
 
     let dev = Dev::new();
     let proc = dev.start(dir, "dev.log");
@@ -64,11 +86,17 @@ fn dev_runs_the_readme_tour_and_keeps_state_across_restarts() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let printed = std::fs::read_to_string(dir.join("dev.log")).unwrap();
     assert!(printed.contains(&token), "dev prints the admin token");
-    assert!(printed.contains(&format!("http://{}", dev.listen)), "dev prints the proxy URL: {printed}");
+    assert!(
+        printed.contains(&format!("http://{}", dev.listen)),
+        "dev prints the proxy URL: {printed}"
+    );
 
     // The tour, with the CLI finding the token by itself.
     let diff = dev.cli(dir, &["diff", "-f", "tour.yaml"]).ok().stdout;
@@ -76,7 +104,15 @@ fn dev_runs_the_readme_tour_and_keeps_state_across_restarts() {
     dev.cli(dir, &["apply", "-f", "tour.yaml"]).ok();
     let services = dev.cli(dir, &["get", "services"]).ok().stdout;
     assert!(services.contains("hello"), "{services}");
-    let key = dev.cli(dir, &["key", "create", "--app", "mobile", "--tenant", "acme", "-o", "json"]).ok().stdout;
+    let key = dev
+        .cli(
+            dir,
+            &[
+                "key", "create", "--app", "mobile", "--tenant", "acme", "-o", "json",
+            ],
+        )
+        .ok()
+        .stdout;
     let key: serde_json::Value = serde_json::from_str(&key).unwrap();
     let key = key["key"].as_str().unwrap().to_string();
 
@@ -88,7 +124,11 @@ fn dev_runs_the_readme_tour_and_keeps_state_across_restarts() {
         let r = call("/hello/", Some(&key));
         (r.status == 200).then_some(r)
     });
-    assert_eq!(served.json()["path"], "/", "strip_prefix: /hello/ reaches the upstream as /");
+    assert_eq!(
+        served.json()["path"],
+        "/",
+        "strip_prefix: /hello/ reaches the upstream as /"
+    );
     assert!(served.header("x-request-id").is_some());
     let r = call("/hello/", None);
     assert_eq!((r.status, r.error_code().as_str()), (401, "missing_credential"));
@@ -100,7 +140,10 @@ fn dev_runs_the_readme_tour_and_keeps_state_across_restarts() {
     assert_eq!(status["edges"][0]["lag"], 0, "{status}");
 
     // Ctrl-C (here SIGTERM) stops it cleanly; a restart keeps config, keys and the token.
-    assert!(proc.terminate(Duration::from_secs(15)), "dev did not exit cleanly");
+    assert!(
+        proc.terminate(Duration::from_secs(15)),
+        "dev did not exit cleanly"
+    );
     let proc = dev.start(dir, "dev2.log");
     assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
     let r = call("/hello/", Some(&key));
