@@ -78,6 +78,9 @@ pub struct EdgeArgs {
     /// Token of role edge (`tollgate token create --role edge`) presented to the control plane
     #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// Most open client connections; past it, new ones wait to be accepted
+    #[arg(long, default_value_t = tollgate_edge::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -138,6 +141,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         peer: a.peer,
         data_dir: a.data_dir,
         join_token: a.join_token,
+        max_connections: a.max_connections,
     };
     tollgate_edge::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -204,6 +208,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             peer: a.peer,
             data_dir: a.data_dir.join("edge"),
             join_token: Some(edge_token),
+            max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
         },
         async move {
             let _ = edge_stopped.await;

@@ -46,6 +46,8 @@ pub enum ProxyError {
     Upstream(String),
     #[error("the upstream did not answer in time")]
     UpstreamTimeout,
+    #[error("the request body is larger than this api accepts")]
+    BodyTooLarge,
 }
 
 impl ProxyError {
@@ -62,6 +64,7 @@ impl ProxyError {
             }
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -80,6 +83,7 @@ impl ProxyError {
             ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::BodyTooLarge => "body_too_large",
         }
     }
 
@@ -91,7 +95,8 @@ impl ProxyError {
             | ProxyError::InvalidCredential
             | ProxyError::NotSubscribed
             | ProxyError::SubscriptionPending
-            | ProxyError::ApiRetired => Fault::Client,
+            | ProxyError::ApiRetired
+            | ProxyError::BodyTooLarge => Fault::Client,
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Fault::Upstream,
             ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
                 Fault::Gateway

@@ -4,10 +4,14 @@
 //!
 //! `timeouts.connect` bounds the TCP connect; `timeouts.request` bounds the time until the
 //! upstream's response headers arrive (the body then streams as long as it takes).
+//!
+//! Upgrades (WebSocket): an HTTP/1.1 request with `Connection: upgrade` keeps its `Upgrade`
+//! header; when the upstream answers 101, both connections are handed over and bytes are
+//! copied between them until either side closes.
 
 use std::net::SocketAddr;
 
-use http::header::{CONNECTION, HOST};
+use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
@@ -73,6 +77,56 @@ pub struct Forward<'a> {
     pub remote: SocketAddr,
     pub request_id: &'a HeaderValue,
     pub consumer: Option<&'a Consumer>,
+    /// The protocol the client asked to upgrade to (`Upgrade` header), if any.
+    pub upgrade: Option<&'a HeaderValue>,
+}
+
+/// The `Upgrade` header of an HTTP/1.1 request that asks for a protocol switch.
+pub fn upgrade_requested<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let wants = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    wants.then(|| req.headers().get(UPGRADE).cloned()).flatten()
+}
+
+/// Answers the client with the upstream's 101 and, once both sides have switched, copies
+/// bytes both ways until either closes.
+pub fn splice_upgrade(
+    client: hyper::upgrade::OnUpgrade,
+    mut resp: Response<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
+    let upstream = hyper::upgrade::on(&mut resp);
+    let id = request_id.clone();
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(request_id = id.to_str().unwrap_or_default(), error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+    let (mut parts, _) = resp.into_parts();
+    let protocol = parts.headers.get(UPGRADE).cloned();
+    remove_hop_by_hop(&mut parts.headers);
+    if let Some(p) = protocol {
+        parts.headers.insert(UPGRADE, p);
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    Response::from_parts(parts, body::full(bytes::Bytes::new()))
 }
 
 /// The client's host as it asked for it (`:authority` or `Host`).
@@ -111,6 +165,10 @@ pub fn upstream_request<B: ClientBody>(
 
     let h = &mut parts.headers;
     remove_hop_by_hop(h);
+    if let Some(protocol) = f.upgrade {
+        h.insert(UPGRADE, protocol.clone());
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
     // The client sets Host from the URI, i.e. the target's authority.
     h.remove(HOST);
     remove_consumer_headers(h);
@@ -157,6 +215,13 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         chain.push_str(&s.to_string());
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
+        source = s.source();
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyTooLarge;
         }
         source = s.source();
     }

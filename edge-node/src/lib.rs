@@ -33,6 +33,7 @@ mod error;
 mod forward;
 mod http_date;
 mod lkg;
+mod policy;
 mod proxy;
 mod request_id;
 mod router;
@@ -44,6 +45,48 @@ mod sync;
 #[cfg(test)]
 mod testutil;
 mod upstream;
+
+/// For `benches/router.rs` only (criterion benches can reach only public items): not part
+/// of the edge's API, hidden from the docs, and free to change at any time.
+#[doc(hidden)]
+pub mod bench_support {
+    use http::{HeaderMap, Method};
+    use tollgate_proto::model::Route;
+
+    use crate::router::{RequestInfo, Router, RouterBuilder};
+
+    /// A compiled routing table whose targets are route indexes.
+    #[derive(Debug)]
+    pub struct BenchRouter(Router<usize>);
+
+    impl BenchRouter {
+        /// Compiles `routes` in order, as the edge does for a config; route `i` leads to `i`.
+        pub fn build(routes: &[Route]) -> Result<BenchRouter, String> {
+            let mut b = RouterBuilder::default();
+            for (i, r) in routes.iter().enumerate() {
+                b.add_route(r, i).map_err(|e| format!("routes[{i}]: {e}"))?;
+            }
+            Ok(BenchRouter(b.build()))
+        }
+
+        /// The index of the route that a request matches, as the proxy asks on each request.
+        pub fn route(
+            &self,
+            method: &Method,
+            host: Option<&str>,
+            path: &str,
+            headers: &HeaderMap,
+        ) -> Option<usize> {
+            let req = RequestInfo {
+                method,
+                host,
+                path,
+                headers,
+            };
+            self.0.route(&req).map(|m| *m.target)
+        }
+    }
+}
 
 use config::ConfigState;
 use snapshot::Snapshot;
@@ -58,6 +101,10 @@ pub const DEFAULT_ADMIN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr:
 pub const DEFAULT_PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 7900));
 /// How long in-flight requests may take to finish at shutdown.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default cap on open proxy connections (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Cap on open admin connections (probes and scrapes).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
 
 /// How to run an edge node.
 #[derive(Clone, Debug)]
@@ -76,6 +123,8 @@ pub struct EdgeOptions {
     pub data_dir: PathBuf,
     /// Token (role `edge`) presented to the control plane on the config stream.
     pub join_token: Option<String>,
+    /// Most open proxy connections; past it, accepting waits.
+    pub max_connections: usize,
 }
 
 /// A started edge node. Dropping it stops it without waiting; prefer
@@ -206,6 +255,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             proxy::Proxy::new(shared.clone()),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
+            opts.max_connections,
         )),
         tokio::spawn(server::serve(
             "admin",
@@ -213,6 +263,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             admin::Admin::new(shared.clone()),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
+            ADMIN_MAX_CONNECTIONS,
         )),
     ];
     let client = stream::StreamClient::new(

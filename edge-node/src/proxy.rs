@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  check framing/path ─> route ─> lifecycle (retired?) ─> authenticate ─> authorize
-//!   (subscription) ─> pick upstream target ─> forward (timeouts) ─> response headers
+//!   (subscription) ─> request policies (size, headers) ─> pick upstream target
+//!   ─> forward (timeouts; WebSocket upgrades spliced) ─> response policies and headers
 //! ```
 //! The config is one snapshot loaded at the start of the request; a config swap mid-request
 //! does not affect it.
@@ -39,7 +40,7 @@ impl Proxy {
         &self,
         remote: SocketAddr,
         request_id: &HeaderValue,
-        req: Request<B>,
+        mut req: Request<B>,
     ) -> Result<Response<Body>, ProxyError> {
         check_framing(req.headers())?;
         check_path(req.uri().path())?;
@@ -62,6 +63,11 @@ impl Proxy {
             authorize::check_subscription(&snapshot, &service, c)?;
         }
 
+        service.policies.check_request_size(req.headers())?;
+        let upgrade = forward::upgrade_requested(&req);
+        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let req = req.map(|b| service.policies.limit_body(b));
+
         let pool = match &service.backend {
             Backend::Upstream(pool) => pool,
             Backend::Ai => return Err(ProxyError::NotImplemented("the ai gateway")),
@@ -83,8 +89,11 @@ impl Proxy {
                 remote,
                 request_id,
                 consumer: consumer.as_ref(),
+                upgrade: upgrade.as_ref(),
             },
         )?;
+        let mut upstream_req = upstream_req;
+        service.policies.apply_request(upstream_req.headers_mut());
         let resp = forward::send(pool, upstream_req).await.inspect_err(|e| {
             tracing::warn!(
                 request_id = request_id.to_str().unwrap_or_default(),
@@ -95,7 +104,13 @@ impl Proxy {
                 "upstream request failed"
             );
         })?;
-        let mut resp = forward::downstream_response(resp);
+        let mut resp = match client_upgrade {
+            Some(client) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                forward::splice_upgrade(client, resp, request_id)
+            }
+            _ => forward::downstream_response(resp),
+        };
+        service.policies.apply_response(resp.headers_mut());
         authorize::add_lifecycle_headers(&service, resp.headers_mut());
         Ok(resp)
     }

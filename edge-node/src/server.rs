@@ -1,5 +1,7 @@
 //! Accept loops for the edge's HTTP listeners (proxy and admin): HTTP/1.1 and h2 on one
-//! port, a header-read timeout, and a graceful drain bounded in time.
+//! port, upgrades (WebSocket), a header-read timeout, limits on header size and count
+//! (hyper answers 431), a cap on open connections (past it, accepting waits), and a graceful
+//! drain bounded in time.
 //!
 //! ```text
 //!  accept ─> spawn(conn watched by GracefulShutdown) ... shutdown signal
@@ -9,6 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -18,12 +21,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::body::Body;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes of request head (HTTP/1.1 buffer, h2 header list).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most request headers (HTTP/1.1); more is answered 431.
+pub const MAX_HEADERS: usize = 100;
+/// Most concurrent h2 streams per connection.
+const MAX_H2_STREAMS: u32 = 256;
 
 /// Answers the requests of one listener.
 pub trait Handler: Clone + Send + Sync + 'static {
@@ -40,27 +49,38 @@ pub async fn signalled(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Serves `listener` until `shutdown`, then drains for at most `drain`.
+/// Serves `listener` until `shutdown`, then drains for at most `drain`. At most
+/// `max_connections` are open at once.
 pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
+    max_connections: usize,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(64 * 1024)
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     loop {
+        // Past the cap, wait for a connection to close before accepting another (the kernel's
+        // backlog holds newcomers meanwhile).
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = signalled(&mut shutdown) => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -80,10 +100,11 @@ pub async fn serve<H: Handler>(
             async move { Ok::<_, Infallible>(handler.handle(remote, req).await) }
         });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = conn.await {
                 tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
             }

@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 use tollgate_proto::model::{
-    Approval, AuthKind, ResourceKey, Service, ServiceState, Spec, SubscriptionStatus,
+    Approval, AuthKind, Policy, ResourceKey, Service, ServiceState, Spec, SubscriptionStatus,
 };
 
 use crate::config::{ConfigState, ResourceError};
+use crate::policy::Policies;
 use crate::router::{Router, RouterBuilder};
 use crate::upstream::{Clients, UpstreamPool};
 
@@ -35,6 +36,7 @@ pub struct ServiceEntry {
     /// Accepted credential kinds; empty means open.
     pub auth: Vec<AuthKind>,
     pub backend: Backend,
+    pub policies: Policies,
 }
 
 /// A stored API key (only its SHA-256 is known).
@@ -75,6 +77,13 @@ impl Snapshot {
             }
         }
 
+        let policies: HashMap<(&str, &str), &Policy> = specs
+            .iter()
+            .filter_map(|s| match s {
+                Spec::Policy(p) => Some(((p.tenant.as_str(), p.name.as_str()), p)),
+                _ => None,
+            })
+            .collect();
         let mut router = RouterBuilder::default();
         let mut api_keys = HashMap::new();
         let mut subscriptions: HashMap<String, HashMap<String, _>> = HashMap::new();
@@ -82,7 +91,7 @@ impl Snapshot {
             match spec {
                 Spec::Service(s) if s.state != ServiceState::Draft => {
                     let key = spec.key();
-                    match compile_service(s, &upstreams) {
+                    match compile_service(s, &upstreams, &policies) {
                         Ok(entry) => {
                             let entry = Arc::new(entry);
                             for (i, r) in s.routes.iter().enumerate() {
@@ -143,6 +152,7 @@ impl Snapshot {
 fn compile_service(
     s: &Service,
     upstreams: &HashMap<(&str, &str), Arc<UpstreamPool>>,
+    policies: &HashMap<(&str, &str), &Policy>,
 ) -> Result<ServiceEntry, String> {
     let backend = match (&s.upstream, &s.ai) {
         (Some(u), _) => match upstreams.get(&(s.tenant.as_str(), u.as_str())) {
@@ -173,5 +183,6 @@ fn compile_service(
         sunset,
         auth: s.auth.clone(),
         backend,
+        policies: Policies::compile(s, policies)?,
     })
 }

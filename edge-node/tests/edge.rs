@@ -180,6 +180,7 @@ fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         peer: "127.0.0.1:7900".parse().unwrap(),
         data_dir: data_dir.to_path_buf(),
         join_token: Some("tge_join".into()),
+        max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
     }
 }
 

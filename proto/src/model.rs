@@ -32,10 +32,12 @@ pub struct Document {
     pub jwt_issuers: Vec<JwtIssuer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ai_providers: Vec<AiProvider>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<Certificate>,
 }
 
-/// Every kind of resource the control plane stores. The first eight are declarative (they
-/// appear in documents); the others are managed by their own verbs.
+/// Every kind of resource the control plane stores. All but API keys and secrets are
+/// declarative (they appear in documents); those two are managed by their own verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -47,12 +49,13 @@ pub enum Kind {
     Subscription,
     JwtIssuer,
     AiProvider,
+    Certificate,
     ApiKey,
     Secret,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Tenant,
         Kind::Upstream,
         Kind::Service,
@@ -61,6 +64,7 @@ impl Kind {
         Kind::Subscription,
         Kind::JwtIssuer,
         Kind::AiProvider,
+        Kind::Certificate,
         Kind::ApiKey,
         Kind::Secret,
     ];
@@ -75,6 +79,7 @@ impl Kind {
             Kind::Subscription => "subscription",
             Kind::JwtIssuer => "jwt_issuer",
             Kind::AiProvider => "ai_provider",
+            Kind::Certificate => "certificate",
             Kind::ApiKey => "api_key",
             Kind::Secret => "secret",
         }
@@ -91,6 +96,7 @@ impl Kind {
             Kind::Subscription => "subscriptions",
             Kind::JwtIssuer => "jwt_issuers",
             Kind::AiProvider => "ai_providers",
+            Kind::Certificate => "certificates",
             Kind::ApiKey => "api_keys",
             Kind::Secret => "secrets",
         }
@@ -165,6 +171,7 @@ pub enum Spec {
     Subscription(Subscription),
     JwtIssuer(JwtIssuer),
     AiProvider(AiProvider),
+    Certificate(Certificate),
     ApiKey(ApiKey),
     Secret(SecretRecord),
 }
@@ -180,6 +187,7 @@ impl Spec {
             Spec::Subscription(_) => Kind::Subscription,
             Spec::JwtIssuer(_) => Kind::JwtIssuer,
             Spec::AiProvider(_) => Kind::AiProvider,
+            Spec::Certificate(_) => Kind::Certificate,
             Spec::ApiKey(_) => Kind::ApiKey,
             Spec::Secret(_) => Kind::Secret,
         }
@@ -195,6 +203,7 @@ impl Spec {
             Spec::Subscription(r) => (r.tenant.as_str(), r.id()),
             Spec::JwtIssuer(r) => (r.tenant.as_str(), r.name.clone()),
             Spec::AiProvider(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::Certificate(r) => (r.tenant.as_str(), r.name.clone()),
             Spec::ApiKey(r) => (r.tenant.as_str(), r.id.clone()),
             Spec::Secret(r) => (r.tenant.as_str(), r.name.clone()),
         };
@@ -212,6 +221,7 @@ impl Spec {
             Spec::Subscription(r) => r.resource_version,
             Spec::JwtIssuer(r) => r.resource_version,
             Spec::AiProvider(r) => r.resource_version,
+            Spec::Certificate(r) => r.resource_version,
             Spec::ApiKey(_) | Spec::Secret(_) => None,
         }
     }
@@ -227,6 +237,7 @@ impl Spec {
             Spec::Subscription(r) => r.resource_version = None,
             Spec::JwtIssuer(r) => r.resource_version = None,
             Spec::AiProvider(r) => r.resource_version = None,
+            Spec::Certificate(r) => r.resource_version = None,
             Spec::ApiKey(_) | Spec::Secret(_) => {}
         }
         self
@@ -243,6 +254,7 @@ impl Spec {
             Spec::Subscription(r) => serde_json::to_string(r),
             Spec::JwtIssuer(r) => serde_json::to_string(r),
             Spec::AiProvider(r) => serde_json::to_string(r),
+            Spec::Certificate(r) => serde_json::to_string(r),
             Spec::ApiKey(r) => serde_json::to_string(r),
             Spec::Secret(r) => serde_json::to_string(r),
         };
@@ -260,6 +272,7 @@ impl Spec {
             Kind::Subscription => Spec::Subscription(serde_json::from_str(json)?),
             Kind::JwtIssuer => Spec::JwtIssuer(serde_json::from_str(json)?),
             Kind::AiProvider => Spec::AiProvider(serde_json::from_str(json)?),
+            Kind::Certificate => Spec::Certificate(serde_json::from_str(json)?),
             Kind::ApiKey => Spec::ApiKey(serde_json::from_str(json)?),
             Kind::Secret => Spec::Secret(serde_json::from_str(json)?),
         })
@@ -279,6 +292,7 @@ impl Document {
     pub fn into_specs(self) -> Vec<Spec> {
         let mut out = Vec::new();
         out.extend(self.tenants.into_iter().map(Spec::Tenant));
+        out.extend(self.certificates.into_iter().map(Spec::Certificate));
         out.extend(self.upstreams.into_iter().map(Spec::Upstream));
         out.extend(self.policies.into_iter().map(Spec::Policy));
         out.extend(self.jwt_issuers.into_iter().map(Spec::JwtIssuer));
@@ -305,6 +319,7 @@ impl Document {
                 Spec::Subscription(r) => doc.subscriptions.push(r),
                 Spec::JwtIssuer(r) => doc.jwt_issuers.push(r),
                 Spec::AiProvider(r) => doc.ai_providers.push(r),
+                Spec::Certificate(r) => doc.certificates.push(r),
                 Spec::ApiKey(_) | Spec::Secret(_) => {}
             }
         }
@@ -362,8 +377,29 @@ pub struct Upstream {
     /// Allow targets on link-local or cloud-metadata addresses (refused by default).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_internal_addresses: bool,
+    /// How `https` targets are verified (default: Mozilla's roots, the target's host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<u64>,
+}
+
+/// TLS towards an upstream's `https` targets. Certificates are always verified unless
+/// `insecure_skip_verify` is set.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA certificates to trust *instead of* the default roots (a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_pem: Option<String>,
+    /// The name sent as SNI and checked against the certificate, instead of the target's
+    /// host (for targets addressed by IP, or behind a shared front).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// DANGEROUS: accept any certificate, so anyone on the path can read and change the
+    /// traffic. For throw-away test setups only; prefer `ca_pem`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -862,6 +898,45 @@ pub struct AiModel {
     pub input_per_mtok: f64,
     #[serde(default)]
     pub output_per_mtok: f64,
+}
+
+/// A TLS certificate the edges serve (by SNI) for `hosts`. The private key is never written
+/// in a document: it is a secret (`tollgate secret set`) of the same tenant, named by
+/// `key_secret`. The control plane opens it only when streaming the certificate to edges,
+/// which then receive it as `key_pem`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Certificate {
+    pub name: String,
+    pub tenant: String,
+    /// Exact host names or `*.domain` wildcards, each claimed by one certificate only.
+    pub hosts: Vec<String>,
+    /// The PEM chain: the server's certificate first, then intermediates.
+    pub cert_pem: String,
+    /// Name of the secret (same tenant) holding the PEM private key.
+    pub key_secret: String,
+    /// The private key, filled in by the control plane on the config stream only: refused
+    /// in documents, never stored, shown or exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+/// Never prints the private key.
+impl fmt::Debug for Certificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Certificate")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("hosts", &self.hosts)
+            .field("key_secret", &self.key_secret)
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An API key as stored: only its SHA-256 is kept.

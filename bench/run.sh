@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# Tollgate vs nginx as a reverse proxy, in one run, on this machine (see BENCHMARKS.md).
+#
+#   bench/run.sh                         # 15 s per measurement, 64 connections, 1 wrk thread
+#   DURATION=30 CONNECTIONS=128 bench/run.sh
+#
+# What it does: builds `tollgate` (release), starts an upstream (nginx answering a small
+# static 200) and two proxies in front of it: nginx as a plain reverse proxy (keep-alive to
+# the upstream) and `tollgate dev` with a route `/` to the same upstream and no policies.
+# Each proxy gets core 1 (taskset); wrk and the upstream share core 0. Each proxy is warmed
+# up, then driven by wrk for the same duration, one after the other. A last scenario drives
+# Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key).
+# Prints requests/s, p50, p99, the proxy's CPU use and the ratios, then a Markdown table.
+#
+# Everything listens on 127.0.0.1 only; every process it starts is stopped on exit.
+#
+# Environment (all optional):
+#   DURATION=15        seconds of each measurement     WARMUP=5     seconds of warm-up
+#   CONNECTIONS=64     wrk connections                 THREADS=1    wrk threads
+#   PROXY_CPU=1        core for the proxy under test   LOAD_CPU=0   core for wrk + upstream
+#   BASE_PORT=18000    ports BASE_PORT.. are used (the first free ones)
+#   SKIP_BUILD=1       use the existing target/release/tollgate
+#   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+DURATION="${DURATION:-15}"
+WARMUP="${WARMUP:-5}"
+CONNECTIONS="${CONNECTIONS:-64}"
+THREADS="${THREADS:-1}"
+PROXY_CPU="${PROXY_CPU:-1}"
+LOAD_CPU="${LOAD_CPU:-0}"
+BASE_PORT="${BASE_PORT:-18000}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+TOLLGATE="$TARGET_DIR/release/tollgate"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+for v in DURATION WARMUP CONNECTIONS THREADS PROXY_CPU LOAD_CPU BASE_PORT; do
+  [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
+done
+
+# --- tools --------------------------------------------------------------------------------
+apt_updated=0
+apt_install() {
+  [[ $(id -u) -eq 0 ]] || die "missing $*; install it (needs root) and run again"
+  if [[ $apt_updated -eq 0 ]]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "apt-get install -y $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'; }
+
+if ! command -v nginx >/dev/null; then
+  # Debian 12 has both; from Debian 13 on nginx-light is only a transitional package.
+  if [[ $apt_updated -eq 0 ]] && [[ $(id -u) -eq 0 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  if has_candidate nginx; then apt_install nginx; else apt_install nginx-light; fi
+fi
+command -v wrk >/dev/null || apt_install wrk
+command -v curl >/dev/null || apt_install curl
+command -v taskset >/dev/null || apt_install util-linux
+command -v nginx >/dev/null || die "nginx is still missing after the install"
+command -v wrk >/dev/null || die "wrk is still missing after the install"
+
+CORES=$(nproc)
+((PROXY_CPU < CORES && LOAD_CPU < CORES)) || die "PROXY_CPU/LOAD_CPU must be below nproc ($CORES)"
+[[ $PROXY_CPU != "$LOAD_CPU" ]] || log "warning: the proxy shares core $PROXY_CPU with wrk and the upstream"
+
+# --- build --------------------------------------------------------------------------------
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "cargo build --release -p tollgate"
+  (cd "$ROOT" && cargo build --release -p tollgate --quiet)
+fi
+[[ -x "$TOLLGATE" ]] || die "$TOLLGATE not found (build it, or unset SKIP_BUILD)"
+
+# --- processes and cleanup ----------------------------------------------------------------
+TMP="$(mktemp -d /tmp/tollgate-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ "${KEEP_TMP:-0}" == 1 || $rc -ne 0 ]]; then
+    log "logs and configs kept in $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# The next port from BASE_PORT on that nothing listens on.
+NEXT_PORT=$BASE_PORT
+free_port() {
+  local p=$NEXT_PORT
+  while (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do
+    p=$((p + 1))
+    ((p < BASE_PORT + 1000)) || die "no free port from $BASE_PORT on"
+  done
+  NEXT_PORT=$((p + 1))
+  echo "$p"
+}
+
+# waits (at most $2 s) until `curl` on URL $1 answers status $3 (default 200)
+wait_http() {
+  local url=$1 secs=$2 want=${3:-200} code
+  for _ in $(seq $((secs * 10))); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "${@:4}" "$url" || true)
+    [[ $code == "$want" ]] && return 0
+    sleep 0.1
+  done
+  die "$url did not answer $want within ${secs}s (last: $code)"
+}
+
+UP_PORT=$(free_port)
+NGINX_PORT=$(free_port)
+TG_LISTEN=$(free_port)
+TG_ADMIN=$(free_port)
+TG_GRPC=$(free_port)
+TG_HTTP=$(free_port)
+TG_PEER=$(free_port)
+
+nginx_conf() { # $1 name, $2 server block(s)
+  mkdir -p "$TMP/$1"
+  cat >"$TMP/$1/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+master_process on;
+pid $TMP/$1/nginx.pid;
+error_log $TMP/$1/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+http {
+  access_log off;
+  client_body_temp_path $TMP/$1/body;
+  proxy_temp_path $TMP/$1/proxy;
+  fastcgi_temp_path $TMP/$1/fastcgi;
+  uwsgi_temp_path $TMP/$1/uwsgi;
+  scgi_temp_path $TMP/$1/scgi;
+  keepalive_requests 1000000;
+  keepalive_timeout 75s;
+  tcp_nodelay on;
+$2
+}
+EOF
+}
+
+# Upstream: a small static 200.
+nginx_conf upstream "  server {
+    listen 127.0.0.1:$UP_PORT;
+    location / { default_type text/plain; return 200 \"hello from the upstream\\n\"; }
+  }"
+# nginx as a plain reverse proxy, keep-alive to the upstream (the usual production setup).
+nginx_conf proxy "  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }"
+
+LAST_PID=
+start() { # $1 cpu, $2 log, rest: command; sets LAST_PID
+  local cpu=$1 out=$2
+  shift 2
+  taskset -c "$cpu" "$@" >"$out" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+log "upstream nginx on 127.0.0.1:$UP_PORT (core $LOAD_CPU)"
+start "$LOAD_CPU" "$TMP/upstream/out.log" nginx -p "$TMP/upstream" -e "$TMP/upstream/error.log" -c "$TMP/upstream/nginx.conf"
+wait_http "http://127.0.0.1:$UP_PORT/" 10
+
+log "nginx reverse proxy on 127.0.0.1:$NGINX_PORT (core $PROXY_CPU)"
+start "$PROXY_CPU" "$TMP/proxy/out.log" nginx -p "$TMP/proxy" -e "$TMP/proxy/error.log" -c "$TMP/proxy/nginx.conf"
+NGINX_PID=$LAST_PID
+wait_http "http://127.0.0.1:$NGINX_PORT/" 10
+
+log "tollgate dev: proxy 127.0.0.1:$TG_LISTEN, admin API 127.0.0.1:$TG_GRPC (core $PROXY_CPU)"
+cd "$TMP"
+start "$PROXY_CPU" "$TMP/tollgate.log" "$TOLLGATE" dev \
+  --data-dir "$TMP/tollgate-data" \
+  --grpc "127.0.0.1:$TG_GRPC" --http "127.0.0.1:$TG_HTTP" \
+  --listen "127.0.0.1:$TG_LISTEN" --admin "127.0.0.1:$TG_ADMIN" --peer "127.0.0.1:$TG_PEER"
+TG_PID=$LAST_PID
+cd "$ROOT"
+wait_http "http://127.0.0.1:$TG_ADMIN/readyz" 60
+
+cat >"$TMP/bench.yaml" <<EOF
+tenants:
+  - name: bench
+upstreams:
+  - name: static
+    tenant: bench
+    targets:
+      - url: "http://127.0.0.1:$UP_PORT"
+services:
+  - name: open              # no policies: route, proxy
+    tenant: bench
+    version: v1
+    auth: []
+    upstream: static
+    routes:
+      - paths: ["/"]
+  - name: keyed             # API-key auth and a subscription check
+    tenant: bench
+    version: v1
+    auth: [api_key]
+    approval: auto
+    upstream: static
+    routes:
+      - paths: ["/keyed"]
+apps:
+  - name: bench-app
+    tenant: bench
+subscriptions:
+  - {app: bench-app, service: keyed, tenant: bench}
+EOF
+
+export TOLLGATE_SERVER="http://127.0.0.1:$TG_GRPC"
+TOLLGATE_TOKEN="$(cat "$TMP/tollgate-data/admin.token")"
+export TOLLGATE_TOKEN
+(cd "$TMP" && timeout 60 "$TOLLGATE" apply -f bench.yaml >"$TMP/apply.log") || die "tollgate apply failed: $(cat "$TMP/apply.log")"
+KEY_JSON=$(cd "$TMP" && timeout 60 "$TOLLGATE" key create --app bench-app --tenant bench -o json)
+KEY=$(printf '%s' "$KEY_JSON" | sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n1)
+[[ -n $KEY ]] || die "no key in: $KEY_JSON"
+wait_http "http://127.0.0.1:$TG_LISTEN/" 10
+wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 401
+wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 200 -H "apikey: $KEY"
+
+# --- measurement --------------------------------------------------------------------------
+# CPU time (clock ticks) used so far by a process and its children threads/processes.
+cpu_ticks() {
+  local total=0 pid f
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+    f=${f##*) }                      # drop "pid (comm) "
+    read -r -a a <<<"$f"
+    total=$((total + a[11] + a[12])) # utime, stime (fields 14 and 15)
+  done
+  echo "$total"
+}
+HZ=$(getconf CLK_TCK)
+
+# wrk latency like "1.23ms", "850.00us", "1.02s" -> milliseconds
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n = n; else if (v ~ /m$/) n *= 60000; else if (v ~ /s$/) n *= 1000
+    printf "%.2f", n
+  }'
+}
+
+declare -A RPS P50 P99 CPU NON2XX ERRS
+run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
+  local label=$1 pid=$2 url=$3 out="$TMP/wrk-$1.txt" t0 t1
+  shift 3
+  log "$label: warm-up ${WARMUP}s"
+  timeout $((WARMUP + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
+  log "$label: ${DURATION}s, $CONNECTIONS connections, $THREADS thread(s)"
+  t0=$(cpu_ticks "$pid")
+  timeout $((DURATION + 60)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
+    --timeout 5s --latency "$@" "$url" >"$out"
+  t1=$(cpu_ticks "$pid")
+  sed 's/^/    /' "$out" >&2
+  RPS[$label]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  P50[$label]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
+  P99[$label]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
+  NON2XX[$label]=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
+  ERRS[$label]=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
+  CPU[$label]=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$DURATION" 'BEGIN {printf "%.0f", 100 * d / hz / s}')
+  [[ -n ${RPS[$label]} ]] || die "$label: could not read wrk's output ($out)"
+  if [[ -n ${NON2XX[$label]} || -n ${ERRS[$label]} ]]; then
+    log "warning: $label had ${NON2XX[$label]:-0} non-2xx answers and ${ERRS[$label]:-0} socket errors"
+  fi
+}
+
+run_wrk nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/"
+run_wrk tollgate "$TG_PID" "http://127.0.0.1:$TG_LISTEN/"
+run_wrk tollgate-auth "$TG_PID" "http://127.0.0.1:$TG_LISTEN/keyed" -H "apikey: $KEY"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+R_TG=$(ratio "${RPS[tollgate]}" "${RPS[nginx]}")
+R_AUTH=$(ratio "${RPS[tollgate-auth]}" "${RPS[tollgate]}")
+verdict() { awk -v r="$1" -v min="$2" 'BEGIN {print (r >= min) ? "meets" : "BELOW"}'; }
+
+cat <<EOF
+
+## Tollgate vs nginx ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))
+
+wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (core $LOAD_CPU, with the upstream); each proxy on core $PROXY_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}').
+
+| proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | ratio |
+| --- | ---: | ---: | ---: | ---: | --- |
+| nginx, reverse proxy | ${RPS[nginx]} | ${P50[nginx]} | ${P99[nginx]} | ${CPU[nginx]}% | 1.00 (baseline) |
+| Tollgate, no policies | ${RPS[tollgate]} | ${P50[tollgate]} | ${P99[tollgate]} | ${CPU[tollgate]}% | **${R_TG}x nginx** (target >= 0.8x: $(verdict "$R_TG" 0.8)) |
+| Tollgate, API-key auth | ${RPS[tollgate-auth]} | ${P50[tollgate-auth]} | ${P99[tollgate-auth]} | ${CPU[tollgate-auth]}% | **${R_AUTH}x no-policy** (target >= 0.9x: $(verdict "$R_AUTH" 0.9)) |
+EOF

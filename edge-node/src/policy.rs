@@ -1,0 +1,196 @@
+//! Policies the edge applies to a service's traffic, compiled once per config:
+//! `headers` (request and response header transforms) and `request_size` (413 past a body
+//! size). A service naming a policy kind this edge cannot enforce does not compile, so the
+//! edge refuses (NACKs) that config and keeps enforcing the old one rather than letting
+//! traffic through unchecked.
+//!
+//! Header transforms run in this order on each side: `remove`, then `rename`, then `add`
+//! (which sets the header, replacing any value). Policies apply in the order the service
+//! lists them.
+
+use std::collections::HashMap;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tollgate_proto::model::{HeaderOps, Policy, Service};
+
+use crate::body::{self, Body, ClientBody};
+use crate::error::ProxyError;
+
+#[derive(Debug, Clone)]
+enum HeaderOp {
+    Remove(HeaderName),
+    Rename(HeaderName, HeaderName),
+    Set(HeaderName, HeaderValue),
+}
+
+/// A service's compiled policies.
+#[derive(Debug, Default)]
+pub struct Policies {
+    /// Largest request body accepted (the smallest of the service's `request_size` policies).
+    pub max_body: Option<u64>,
+    request: Vec<HeaderOp>,
+    response: Vec<HeaderOp>,
+}
+
+fn name(n: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(n.as_bytes()).map_err(|_| format!("invalid header name {n:?}"))
+}
+
+fn compile_ops(ops: &HeaderOps, out: &mut Vec<HeaderOp>) -> Result<(), String> {
+    for n in &ops.remove {
+        out.push(HeaderOp::Remove(name(n)?));
+    }
+    for (from, to) in &ops.rename {
+        out.push(HeaderOp::Rename(name(from)?, name(to)?));
+    }
+    for (n, v) in &ops.add {
+        let value = HeaderValue::from_str(v).map_err(|_| format!("invalid value for header {n:?}"))?;
+        out.push(HeaderOp::Set(name(n)?, value));
+    }
+    Ok(())
+}
+
+fn apply_ops(ops: &[HeaderOp], headers: &mut HeaderMap) {
+    for op in ops {
+        match op {
+            HeaderOp::Remove(n) => {
+                headers.remove(n);
+            }
+            HeaderOp::Rename(from, to) => {
+                let values: Vec<HeaderValue> = headers.get_all(from).iter().cloned().collect();
+                if !values.is_empty() {
+                    headers.remove(from);
+                    for v in values {
+                        headers.append(to.clone(), v);
+                    }
+                }
+            }
+            HeaderOp::Set(n, v) => {
+                headers.insert(n.clone(), v.clone());
+            }
+        }
+    }
+}
+
+impl Policies {
+    /// Compiles the policies `service` names; `policies` holds every policy by
+    /// (tenant, name).
+    pub fn compile(service: &Service, policies: &HashMap<(&str, &str), &Policy>) -> Result<Policies, String> {
+        let mut out = Policies::default();
+        for (i, pname) in service.policies.iter().enumerate() {
+            let Some(p) = policies.get(&(service.tenant.as_str(), pname.as_str())) else {
+                return Err(format!(
+                    "policies[{i}]: references policy {}/{pname}, which does not exist",
+                    service.tenant
+                ));
+            };
+            if let Some(size) = &p.request_size {
+                out.max_body = Some(out.max_body.map_or(size.max_bytes, |m| m.min(size.max_bytes)));
+            }
+            if let Some(h) = &p.headers {
+                compile_ops(&h.request, &mut out.request).map_err(|m| format!("policies[{i}]: {m}"))?;
+                compile_ops(&h.response, &mut out.response).map_err(|m| format!("policies[{i}]: {m}"))?;
+            }
+            let unsupported: Vec<&str> = p
+                .kinds_set()
+                .into_iter()
+                .filter(|k| !matches!(*k, "headers" | "request_size"))
+                .collect();
+            if !unsupported.is_empty() {
+                return Err(format!(
+                    "policies[{i}]: policy {}/{pname} ({}) cannot be enforced by this edge version",
+                    service.tenant,
+                    unsupported.join(", ")
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Refuses a body announced bigger than allowed (bodies without a length are cut off by
+    /// [`Policies::limit_body`]).
+    pub fn check_request_size(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
+        let (Some(max), Some(len)) = (self.max_body, headers.get(http::header::CONTENT_LENGTH)) else {
+            return Ok(());
+        };
+        match len.to_str().ok().and_then(|l| l.trim().parse::<u64>().ok()) {
+            Some(l) if l > max => Err(ProxyError::BodyTooLarge),
+            _ => Ok(()),
+        }
+    }
+
+    /// The request body, failing with [`BodyTooLarge`](ProxyError::BodyTooLarge) past the
+    /// limit while it streams.
+    pub fn limit_body<B: ClientBody>(&self, b: B) -> Body {
+        match self.max_body {
+            Some(max) => body::stream(http_body_util::Limited::new(b, max as usize)),
+            None => body::stream(b),
+        }
+    }
+
+    pub fn apply_request(&self, headers: &mut HeaderMap) {
+        apply_ops(&self.request, headers);
+    }
+
+    pub fn apply_response(&self, headers: &mut HeaderMap) {
+        apply_ops(&self.response, headers);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_proto::Document;
+
+    use super::*;
+
+    fn compile(yaml: &str) -> Result<Policies, String> {
+        let doc = Document::parse(yaml).unwrap();
+        let policies: HashMap<(&str, &str), &Policy> = doc
+            .policies
+            .iter()
+            .map(|p| ((p.tenant.as_str(), p.name.as_str()), p))
+            .collect();
+        Policies::compile(&doc.services[0], &policies)
+    }
+
+    const SVC: &str =
+        "services: [{name: s, tenant: t, upstream: u, routes: [{paths: [/]}], policies: [a, b]}]\n";
+
+    #[test]
+    fn header_transforms_remove_rename_then_set() {
+        let p = compile(&format!(
+            "{SVC}policies: [{{name: a, tenant: t, headers: {{request: {{remove: [x-drop], rename: {{x-old: x-new}}, add: {{x-set: '1'}}}}, response: {{add: {{server: tollgate}}}}}}}},
+                          {{name: b, tenant: t, request_size: {{max_bytes: 10}}}}]"
+        ))
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-drop", HeaderValue::from_static("gone"));
+        h.insert("x-old", HeaderValue::from_static("v"));
+        h.insert("x-set", HeaderValue::from_static("client"));
+        p.apply_request(&mut h);
+        assert!(!h.contains_key("x-drop") && !h.contains_key("x-old"));
+        assert_eq!(h["x-new"], "v");
+        assert_eq!(h["x-set"], "1");
+        let mut r = HeaderMap::new();
+        p.apply_response(&mut r);
+        assert_eq!(r["server"], "tollgate");
+        assert_eq!(p.max_body, Some(10));
+        let mut big = HeaderMap::new();
+        big.insert("content-length", HeaderValue::from_static("11"));
+        assert!(matches!(
+            p.check_request_size(&big),
+            Err(ProxyError::BodyTooLarge)
+        ));
+        big.insert("content-length", HeaderValue::from_static("10"));
+        assert!(p.check_request_size(&big).is_ok());
+    }
+
+    #[test]
+    fn policy_kinds_this_edge_cannot_enforce_do_not_compile() {
+        let err = compile(&format!(
+            "{SVC}policies: [{{name: a, tenant: t, ip_filter: {{allow: [10.0.0.0/8]}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
+        ))
+        .unwrap_err();
+        assert!(err.contains("policy t/a (ip_filter) cannot be enforced"), "{err}");
+    }
+}

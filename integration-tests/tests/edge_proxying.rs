@@ -1,0 +1,305 @@
+//! Proxying through a real edge process fed by a real control plane: upstream failures as
+//! JSON errors, server-sent events unbuffered, large uploads streamed, request size limits,
+//! header transforms, h2 from the client, and WebSocket upgrades.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tollgate_integration_tests::edge::EdgeNode;
+use tollgate_integration_tests::{free_port, Sandbox};
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).boxed()
+}
+
+/// An upstream with one behaviour per path.
+async fn upstream(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    Ok(match path.as_str() {
+        "/sse" => {
+            // Two events 800 ms apart: an edge that buffers delivers both at once.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("data: one\n\n")))).await;
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from("data: two\n\n")))).await;
+            });
+            let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap()
+        }
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Response::new(full("late"))
+        }
+        "/ws" => {
+            let mut req = req;
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on.await {
+                    let mut io = TokioIo::new(upgraded);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "echo")
+                .body(full(""))
+                .unwrap()
+        }
+        "/upload" => {
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            Response::new(full(serde_json::json!({ "received": n }).to_string()))
+        }
+        _ => Response::builder()
+            .header("x-upstream-secret", "internal")
+            .body(full(
+                serde_json::json!({ "path": path, "headers": headers }).to_string(),
+            ))
+            .unwrap(),
+    })
+}
+
+async fn start_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(upstream))
+                    .with_upgrades();
+                let _ = conn.await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(up: SocketAddr, dead: u16) -> String {
+    format!(
+        r#"
+tenants: [{{name: t}}]
+upstreams:
+  - {{name: up, tenant: t, targets: [{{url: "http://{up}"}}], timeouts: {{connect: 1s, request: 1s}}}}
+  - {{name: dead, tenant: t, targets: [{{url: "http://127.0.0.1:{dead}"}}]}}
+policies:
+  - {{name: small, tenant: t, request_size: {{max_bytes: 1000}}}}
+  - {{name: hdrs, tenant: t, headers: {{request: {{add: {{x-added: yes}}, remove: [x-drop]}}, response: {{remove: [x-upstream-secret], add: {{x-served-by: tollgate}}}}}}}}
+services:
+  - {{name: main, tenant: t, upstream: up, policies: [hdrs], routes: [{{paths: ["/"]}}]}}
+  - {{name: limited, tenant: t, upstream: up, policies: [small], routes: [{{paths: ["/limited"], strip_prefix: true}}]}}
+  - {{name: gone, tenant: t, upstream: dead, routes: [{{paths: ["/dead"]}}]}}
+"#
+    )
+}
+
+/// An HTTP/1.1 connection to the edge.
+async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<BoxBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    send
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (StatusCode, http::HeaderMap, String) {
+    let mut send = h1(addr).await;
+    let req = Request::get(path).header("host", "edge").body(full("")).unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into())
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    v["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error: {body}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxying_through_a_real_edge() {
+    let up = start_upstream().await;
+    let sb = Sandbox::cluster(1);
+    let file = sb.file("config.yaml", &config(up, free_port()));
+    sb.cli(0, &["apply", "-f", &file]).ok();
+    let edge = EdgeNode::start(&sb, "edge-a");
+    let e = edge.proxy;
+    tollgate_integration_tests::wait_for("the edge to route", Duration::from_secs(10), || {
+        let r = edge.request("GET", "/hello", &[]);
+        (r.status == 200).then_some(())
+    });
+
+    // Header transforms both ways.
+    let mut send = h1(e).await;
+    let req = Request::get("/hello")
+        .header("host", "edge")
+        .header("x-drop", "1")
+        .body(full(""))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["x-served-by"], "tollgate");
+    assert!(resp.headers().get("x-upstream-secret").is_none());
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["headers"]["x-added"], "yes");
+    assert!(body["headers"].get("x-drop").is_none(), "{body}");
+
+    // Upstream failures: 502 for a refused connection, 504 for a slow answer; JSON both.
+    let (status, headers, body) = get(e, "/dead").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::BAD_GATEWAY, "upstream_error")
+    );
+    assert!(headers.contains_key("x-request-id"));
+    let started = Instant::now();
+    let (status, _, body) = get(e, "/slow").await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (StatusCode::GATEWAY_TIMEOUT, "upstream_timeout")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "the request timeout (1s) was not applied"
+    );
+    let (status, _, body) = get(e, "/nothing-here-but-main-catches-all").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Server-sent events arrive as they are sent, not when the stream ends.
+    let mut send = h1(e).await;
+    let resp = send
+        .send_request(
+            Request::get("/sse")
+                .header("host", "edge")
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"data: one\n\n");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the first event was held back"
+    );
+    let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&second[..], b"data: two\n\n");
+    assert!(started.elapsed() >= Duration::from_millis(600));
+
+    // A 20 MiB upload streams through; the size policy answers 413 by length and while
+    // streaming a chunked body.
+    let big = vec![b'x'; 20 << 20];
+    let mut send = h1(e).await;
+    let req = Request::post("/upload")
+        .header("host", "edge")
+        .body(full(big))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["received"],
+        20 << 20
+    );
+    let mut send = h1(e).await;
+    let req = Request::post("/limited/upload")
+        .header("host", "edge")
+        .body(full(vec![b'y'; 1001]))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+    assert_eq!(error_code(&body), "body_too_large");
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..20)
+        .map(|_| Ok(Frame::data(Bytes::from(vec![b'z'; 100]))))
+        .collect();
+    let streamed = StreamBody::new(futures::stream::iter(chunks)).boxed();
+    let mut send = h1(e).await;
+    let req = Request::post("/limited/upload")
+        .header("host", "edge")
+        .body(streamed)
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "a chunked body past the limit"
+    );
+    let mut send = h1(e).await;
+    let req = Request::post("/limited/upload")
+        .header("host", "edge")
+        .body(full(vec![b'y'; 1000]))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), StatusCode::OK);
+
+    // h2 from the client (prior knowledge, plain TCP), HTTP/1.1 to the upstream.
+    let stream = TcpStream::connect(e).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("http://edge{}", "/via-h2"))
+        .body(full(""))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["path"], "/via-h2");
+
+    // A WebSocket-style upgrade: 101, then bytes both ways.
+    let mut send = h1(e).await;
+    let req = Request::get("/ws")
+        .header("host", "edge")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(full(""))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["upgrade"], "echo");
+    let upgraded = hyper::upgrade::on(resp).await.expect("upgrade");
+    let mut io = TokioIo::new(upgraded);
+    io.write_all(b"ping through the edge").await.unwrap();
+    let mut buf = vec![0u8; 21];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"ping through the edge");
+}
