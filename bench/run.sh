@@ -10,7 +10,8 @@
 # Each proxy gets core 1 (taskset); wrk and the upstream share core 0. Each proxy is warmed
 # up, then driven by wrk for the same duration, one after the other. A last scenario drives
 # Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key).
-# Prints requests/s, p50, p99, the proxy's CPU use and the ratios, then a Markdown table.
+# Prints requests/s, p50, p99, the proxy's CPU use (100% = its core saturated), how busy the
+# load core was (wrk + upstream), and the ratios, then a Markdown table.
 #
 # Everything listens on 127.0.0.1 only; every process it starts is stopped on exit.
 #
@@ -20,7 +21,10 @@
 #   PROXY_CPU=1        core for the proxy under test   LOAD_CPU=0   core for wrk + upstream
 #   BASE_PORT=18000    ports BASE_PORT.. are used (the first free ones)
 #   SKIP_BUILD=1       use the existing target/release/tollgate
+#   TOLLGATE_BIN=path  use this tollgate binary (implies SKIP_BUILD=1)
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
+#   PERF_OUT=dir       also record each measured proxy with `perf record -g` into dir
+#                      (perf runs on the load core; it perturbs the figures a little)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -32,7 +36,7 @@ PROXY_CPU="${PROXY_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 BASE_PORT="${BASE_PORT:-18000}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-TOLLGATE="$TARGET_DIR/release/tollgate"
+TOLLGATE="${TOLLGATE_BIN:-$TARGET_DIR/release/tollgate}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
@@ -74,7 +78,7 @@ CORES=$(nproc)
 [[ $PROXY_CPU != "$LOAD_CPU" ]] || log "warning: the proxy shares core $PROXY_CPU with wrk and the upstream"
 
 # --- build --------------------------------------------------------------------------------
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+if [[ "${SKIP_BUILD:-0}" != 1 && -z "${TOLLGATE_BIN:-}" ]]; then
   log "cargo build --release -p tollgate"
   (cd "$ROOT" && cargo build --release -p tollgate --quiet)
 fi
@@ -105,14 +109,14 @@ trap 'exit 143' TERM
 
 # The next port from BASE_PORT on that nothing listens on.
 NEXT_PORT=$BASE_PORT
-free_port() {
+free_port() { # $1: the variable to set
   local p=$NEXT_PORT
   while (echo >"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do
     p=$((p + 1))
     ((p < BASE_PORT + 1000)) || die "no free port from $BASE_PORT on"
   done
   NEXT_PORT=$((p + 1))
-  echo "$p"
+  printf -v "$1" '%s' "$p"
 }
 
 # waits (at most $2 s) until `curl` on URL $1 answers status $3 (default 200)
@@ -126,13 +130,7 @@ wait_http() {
   die "$url did not answer $want within ${secs}s (last: $code)"
 }
 
-UP_PORT=$(free_port)
-NGINX_PORT=$(free_port)
-TG_LISTEN=$(free_port)
-TG_ADMIN=$(free_port)
-TG_GRPC=$(free_port)
-TG_HTTP=$(free_port)
-TG_PEER=$(free_port)
+for v in UP_PORT NGINX_PORT TG_LISTEN TG_ADMIN TG_GRPC TG_HTTP TG_PEER; do free_port "$v"; done
 
 nginx_conf() { # $1 name, $2 server block(s)
   mkdir -p "$TMP/$1"
@@ -259,6 +257,14 @@ cpu_ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
+# "busy total" jiffies of core $1 so far (from /proc/stat; idle and iowait are not busy)
+core_jiffies() {
+  awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+busy_pct() { # $1 "busy total" before, $2 after
+  awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " "); d = y[2] - x[2]; printf "%.0f", d ? 100 * (y[1] - x[1]) / d : 0}'
+}
+
 # wrk latency like "1.23ms", "850.00us", "1.02s" -> milliseconds
 to_ms() {
   awk -v v="$1" 'BEGIN {
@@ -268,17 +274,38 @@ to_ms() {
   }'
 }
 
-declare -A RPS P50 P99 CPU NON2XX ERRS
+# How busy the whole machine is while none of the benchmark's processes does anything: other
+# work (builds, tests) on this 2-core machine skews every figure, so say so.
+QUIET_BEFORE=$(core_jiffies "")
+sleep 2
+QUIET=$(busy_pct "$QUIET_BEFORE" "$(core_jiffies "")")
+if ((QUIET > 5)); then
+  log "warning: the machine is ${QUIET}% busy before the load starts; the figures will be skewed"
+fi
+
+declare -A RPS P50 P99 CPU LOAD OTHER NON2XX ERRS
 run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
-  local label=$1 pid=$2 url=$3 out="$TMP/wrk-$1.txt" t0 t1
+  local label=$1 pid=$2 url=$3 out="$TMP/wrk-$1.txt" t0 t1 l0 l1 p0 p1 perf_pid=
   shift 3
   log "$label: warm-up ${WARMUP}s"
   timeout $((WARMUP + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
   log "$label: ${DURATION}s, $CONNECTIONS connections, $THREADS thread(s)"
+  if [[ -n "${PERF_OUT:-}" ]]; then
+    mkdir -p "$PERF_OUT"
+    taskset -c "$LOAD_CPU" perf record -F 499 -g -p "$pid" -o "$PERF_OUT/$label.perf.data" \
+      -- sleep "$DURATION" >"$PERF_OUT/$label.perf.log" 2>&1 &
+    perf_pid=$!
+  fi
   t0=$(cpu_ticks "$pid")
+  l0=$(core_jiffies "$LOAD_CPU")
+  p0=$(core_jiffies "$PROXY_CPU")
   timeout $((DURATION + 60)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" \
     --timeout 5s --latency "$@" "$url" >"$out"
   t1=$(cpu_ticks "$pid")
+  l1=$(core_jiffies "$LOAD_CPU")
+  p1=$(core_jiffies "$PROXY_CPU")
+  [[ -z $perf_pid ]] || wait "$perf_pid" || true
+  LOAD[$label]=$(busy_pct "$l0" "$l1")
   sed 's/^/    /' "$out" >&2
   RPS[$label]=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   P50[$label]=$(to_ms "$(awk '$1 == "50%" {print $2}' "$out")")
@@ -286,6 +313,11 @@ run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
   NON2XX[$label]=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
   ERRS[$label]=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
   CPU[$label]=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$DURATION" 'BEGIN {printf "%.0f", 100 * d / hz / s}')
+  # time the proxy's core spent on anything but the proxy (other processes, interrupts)
+  OTHER[$label]=$(($(busy_pct "$p0" "$p1") - CPU[$label]))
+  if ((OTHER[$label] > 10)); then
+    log "warning: during $label, ${OTHER[$label]}% of core $PROXY_CPU went to other work"
+  fi
   [[ -n ${RPS[$label]} ]] || die "$label: could not read wrk's output ($out)"
   if [[ -n ${NON2XX[$label]} || -n ${ERRS[$label]} ]]; then
     log "warning: $label had ${NON2XX[$label]:-0} non-2xx answers and ${ERRS[$label]:-0} socket errors"
@@ -305,11 +337,11 @@ cat <<EOF
 
 ## Tollgate vs nginx ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))
 
-wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (core $LOAD_CPU, with the upstream); each proxy on core $PROXY_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}').
+wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (core $LOAD_CPU, with the upstream); each proxy on core $PROXY_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'). Machine busy before the load: ${QUIET}% (of all cores); other work on core $PROXY_CPU during the runs: ${OTHER[nginx]}%, ${OTHER[tollgate]}%, ${OTHER[tollgate-auth]}%.
 
-| proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | ratio |
-| --- | ---: | ---: | ---: | ---: | --- |
-| nginx, reverse proxy | ${RPS[nginx]} | ${P50[nginx]} | ${P99[nginx]} | ${CPU[nginx]}% | 1.00 (baseline) |
-| Tollgate, no policies | ${RPS[tollgate]} | ${P50[tollgate]} | ${P99[tollgate]} | ${CPU[tollgate]}% | **${R_TG}x nginx** (target >= 0.8x: $(verdict "$R_TG" 0.8)) |
-| Tollgate, API-key auth | ${RPS[tollgate-auth]} | ${P50[tollgate-auth]} | ${P99[tollgate-auth]} | ${CPU[tollgate-auth]}% | **${R_AUTH}x no-policy** (target >= 0.9x: $(verdict "$R_AUTH" 0.9)) |
+| proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | core $LOAD_CPU busy | ratio |
+| --- | ---: | ---: | ---: | ---: | ---: | --- |
+| nginx, reverse proxy | ${RPS[nginx]} | ${P50[nginx]} | ${P99[nginx]} | ${CPU[nginx]}% | ${LOAD[nginx]}% | 1.00 (baseline) |
+| Tollgate, no policies | ${RPS[tollgate]} | ${P50[tollgate]} | ${P99[tollgate]} | ${CPU[tollgate]}% | ${LOAD[tollgate]}% | **${R_TG}x nginx** (target >= 0.8x: $(verdict "$R_TG" 0.8)) |
+| Tollgate, API-key auth | ${RPS[tollgate-auth]} | ${P50[tollgate-auth]} | ${P99[tollgate-auth]} | ${CPU[tollgate-auth]}% | ${LOAD[tollgate-auth]}% | **${R_AUTH}x no-policy** (target >= 0.9x: $(verdict "$R_AUTH" 0.9)) |
 EOF

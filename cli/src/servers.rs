@@ -29,6 +29,10 @@ pub struct DevArgs {
     admin: SocketAddr,
     #[arg(long, default_value = defaults::PEER, value_parser = parse_addr)]
     peer: SocketAddr,
+    /// Also serve the proxy over TLS here, with the certificates of the config (by SNI);
+    /// off when not given
+    #[arg(long, value_parser = parse_addr)]
+    tls_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -81,6 +85,10 @@ pub struct EdgeArgs {
     /// Most open client connections; past it, new ones wait to be accepted
     #[arg(long, default_value_t = tollgate_edge::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Also serve the proxy over TLS here, with the certificates of the config (by SNI);
+    /// off when not given
+    #[arg(long, value_parser = parse_addr)]
+    tls_listen: Option<SocketAddr>,
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -142,6 +150,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         data_dir: a.data_dir,
         join_token: a.join_token,
         max_connections: a.max_connections,
+        tls_listen: a.tls_listen,
     };
     tollgate_edge::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -209,6 +218,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             data_dir: a.data_dir.join("edge"),
             join_token: Some(edge_token),
             max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
+            tls_listen: a.tls_listen,
         },
         async move {
             let _ = edge_stopped.await;
@@ -216,6 +226,9 @@ pub async fn dev(a: DevArgs) -> CliResult {
     ));
     println!("tollgate dev is running (data in {})", a.data_dir.display());
     println!("  proxy          http://{}", a.listen);
+    if let Some(tls) = a.tls_listen {
+        println!("  proxy (tls)    https://{tls} (certificates from the config, by SNI)");
+    }
     println!("  edge admin     http://{}/readyz", a.admin);
     println!("  admin API      {server}");
     println!(

@@ -69,7 +69,7 @@ pub struct ExportArgs {
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// tenant, upstream, service, policy, app, subscription, jwt_issuer, ai_provider, api_key, secret
+    /// tenant, upstream, service, policy, app, subscription, jwt_issuer, ai_provider, certificate, api_key, secret
     kind: String,
     name: Option<String>,
     #[arg(long, env = "TOLLGATE_TENANT")]
@@ -356,6 +356,15 @@ fn describe(kind: &str, spec: &serde_json::Value) -> String {
         "api_key" => format!("app={} {}", s("app"), s("label")),
         "jwt_issuer" => s("issuer"),
         "ai_provider" => format!("{} {}", s("kind"), s("base_url")),
+        "certificate" => {
+            let hosts: Vec<&str> = spec["hosts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|h| h.as_str())
+                .collect();
+            format!("{} key={}", hosts.join(","), s("key_secret"))
+        }
         _ => s("description"),
     }
 }

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use tollgate_proto::model::{ApiKey, SecretRecord, ServiceState, Subscription, SubscriptionStatus};
-use tollgate_proto::validate::{check_duplicates, check_spec_references, references, validate_spec};
+use tollgate_proto::validate::{
+    check_certificate_hosts, check_duplicates, check_spec_references, references, validate_spec,
+};
 use tollgate_proto::{Document, Kind, ResourceKey, Spec};
 
 /// How many deletions are remembered for deltas; an edge older than the oldest one forgotten
@@ -211,6 +213,9 @@ pub struct ConfigState {
 /// The planned effect of a command: new content per touched key (`None` deletes).
 struct Plan {
     writes: BTreeMap<ResourceKey, Option<Spec>>,
+    /// Unchanged resources that still get a new version, so edges receive them again (a
+    /// certificate whose key secret changed).
+    resend: Vec<ResourceKey>,
     changes: Vec<Change>,
 }
 
@@ -260,6 +265,11 @@ impl ConfigState {
             _ => {}
         }
         let plan = self.plan(cmd)?;
+        for key in &plan.resend {
+            if let Some(stored) = self.resources.get_mut(key) {
+                stored.version = index;
+            }
+        }
         for (key, spec) in plan.writes {
             match spec {
                 Some(spec) => {
@@ -424,7 +434,11 @@ impl ConfigState {
         self.cascade(&mut writes);
         self.settle_subscriptions(&mut writes);
         self.check_result(&writes)?;
-        let changes = writes
+        let resend = match cmd {
+            Command::PutSecret(s) => self.certificates_using(&s.tenant, &s.name),
+            _ => Vec::new(),
+        };
+        let mut changes: Vec<Change> = writes
             .iter()
             .map(|(key, new)| {
                 let old = self.get(key);
@@ -444,9 +458,35 @@ impl ConfigState {
                 }
             })
             .collect();
+        // Re-sent certificates count as updated: they get a new version, and edges the key.
+        changes.extend(resend.iter().filter_map(|key| {
+            let stored = self.get(key)?;
+            Some(Change {
+                key: key.clone(),
+                action: Action::Updated,
+                old_version: stored.version,
+                old: Some(stored.spec.clone()),
+                new: Some(stored.spec.clone()),
+            })
+        }));
         // Unchanged items are reported but not rewritten, so their version stays.
         writes.retain(|key, new| self.get(key).map(|o| &o.spec) != new.as_ref());
-        Ok(Plan { writes, changes })
+        Ok(Plan {
+            writes,
+            resend,
+            changes,
+        })
+    }
+
+    /// Certificates whose private key is secret `tenant/name`.
+    fn certificates_using(&self, tenant: &str, name: &str) -> Vec<ResourceKey> {
+        self.resources
+            .iter()
+            .filter(|(k, s)| {
+                k.tenant == tenant && matches!(&s.spec, Spec::Certificate(c) if c.key_secret == name)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 
     /// Deleting an app revokes its keys.
@@ -527,6 +567,25 @@ impl ConfigState {
                     check_spec_references(key, &stored.spec, &exists, &deleting, &mut errors);
                 }
             }
+        }
+        // A host may be claimed by one certificate only, across tenants.
+        let writes_certificate = writes.values().any(|s| matches!(s, Some(Spec::Certificate(_))));
+        if writes_certificate {
+            let stored = self
+                .resources
+                .iter()
+                .filter(|(k, _)| !writes.contains_key(*k))
+                .map(|(k, s)| (k, &s.spec));
+            let written = writes.iter().filter_map(|(k, s)| s.as_ref().map(|s| (k, s)));
+            let mut result: Vec<(&ResourceKey, &Spec)> = stored.chain(written).collect();
+            result.sort_by(|a, b| a.0.cmp(b.0));
+            check_certificate_hosts(
+                result.into_iter().filter_map(|(k, s)| match s {
+                    Spec::Certificate(c) => Some((k, c)),
+                    _ => None,
+                }),
+                &mut errors,
+            );
         }
         if errors.is_empty() {
             Ok(())

@@ -18,6 +18,12 @@
 //!
 //! Edges authenticate with a token of role `edge` (`tollgate token create --role edge`,
 //! given to the edge as `--join-token`).
+//!
+//! Secrets are never streamed, with one exception an edge cannot do without: a certificate
+//! is sent with its private key (`key_pem`), opened from its `key_secret` with this node's
+//! master key as the push is built. The key exists in plaintext only in that push and on the
+//! edge (memory, and its owner-only last-known-good file); the Raft log, snapshots and
+//! `get`/`export` hold only the sealed secret.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -31,10 +37,11 @@ use tollgate_proto::keys::hex;
 use tollgate_proto::v1::config_stream_server::ConfigStream;
 use tollgate_proto::v1::edge_message::Msg;
 use tollgate_proto::v1::*;
+use tollgate_proto::{Kind, Spec};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{now_ms, Node};
-use crate::secrets::random_bytes;
+use crate::secrets::{random_bytes, MasterKey};
 use crate::state::{ConfigState, Role, Stored};
 
 /// Most resource bytes (JSON) in one push; far below the gRPC message limit.
@@ -125,8 +132,34 @@ pub fn to_resource(key: &tollgate_proto::ResourceKey, spec: &tollgate_proto::Spe
     }
 }
 
-fn streamed(key: &tollgate_proto::ResourceKey, stored: &Stored) -> Resource {
-    to_resource(key, &stored.spec, stored.version)
+/// A resource as an edge receives it: a certificate carries its private key, opened from its
+/// key secret. When the key cannot be opened (another master key, a corrupt record) the
+/// certificate goes without it and the edge refuses it, naming the certificate.
+fn streamed(
+    state: &ConfigState,
+    keys: &MasterKey,
+    key: &tollgate_proto::ResourceKey,
+    stored: &Stored,
+) -> Resource {
+    let Spec::Certificate(cert) = &stored.spec else {
+        return to_resource(key, &stored.spec, stored.version);
+    };
+    let secret_key = tollgate_proto::ResourceKey::new(Kind::Secret, &key.tenant, &cert.key_secret);
+    let opened = match state.resources.get(&secret_key).map(|s| &s.spec) {
+        Some(Spec::Secret(record)) => keys
+            .open(record)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| String::from_utf8(pem).map_err(|_| "the key is not UTF-8 PEM text".into())),
+        _ => Err(format!("{secret_key} does not exist")),
+    };
+    let mut cert = cert.clone();
+    match opened {
+        Ok(pem) => cert.key_pem = Some(pem),
+        Err(e) => {
+            tracing::warn!(certificate = %key, error = %e, "cannot open the certificate's private key; sending it without")
+        }
+    }
+    to_resource(key, &Spec::Certificate(cert), stored.version)
 }
 
 fn nonce() -> String {
@@ -156,14 +189,22 @@ fn chunk_by_bytes(resources: Vec<Resource>) -> Vec<Vec<Resource>> {
 }
 
 /// The pushes that bring an edge from `since` to the current state: a delta when possible,
-/// else a chunked snapshot.
-pub fn pushes_since(state: &ConfigState, since: u64, force_snapshot: bool) -> Vec<ConfigPush> {
+/// else a chunked snapshot. `keys` opens certificates' private keys.
+pub fn pushes_since(
+    state: &ConfigState,
+    since: u64,
+    force_snapshot: bool,
+    keys: &MasterKey,
+) -> Vec<ConfigPush> {
     let nonce = nonce();
     let delta = (!force_snapshot && since != 0)
         .then(|| state.delta_since(since))
         .flatten()
         .map(|(upserts, removals)| {
-            let upserts: Vec<Resource> = upserts.into_iter().map(|(k, s)| streamed(k, s)).collect();
+            let upserts: Vec<Resource> = upserts
+                .into_iter()
+                .map(|(k, s)| streamed(state, keys, k, s))
+                .collect();
             (upserts, removals)
         })
         .filter(|(upserts, _)| upserts.iter().map(|r| r.spec_json.len()).sum::<usize>() <= CHUNK_BYTES);
@@ -189,7 +230,10 @@ pub fn pushes_since(state: &ConfigState, since: u64, force_snapshot: bool) -> Ve
             base_version: since,
         }];
     }
-    let all: Vec<Resource> = state.streamed().map(|(k, s)| streamed(k, s)).collect();
+    let all: Vec<Resource> = state
+        .streamed()
+        .map(|(k, s)| streamed(state, keys, k, s))
+        .collect();
     let checksum = tollgate_proto::stream::checksum(&all, &[]);
     let chunks = chunk_by_bytes(all);
     let count = chunks.len() as u32;
@@ -321,7 +365,9 @@ async fn session(
         let current = *applied.borrow_and_update();
         let due = force_snapshot || (current > acked && refused.is_none_or(|r| current > r));
         if due {
-            let pushes = node.sm.read(|s| pushes_since(s, acked, force_snapshot));
+            let pushes = node
+                .sm
+                .read(|s| pushes_since(s, acked, force_snapshot, &node.master_key));
             let Some(first) = pushes.first() else {
                 return "nothing to push".into();
             };
@@ -395,6 +441,12 @@ mod tests {
     use super::*;
     use crate::state::Command;
 
+    /// A master key in a temporary file (the file may go: the key stays in memory).
+    fn test_key() -> MasterKey {
+        let dir = tempfile::tempdir().unwrap();
+        MasterKey::load_or_create(&dir.path().join("master.key")).unwrap()
+    }
+
     fn apply(s: &mut ConfigState, index: u64, yaml: &str) {
         let specs = Document::parse(yaml).unwrap().into_specs();
         s.apply(index, &Command::Apply { specs, prune: false }).unwrap();
@@ -416,7 +468,7 @@ mod tests {
         apply(&mut s, 1, "tenants: [{name: t}]");
         // ~110 bytes per app: about 3 MiB in all.
         apply(&mut s, 2, &apps(30_000, &"x".repeat(60)));
-        let pushes = pushes_since(&s, 0, false);
+        let pushes = pushes_since(&s, 0, false, &test_key());
         let n = pushes.len();
         assert!(n >= 3, "{n} chunks");
         assert!(pushes
@@ -437,9 +489,11 @@ mod tests {
 
         // A small change is a delta; a delta bigger than a chunk becomes a snapshot.
         apply(&mut s, 3, "apps: [{name: a1, tenant: t, description: y}]");
-        assert!(pushes_since(&s, 2, false).iter().all(|p| !p.snapshot));
+        assert!(pushes_since(&s, 2, false, &test_key())
+            .iter()
+            .all(|p| !p.snapshot));
         apply(&mut s, 4, &apps(30_000, &"y".repeat(60)));
-        assert!(pushes_since(&s, 3, false).iter().all(|p| p.snapshot));
+        assert!(pushes_since(&s, 3, false, &test_key()).iter().all(|p| p.snapshot));
     }
 
     #[test]
@@ -456,7 +510,7 @@ mod tests {
             },
         )
         .unwrap();
-        let pushes = pushes_since(&s, 1, false);
+        let pushes = pushes_since(&s, 1, false, &test_key());
         assert_eq!(pushes.len(), 1);
         let p = &pushes[0];
         assert!(!p.snapshot);
@@ -470,6 +524,119 @@ mod tests {
         assert_eq!(
             p.checksum,
             tollgate_proto::stream::checksum(&p.upserts, &p.removals)
+        );
+    }
+
+    const CERT_PEM: &str = "-----BEGIN CERTIFICATE-----\\nMIIBxjCCAWugAwIBAgIUSy7Y1QKPWpR5xKuhRq2vlaV15X0wCgYIKoZIzj0EAwIw\\nGzEZMBcGA1UEAwwQVG9sbGdhdGUgdGVzdCBDQTAgFw0yNjExMjYwOTM1MjBaGA8y\\nMTI2MTEwMjA5MzUyMFowGDEWMBQGA1UEAwwNYS5leGFtcGxlLmNvbTBZMBMGByqG\\nSM49AgEGCCqGSM49AwEHA0IABGFPyOpkewDDZLL+8PUN1xjqsdzehxR0WeHGIO1Y\\n8poazLC3UVxIDcgjkdDepT6uhGgawkuohTMAEK1HQDf1K/mjgY0wgYowGAYDVR0R\\nBBEwD4INYS5leGFtcGxlLmNvbTAJBgNVHRMEAjAAMA4GA1UdDwEB/wQEAwIHgDAT\\nBgNVHSUEDDAKBggrBgEFBQcDATAdBgNVHQ4EFgQUUzt1YPyUp+Dg0iuOmsJIb4Qy\\nVcAwHwYDVR0jBBgwFoAUrV1ZkvYCo0s+ps2su63YSW/KUKIwCgYIKoZIzj0EAwID\\nSQAwRgIhANzVbAZpGBOarMwUQoazBaanDdoeQ6PCmddrXMOyG3JaAiEA6eYYyV5O\\nDZqG/NZQ2upaOLHg6kbGuqsIARUrrPYxxBY=\\n-----END CERTIFICATE-----\\n";
+    const KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----\\nnot-really-a-key\\n-----END PRIVATE KEY-----\\n";
+
+    fn certificate_doc() -> String {
+        format!(
+            "tenants: [{{name: t}}]\ncertificates: [{{name: web, tenant: t, hosts: [a.example.com], cert_pem: \"{CERT_PEM}\", key_secret: web-key}}]"
+        )
+    }
+
+    fn put_secret(s: &mut ConfigState, index: u64, keys: &MasterKey, value: &str) -> crate::state::Outcome {
+        let record = keys.seal("t", "web-key", value.as_bytes(), 0).unwrap();
+        s.apply(index, &Command::PutSecret(record)).unwrap()
+    }
+
+    /// The certificate in a push, decoded.
+    fn pushed_certificate(pushes: &[ConfigPush]) -> Option<tollgate_proto::model::Certificate> {
+        let r = pushes
+            .iter()
+            .flat_map(|p| &p.upserts)
+            .find(|r| r.kind == "certificate")?;
+        match Spec::from_json(Kind::Certificate, &r.spec_json).unwrap() {
+            Spec::Certificate(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn certificates_carry_their_opened_key_and_are_resent_when_it_changes() {
+        let keys = test_key();
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, "tenants: [{name: t}]");
+        put_secret(&mut s, 2, &keys, "placeholder");
+        apply(&mut s, 2, &certificate_doc());
+        let out = put_secret(&mut s, 3, &keys, KEY_PEM);
+
+        // The key change re-sends the certificate, reported as updated.
+        let cert_key = tollgate_proto::ResourceKey::new(Kind::Certificate, "t", "web");
+        assert!(
+            out.changes
+                .iter()
+                .any(|c| c.key == cert_key && c.action == crate::state::Action::Updated),
+            "{:?}",
+            out.changes
+        );
+        assert_eq!(s.resources[&cert_key].version, 3);
+        let delta = pushes_since(&s, 2, false, &keys);
+        assert!(!delta[0].snapshot);
+        assert_eq!(
+            pushed_certificate(&delta).unwrap().key_pem.as_deref(),
+            Some(KEY_PEM)
+        );
+        let snapshot = pushes_since(&s, 0, false, &keys);
+        assert_eq!(
+            pushed_certificate(&snapshot).unwrap().key_pem.as_deref(),
+            Some(KEY_PEM)
+        );
+        assert!(delta
+            .iter()
+            .chain(&snapshot)
+            .flat_map(|p| &p.upserts)
+            .all(|r| r.kind != "secret"));
+
+        // What is stored, shown and exported never holds the key.
+        assert!(!serde_json::to_string(&s).unwrap().contains("not-really-a-key"));
+        let exported = serde_yaml::to_string(&s.export(None)).unwrap();
+        assert!(
+            exported.contains("key_secret: web-key") && !exported.contains("key_pem"),
+            "{exported}"
+        );
+
+        // A node with another master key cannot open it: the certificate goes without.
+        let other = test_key();
+        assert_eq!(
+            pushed_certificate(&pushes_since(&s, 0, false, &other))
+                .unwrap()
+                .key_pem,
+            None
+        );
+    }
+
+    #[test]
+    fn a_secret_in_use_by_a_certificate_cannot_be_deleted() {
+        let keys = test_key();
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, "tenants: [{name: t}]");
+        put_secret(&mut s, 2, &keys, KEY_PEM);
+        apply(&mut s, 2, &certificate_doc());
+        let err = s
+            .apply(
+                3,
+                &Command::DeleteSecret {
+                    tenant: "t".into(),
+                    name: "web-key".into(),
+                },
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "certificate t/web: key_secret: references secret t/web-key, which this change deletes"
+            ),
+            "{err}"
+        );
+        // A document cannot smuggle a key in.
+        let with_key = certificate_doc().replace("key_secret: web-key", "key_secret: web-key, key_pem: x");
+        let specs = Document::parse(&with_key).unwrap().into_specs();
+        let err = s.apply(4, &Command::Apply { specs, prune: false }).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("key_pem: private keys are not written in documents"),
+            "{err}"
         );
     }
 

@@ -48,6 +48,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("the request body is larger than this api accepts")]
     BodyTooLarge,
+    #[error("the request has too many or too large headers")]
+    HeadersTooLarge,
 }
 
 impl ProxyError {
@@ -65,6 +67,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -84,6 +87,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::HeadersTooLarge => "headers_too_large",
         }
     }
 
@@ -96,7 +100,8 @@ impl ProxyError {
             | ProxyError::NotSubscribed
             | ProxyError::SubscriptionPending
             | ProxyError::ApiRetired
-            | ProxyError::BodyTooLarge => Fault::Client,
+            | ProxyError::BodyTooLarge
+            | ProxyError::HeadersTooLarge => Fault::Client,
             ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Fault::Upstream,
             ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
                 Fault::Gateway

@@ -19,6 +19,7 @@ use crate::auth::Consumer;
 use crate::body::{self, Body, ClientBody};
 use crate::error::ProxyError;
 use crate::request_id;
+use crate::tls::ClientTls;
 use crate::upstream::{Target, UpstreamPool};
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
@@ -98,9 +99,9 @@ pub fn upgrade_requested<B>(req: &Request<B>) -> Option<HeaderValue> {
 
 /// Answers the client with the upstream's 101 and, once both sides have switched, copies
 /// bytes both ways until either closes.
-pub fn splice_upgrade(
+pub fn splice_upgrade<B>(
     client: hyper::upgrade::OnUpgrade,
-    mut resp: Response<Incoming>,
+    mut resp: Response<B>,
     request_id: &HeaderValue,
 ) -> Response<Body> {
     let upstream = hyper::upgrade::on(&mut resp);
@@ -144,6 +145,11 @@ pub fn upstream_request<B: ClientBody>(
 ) -> Result<Request<Body>, ProxyError> {
     let original_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
     let (mut parts, incoming) = req.into_parts();
+    // The scheme the client used: the TLS listener marks its requests.
+    let client_scheme = match parts.extensions.get::<ClientTls>() {
+        Some(_) => "https",
+        None => "http",
+    };
 
     let query = parts.uri.query();
     let mut pq =
@@ -187,7 +193,7 @@ pub fn upstream_request<B: ClientBody>(
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    h.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
     match original_host {
         Some(host) => h.insert("x-forwarded-host", host),
         None => h.remove("x-forwarded-host"),
@@ -197,12 +203,33 @@ pub fn upstream_request<B: ClientBody>(
     Ok(Request::from_parts(parts, body::stream(incoming)))
 }
 
+/// Why sending a request upstream failed.
+#[derive(Debug)]
+pub struct SendError {
+    pub error: ProxyError,
+    /// No connection was made (connect error or connect timeout): the upstream surely saw
+    /// nothing of the request.
+    pub unsent: bool,
+}
+
+impl From<SendError> for ProxyError {
+    fn from(e: SendError) -> Self {
+        e.error
+    }
+}
+
 /// Sends `req` to the pool's client, bounded by the request timeout.
-pub async fn send(pool: &UpstreamPool, req: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+pub async fn send(pool: &UpstreamPool, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
     match tokio::time::timeout(pool.request_timeout, pool.client.request(req)).await {
-        Err(_) => Err(ProxyError::UpstreamTimeout),
+        Err(_) => Err(SendError {
+            error: ProxyError::UpstreamTimeout,
+            unsent: false,
+        }),
         Ok(Ok(resp)) => Ok(resp),
-        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Err(e)) => Err(SendError {
+            error: classify(&e),
+            unsent: e.is_connect(),
+        }),
     }
 }
 
@@ -233,7 +260,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
 }
 
 /// The upstream's answer as sent to the client: hop-by-hop headers removed, body streamed.
-pub fn downstream_response(resp: Response<Incoming>) -> Response<Body> {
+pub fn downstream_response<B: ClientBody>(resp: Response<B>) -> Response<Body> {
     let (mut parts, incoming) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body::stream(incoming))

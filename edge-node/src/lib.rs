@@ -5,7 +5,8 @@
 //! ```text
 //!  control plane ──ConfigStream──> stream ─> sync (Applier) ─> Snapshot ──ArcSwap──┐
 //!                                     └─> lkg.json                                  │
-//!  client ──> server (proxy listener) ─> proxy: route ─> auth ─> authorize ─> forward ──> upstream
+//!  client ──> server (proxy listener; TLS listener: SNI cert) ─> proxy: route ─> auth
+//!              ─> authorize ─> forward ──(http | https: connector)──> upstream
 //!  probes ──> server (admin listener) ─> admin: /healthz /readyz /config/version
 //! ```
 //!
@@ -29,8 +30,12 @@ mod authorize;
 mod balance;
 mod body;
 mod config;
+mod connector;
+mod dispatch;
+mod endpoint;
 mod error;
 mod forward;
+mod health;
 mod http_date;
 mod lkg;
 mod policy;
@@ -44,6 +49,7 @@ mod stream;
 mod sync;
 #[cfg(test)]
 mod testutil;
+mod tls;
 mod upstream;
 
 /// For `benches/router.rs` only (criterion benches can reach only public items): not part
@@ -125,6 +131,9 @@ pub struct EdgeOptions {
     pub join_token: Option<String>,
     /// Most open proxy connections; past it, accepting waits.
     pub max_connections: usize,
+    /// TLS proxy listener (certificates by SNI from the config); `None` serves no TLS. Its
+    /// connections are capped by `max_connections` too, separately from the plain ones.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// A started edge node. Dropping it stops it without waiting; prefer
@@ -132,6 +141,7 @@ pub struct EdgeOptions {
 pub struct RunningEdge {
     proxy_addr: SocketAddr,
     admin_addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
@@ -157,6 +167,11 @@ impl RunningEdge {
     /// The address the admin listener is bound to.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
+    }
+
+    /// The address the TLS proxy listener is bound to, when there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// The version of the config being served; `None` until one is loaded (not ready).
@@ -236,6 +251,14 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     let admin_listener = bind(opts.admin, "admin").await?;
     let proxy_addr = proxy_listener.local_addr().context("proxy listener address")?;
     let admin_addr = admin_listener.local_addr().context("admin listener address")?;
+    let tls_listener = match opts.tls_listen {
+        Some(addr) => Some(bind(addr, "tls").await?),
+        None => None,
+    };
+    let tls_addr = match &tls_listener {
+        Some(l) => Some(l.local_addr().context("tls listener address")?),
+        None => None,
+    };
 
     let shared = Arc::new(Shared::default());
     let mut clients = Clients::default();
@@ -248,7 +271,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let servers = vec![
+    let mut servers = vec![
         tokio::spawn(server::serve(
             "proxy",
             proxy_listener,
@@ -256,6 +279,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
+            None,
         )),
         tokio::spawn(server::serve(
             "admin",
@@ -264,8 +288,20 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             ADMIN_MAX_CONNECTIONS,
+            None,
         )),
     ];
+    if let Some(listener) = tls_listener {
+        servers.push(tokio::spawn(server::serve(
+            "tls",
+            listener,
+            proxy::Proxy::new(shared.clone()),
+            shutdown_rx.clone(),
+            DRAIN_TIMEOUT,
+            opts.max_connections,
+            Some(tls::acceptor(shared.clone())),
+        )));
+    }
     let client = stream::StreamClient::new(
         stream::StreamConfig {
             node_id: opts.node_id.clone(),
@@ -280,10 +316,11 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         clients,
     );
     let stream = tokio::spawn(client.run(shutdown_rx));
-    tracing::info!(node_id = %opts.node_id, proxy = %proxy_addr, admin = %admin_addr, "edge node started");
+    tracing::info!(node_id = %opts.node_id, proxy = %proxy_addr, admin = %admin_addr, tls = ?tls_addr, "edge node started");
     Ok(RunningEdge {
         proxy_addr,
         admin_addr,
+        tls_addr,
         shared,
         shutdown: shutdown_tx,
         servers,

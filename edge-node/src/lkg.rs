@@ -6,6 +6,9 @@
 //! SHA-256 over the version and every resource field, so a torn or edited file is refused
 //! whole, never half-loaded. Writes go to a temporary file that is fsynced and renamed over
 //! the old one (then the directory is fsynced), so a crash leaves the old or the new file.
+//!
+//! The file holds the private keys of the config's TLS certificates, so it is readable by
+//! its owner only (mode 0600, set on the temporary file before anything is written to it).
 
 use std::fs;
 use std::io::Write;
@@ -93,7 +96,7 @@ pub fn save(dir: &Path, state: &ConfigState) -> Result<(), LkgError> {
     let target = path(dir);
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     {
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let mut f = create_private(&tmp).map_err(io(&tmp))?;
         f.write_all(&bytes).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
     }
@@ -102,6 +105,23 @@ pub fn save(dir: &Path, state: &ConfigState) -> Result<(), LkgError> {
     #[cfg(unix)]
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
     Ok(())
+}
+
+/// Creates (or truncates) `path` readable and writable by its owner only; a file left over
+/// with wider permissions is narrowed before it is written.
+fn create_private(path: &Path) -> std::io::Result<fs::File> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        opts.mode(0o600);
+        let f = opts.open(path)?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))?;
+        Ok(f)
+    }
+    #[cfg(not(unix))]
+    opts.open(path)
 }
 
 /// Reads the file in `dir`: `Ok(None)` when there is none, an error when it cannot be read or
@@ -150,6 +170,13 @@ mod tests {
         assert_eq!(load(dir.path()).unwrap(), Some(state.clone()));
         // Overwriting leaves no temporary file behind.
         save(dir.path(), &state).unwrap();
+        // Owner-only: the file holds certificates' private keys.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(path(dir.path())).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
         let names: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

@@ -18,8 +18,9 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
 use crate::body::{Body, ClientBody};
+use crate::dispatch::{self, Dispatch};
 use crate::error::{Fault, ProxyError};
-use crate::forward::{self, Forward};
+use crate::forward;
 use crate::router::{stripped_path, RequestInfo};
 use crate::server::Handler;
 use crate::snapshot::Backend;
@@ -72,38 +73,20 @@ impl Proxy {
             Backend::Upstream(pool) => pool,
             Backend::Ai => return Err(ProxyError::NotImplemented("the ai gateway")),
         };
-        let target = pool.pick().ok_or(ProxyError::NoHealthyUpstream)?;
-        if !target.is_supported() {
-            return Err(ProxyError::Upstream(format!(
-                "https upstream targets are not supported yet ({})",
-                target.url
-            )));
-        }
-
         let path = stripped_path(req.uri().path(), strip_len).to_string();
-        let upstream_req = forward::upstream_request(
+        let resp = dispatch::send(
             req,
-            &Forward {
-                target,
+            &Dispatch {
+                pool,
                 path: &path,
                 remote,
                 request_id,
                 consumer: consumer.as_ref(),
                 upgrade: upgrade.as_ref(),
+                policies: &service.policies,
             },
-        )?;
-        let mut upstream_req = upstream_req;
-        service.policies.apply_request(upstream_req.headers_mut());
-        let resp = forward::send(pool, upstream_req).await.inspect_err(|e| {
-            tracing::warn!(
-                request_id = request_id.to_str().unwrap_or_default(),
-                upstream = %pool.name,
-                tenant = %pool.tenant,
-                target = %target.url,
-                error = %e,
-                "upstream request failed"
-            );
-        })?;
+        )
+        .await?;
         let mut resp = match client_upgrade {
             Some(client) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 forward::splice_upgrade(client, resp, request_id)
@@ -157,9 +140,21 @@ impl Proxy {
     }
 }
 
+/// Most request headers the proxy accepts.
+pub const MAX_HEADERS: usize = 100;
+/// Most bytes of request headers (names and values) the proxy accepts.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Refuses ambiguous framing (request smuggling): Content-Length with Transfer-Encoding, or
-/// Content-Length more than once.
+/// Content-Length more than once; and heads past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`].
 fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Err(ProxyError::HeadersTooLarge);
+    }
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
     if lengths > 0 && headers.contains_key(TRANSFER_ENCODING) {
         return Err(ProxyError::BadRequest(

@@ -3,8 +3,12 @@
 //! (hyper answers 431), a cap on open connections (past it, accepting waits), and a graceful
 //! drain bounded in time.
 //!
+//! A listener given a TLS acceptor (`--tls-listen`) runs the handshake first, in the
+//! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves the same way; its
+//! requests carry the [`ClientTls`] extension.
+//!
 //! ```text
-//!  accept ─> spawn(conn watched by GracefulShutdown) ... shutdown signal
+//!  accept ─> spawn([TLS handshake ≤ 10 s ─>] conn watched by GracefulShutdown) ... shutdown
 //!    └─ stop accepting ─> ask every connection to finish ─> wait (<= drain) ─> done
 //! ```
 
@@ -22,17 +26,22 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
+use crate::tls::ClientTls;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Most bytes of request head (HTTP/1.1 buffer, h2 header list).
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Most request headers (HTTP/1.1); more is answered 431.
-pub const MAX_HEADERS: usize = 100;
+/// Hard limits on a request head, past which hyper itself answers 431 (with no body). The
+/// proxy answers 431 with a JSON error well before them (`proxy::MAX_HEADERS`,
+/// `proxy::MAX_HEADER_BYTES`).
+const HEAD_BUFFER_BYTES: usize = 128 * 1024;
+const HARD_MAX_HEADERS: usize = 256;
 /// Most concurrent h2 streams per connection.
 const MAX_H2_STREAMS: u32 = 256;
+/// How long a client may take to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers the requests of one listener.
 pub trait Handler: Clone + Send + Sync + 'static {
@@ -50,7 +59,7 @@ pub async fn signalled(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `drain`. At most
-/// `max_connections` are open at once.
+/// `max_connections` are open at once. With `tls`, connections are TLS.
 pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
@@ -58,6 +67,7 @@ pub async fn serve<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
     drain: Duration,
     max_connections: usize,
+    tls: Option<TlsAcceptor>,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -65,12 +75,12 @@ pub async fn serve<H: Handler>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES)
-        .max_headers(MAX_HEADERS);
+        .max_buf_size(HEAD_BUFFER_BYTES)
+        .max_headers(HARD_MAX_HEADERS);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(HEAD_BUFFER_BYTES as u32)
         .max_concurrent_streams(MAX_H2_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
@@ -95,10 +105,39 @@ pub async fn serve<H: Handler>(
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |req| {
+        let over_tls = tls.is_some();
+        let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
+            if over_tls {
+                req.extensions_mut().insert(ClientTls);
+            }
             async move { Ok::<_, Infallible>(handler.handle(remote, req).await) }
         });
+        if let Some(acceptor) = &tls {
+            // The handshake runs in the connection's task, so a slow client never holds up
+            // accepting; the watcher is taken now, so a drain waits for this connection too.
+            let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = name, %remote, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = name, %remote, "tls handshake timed out");
+                        return;
+                    }
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        }
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -14,6 +14,7 @@ use tollgate_proto::model::{
 use crate::config::{ConfigState, ResourceError};
 use crate::policy::Policies;
 use crate::router::{Router, RouterBuilder};
+use crate::tls::CertStore;
 use crate::upstream::{Clients, UpstreamPool};
 
 /// Where a service's traffic goes.
@@ -57,6 +58,8 @@ pub struct Snapshot {
     api_keys: HashMap<String, KeyEntry>,
     /// tenant -> subscription name (`app:service`) -> status.
     subscriptions: HashMap<String, HashMap<String, Option<SubscriptionStatus>>>,
+    /// TLS certificates by host, for the TLS listener.
+    pub certificates: CertStore,
 }
 
 impl Snapshot {
@@ -122,6 +125,14 @@ impl Snapshot {
                 _ => {}
             }
         }
+        let certificates = CertStore::compile(specs.iter().filter_map(|s| match s {
+            Spec::Certificate(c) => Some(c),
+            _ => None,
+        }))
+        .unwrap_or_else(|mut e| {
+            errors.append(&mut e);
+            CertStore::default()
+        });
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -130,6 +141,7 @@ impl Snapshot {
             router: router.build(),
             api_keys,
             subscriptions,
+            certificates,
         })
     }
 

@@ -1,51 +1,68 @@
-//! Compiled upstreams: parsed target URLs, the balancer, timeouts, and the HTTP client that
-//! carries requests to them.
+//! Compiled upstreams: parsed target URLs, the balancer, timeouts, retries, and the HTTP
+//! client that carries requests to them.
 //!
-//! Clients are pooled per connect timeout in [`Clients`], which outlives config snapshots, so
-//! a config change does not drop warm keep-alive connections.
+//! Clients are pooled per connect timeout and TLS options in [`Clients`] (connections:
+//! `connector.rs`), which outlives config snapshots, so
+//! a config change does not drop warm keep-alive connections. It also holds the targets' live
+//! state and health checkers ([`Registry`]), so a config change keeps those too.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tollgate_proto::model::Upstream;
+use tollgate_proto::model::{Upstream, UpstreamTls};
 
-use crate::balance::WeightedRoundRobin;
+use crate::balance::Balancer;
 use crate::body::Body;
+use crate::connector::{self, UpstreamConnector};
+use crate::endpoint::Registry;
 
 /// Timeouts used when an upstream does not set its own.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The client used towards upstreams (HTTP/1.1 with a keep-alive pool).
-pub type HttpClient = Client<HttpConnector, Body>;
+/// The client used towards upstreams (HTTP/1.1 with a keep-alive pool; http and https
+/// targets).
+pub type HttpClient = Client<UpstreamConnector, Body>;
 
-/// Upstream clients by connect timeout. Used only while compiling a config (off the request
-/// path), by the single task that compiles.
+/// Upstream clients by connect timeout and TLS options. Used only while compiling a config
+/// (off the request path), by the single task that compiles.
 #[derive(Default)]
 pub struct Clients {
-    by_connect_timeout: HashMap<Duration, HttpClient>,
+    by_settings: HashMap<(Duration, Option<UpstreamTls>), HttpClient>,
+    /// Target state and health checkers shared by successive snapshots.
+    pub live: Registry,
 }
 
 impl Clients {
+    /// The client for `connect_timeout` and the default TLS options (tests).
+    #[cfg(test)]
     pub fn get(&mut self, connect_timeout: Duration) -> HttpClient {
-        self.by_connect_timeout
-            .entry(connect_timeout)
-            .or_insert_with(|| {
-                let mut connector = HttpConnector::new();
-                connector.set_connect_timeout(Some(connect_timeout));
-                connector.set_nodelay(true);
-                connector.enforce_http(false);
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .pool_timer(TokioTimer::new())
-                    .timer(TokioTimer::new())
-                    .build(connector)
-            })
-            .clone()
+        self.with_tls(connect_timeout, None)
+            .expect("the default TLS options always build")
+    }
+
+    /// The client for `connect_timeout` and `tls` (for https targets); the error names the
+    /// field that is wrong.
+    pub fn with_tls(
+        &mut self,
+        connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
+    ) -> Result<HttpClient, String> {
+        let settings = (connect_timeout, tls.cloned());
+        if let Some(client) = self.by_settings.get(&settings) {
+            return Ok(client.clone());
+        }
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector::connector(connect_timeout, tls)?);
+        self.by_settings.insert(settings, client.clone());
+        Ok(client)
     }
 }
 
@@ -89,9 +106,9 @@ impl Target {
         })
     }
 
-    /// Whether the edge can reach this target yet (TLS towards upstreams comes later).
+    /// Whether the edge can reach this target: http, and https (`connector.rs`).
     pub fn is_supported(&self) -> bool {
-        self.scheme == Scheme::HTTP
+        self.scheme == Scheme::HTTP || self.scheme == Scheme::HTTPS
     }
 }
 
@@ -100,7 +117,10 @@ pub struct UpstreamPool {
     pub tenant: String,
     pub name: String,
     pub targets: Vec<Target>,
-    balancer: WeightedRoundRobin,
+    /// Picks targets; holds their live state (index-aligned with `targets`).
+    pub balancer: Balancer,
+    /// How many other targets a request may be retried on (see `dispatch`).
+    pub retries: u32,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub client: HttpClient,
@@ -125,25 +145,21 @@ impl UpstreamPool {
         for (i, t) in u.targets.iter().enumerate() {
             targets.push(Target::parse(&t.url).map_err(|e| format!("targets[{i}].url: {e}"))?);
         }
-        let weights: Vec<u32> = u.targets.iter().map(|t| t.weight).collect();
         let (connect_timeout, request_timeout) = match &u.timeouts {
             Some(t) => (t.connect.0, t.request.0),
             None => (DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT),
         };
+        let client = clients.with_tls(connect_timeout, u.tls.as_ref())?;
         Ok(UpstreamPool {
             tenant: u.tenant.clone(),
             name: u.name.clone(),
+            balancer: Balancer::compile(u, &targets, &client, &mut clients.live)?,
             targets,
-            balancer: WeightedRoundRobin::new(&weights),
+            retries: u.retries,
             connect_timeout,
             request_timeout,
-            client: clients.get(connect_timeout),
+            client,
         })
-    }
-
-    /// The next target by weighted round robin; `None` when no target has a weight.
-    pub fn pick(&self) -> Option<&Target> {
-        self.balancer.pick().map(|i| &self.targets[i])
     }
 }
 
@@ -174,12 +190,13 @@ mod tests {
             retries: 0,
             hash_header: None,
             allow_internal_addresses: false,
+            tls: None,
             resource_version: None,
         };
         let pool = UpstreamPool::compile(&u, &mut Clients::default()).unwrap();
         assert_eq!(pool.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert_eq!(pool.request_timeout, DEFAULT_REQUEST_TIMEOUT);
-        let t = pool.pick().unwrap();
+        let t = &pool.targets[pool.balancer.pick(0, &[]).unwrap()];
         assert_eq!(t.base_path, "/api");
         assert_eq!(t.authority.as_str(), "127.0.0.1:9001");
         assert!(t.is_supported());

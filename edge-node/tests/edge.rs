@@ -181,6 +181,7 @@ fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         data_dir: data_dir.to_path_buf(),
         join_token: Some("tge_join".into()),
         max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
+        tls_listen: None,
     }
 }
 

@@ -7,6 +7,7 @@
 //!   echo of what it received (`{"method", "path", "headers", "body"}`), so a test sees
 //!   exactly what the edge forwarded.
 //! - [`send`]: a raw HTTP/1.1 client with custom headers, returning status, headers, body.
+//! - TLS helpers (test CA, TLS client, HTTPS upstream) are in [`crate::tls`].
 //!
 //! Every wait is bounded; nothing here needs an async runtime.
 
@@ -33,6 +34,8 @@ pub struct EdgeNode {
     pub admin: SocketAddr,
     /// Counter-sharing listener (`--peer`).
     pub peer: SocketAddr,
+    /// TLS proxy listener (`--tls-listen`), when started with one ([`EdgeNode::start_tls`]).
+    pub tls: Option<SocketAddr>,
     /// `--data-dir`, where the last-known-good config lives.
     pub dir: PathBuf,
     pub log: PathBuf,
@@ -50,13 +53,36 @@ impl EdgeNode {
         Self::start_with(sb.dir.path(), node_id, urls, &sb.edge_token)
     }
 
+    /// Like [`EdgeNode::start`], also serving TLS on a free loopback port ([`EdgeNode::tls`]).
+    pub fn start_tls(sb: &Sandbox, node_id: &str) -> EdgeNode {
+        let urls = sb.nodes.iter().map(|n| n.url()).collect();
+        Self::start_full(
+            sb.dir.path(),
+            node_id,
+            urls,
+            &sb.edge_token,
+            Some(loopback(free_port())),
+        )
+    }
+
     /// Like [`EdgeNode::start`] with explicit control-plane URLs; files go under `root`.
     pub fn start_with(root: &Path, node_id: &str, control_planes: Vec<String>, join_token: &str) -> EdgeNode {
+        Self::start_full(root, node_id, control_planes, join_token, None)
+    }
+
+    fn start_full(
+        root: &Path,
+        node_id: &str,
+        control_planes: Vec<String>,
+        join_token: &str,
+        tls: Option<SocketAddr>,
+    ) -> EdgeNode {
         let mut edge = EdgeNode {
             node_id: node_id.to_string(),
             proxy: loopback(free_port()),
             admin: loopback(free_port()),
             peer: loopback(free_port()),
+            tls,
             dir: root.join(format!("edge-{node_id}")),
             log: root.join(format!("edge-{node_id}.log")),
             control_planes,
@@ -70,7 +96,7 @@ impl EdgeNode {
     /// Spawns the process (same ports, same data dir) and waits for `/healthz`.
     pub fn spawn(&mut self) {
         assert!(self.proc.is_none(), "edge {} already running", self.node_id);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "edge",
             "--control-plane",
             &self.control_planes.join(","),
@@ -90,6 +116,9 @@ impl EdgeNode {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(tls) = self.tls {
+            args.extend(["--tls-listen".to_string(), tls.to_string()]);
+        }
         let name = format!("edge {}", self.node_id);
         self.proc = Some(Proc::spawn(&name, &args, self.log.clone()));
         let admin = self.admin;

@@ -8,6 +8,7 @@
 //! Invariant: tests here talk to Tollgate only as users do — processes, ports, files.
 
 pub mod edge;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

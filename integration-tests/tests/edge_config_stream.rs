@@ -538,9 +538,11 @@ fn edges_keep_serving_when_the_control_plane_dies_and_after_their_own_restart() 
     let mut sb = Sandbox::cluster(1);
     let up = Upstream::start();
     let mut edge = EdgeNode::start(&sb, "edge-lkg");
+    let other = EdgeNode::start(&sb, "edge-other");
     apply(&sb, &config(&up.url(), "auto"));
     let (key, _, version) = create_key(&sb, "acme", "mobile");
     edge.wait_for_version(version, Duration::from_secs(10));
+    other.wait_for_version(version, Duration::from_secs(10));
     assert_eq!(edge.get_with_key("/orders", &key).status, 200);
     // The edge acks after it saved the config: once acked, the last-known-good file is there.
     status_until(&sb, "the edge's ack", Duration::from_secs(5), |s| {
@@ -554,8 +556,10 @@ fn edges_keep_serving_when_the_control_plane_dies_and_after_their_own_restart() 
 
     sb.nodes[0].kill();
     for _ in 0..5 {
-        let r = edge.get_with_key("/orders", &key);
-        assert_eq!(r.status, 200, "with the control plane gone: {r:?}");
+        for e in [&edge, &other] {
+            let r = e.get_with_key("/orders", &key);
+            assert_eq!(r.status, 200, "{} with the control plane gone: {r:?}", e.node_id);
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 

@@ -197,6 +197,24 @@ async fn proxying_through_a_real_edge() {
     let (status, _, body) = get(e, "/nothing-here-but-main-catches-all").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
+    // Too many or too large headers: 431 with a JSON error and a request id.
+    for (count, size) in [(150, 10), (5, 20_000)] {
+        let mut b = Request::get("/hello").header("host", "edge");
+        for i in 0..count {
+            b = b.header(format!("x-h{i}"), "v".repeat(size));
+        }
+        let mut send = h1(e).await;
+        let resp = send.send_request(b.body(full("")).unwrap()).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "{count} headers of {size} bytes"
+        );
+        assert!(resp.headers().contains_key("x-request-id"));
+        let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
+        assert_eq!(error_code(&body), "headers_too_large");
+    }
+
     // Server-sent events arrive as they are sent, not when the stream ends.
     let mut send = h1(e).await;
     let resp = send

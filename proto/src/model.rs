@@ -1022,4 +1022,34 @@ ai_providers: [{name: openai, tenant: acme, kind: openai, base_url: "https://api
         assert_eq!(Kind::parse("jwt-issuers"), Some(Kind::JwtIssuer));
         assert_eq!(Kind::parse("svc"), None);
     }
+
+    #[test]
+    fn certificates_are_a_declarative_kind_whose_key_never_prints() {
+        let doc = Document::parse(
+            "certificates: [{name: web, tenant: acme, hosts: [a.example.com], cert_pem: x, key_secret: web-key}]",
+        )
+        .unwrap();
+        let spec = doc.clone().into_specs().remove(0);
+        assert_eq!(spec.key(), ResourceKey::new(Kind::Certificate, "acme", "web"));
+        assert_eq!(Document::from_specs([&spec]), doc);
+        assert_eq!(Kind::parse("certificates"), Some(Kind::Certificate));
+        assert!(Kind::Certificate.is_declarative() && Kind::Certificate.is_streamed());
+        // Without a key, none is written; with one (on the stream), it round-trips but
+        // never shows in Debug output.
+        assert!(!spec.to_json().contains("key_pem"));
+        let Spec::Certificate(mut cert) = spec else {
+            unreachable!()
+        };
+        cert.key_pem = Some("-----BEGIN PRIVATE KEY-----".into());
+        let streamed = Spec::Certificate(cert);
+        assert_eq!(
+            Spec::from_json(Kind::Certificate, &streamed.to_json()).unwrap(),
+            streamed
+        );
+        let debug = format!("{streamed:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("PRIVATE"),
+            "{debug}"
+        );
+    }
 }

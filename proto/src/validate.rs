@@ -320,6 +320,7 @@ pub fn validate_spec(spec: &Spec, out: &mut Vec<ValidationError>) {
         }
         Spec::JwtIssuer(j) => validate_jwt_issuer(&mut c, j),
         Spec::AiProvider(p) => validate_ai_provider(&mut c, p),
+        Spec::Certificate(cert) => validate_certificate(&mut c, cert),
         Spec::ApiKey(k) => c.name("app", &k.app),
         Spec::Secret(s) => c.name("name", &s.name),
     }
@@ -368,6 +369,124 @@ fn validate_upstream(c: &mut Checker<'_>, u: &Upstream) {
         (Some(h), Balance::ConsistentHash) => c.header_name("hash_header", h),
         (Some(_), _) => c.err("hash_header", "only used with balance: consistent_hash"),
         (None, _) => {}
+    }
+    if let Some(tls) = &u.tls {
+        validate_upstream_tls(c, u, tls);
+    }
+}
+
+fn validate_upstream_tls(c: &mut Checker<'_>, u: &Upstream, tls: &UpstreamTls) {
+    if !u.targets.iter().any(|t| t.url.starts_with("https://")) {
+        c.err("tls", "only used with https targets, and no target is https");
+    }
+    if let Some(pem) = &tls.ca_pem {
+        if let Err(m) = parse_pem_certificates(pem) {
+            c.err("tls.ca_pem", m);
+        }
+        if tls.insecure_skip_verify {
+            c.err(
+                "tls.insecure_skip_verify",
+                "cannot be combined with ca_pem (with it, no certificate is checked at all)",
+            );
+        }
+    }
+    if let Some(name) = &tls.server_name {
+        if let Err(m) = check_server_name(name) {
+            c.err("tls.server_name", m);
+        }
+    }
+}
+
+/// A TLS server name: a DNS name (no wildcard) or an IP address.
+pub fn check_server_name(value: &str) -> Result<(), String> {
+    if value.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    match check_host(value) {
+        Ok(()) if !value.starts_with("*.") => Ok(()),
+        _ => Err(format!(
+            "invalid server name {value:?}: write a host name or an IP address"
+        )),
+    }
+}
+
+/// Parses a PEM text holding one or more certificates (and nothing else); returns them as DER.
+pub fn parse_pem_certificates(pem: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::{PemObject, SectionKind};
+    let mut certs = Vec::new();
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
+        match item {
+            Ok((SectionKind::Certificate, der)) => certs.push(der.into()),
+            Ok((SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey, _)) => {
+                return Err(
+                    "holds a private key: store the key as a secret (tollgate secret set) and name it in key_secret"
+                        .into(),
+                )
+            }
+            Ok((kind, _)) => {
+                return Err(format!("holds a {kind:?} section; only CERTIFICATE sections belong here"))
+            }
+            Err(e) => return Err(format!("invalid PEM: {e}")),
+        }
+    }
+    if certs.is_empty() {
+        return Err("no PEM certificate found (expected -----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs)
+}
+
+fn validate_certificate(c: &mut Checker<'_>, cert: &Certificate) {
+    c.name("name", &cert.name);
+    if cert.hosts.is_empty() {
+        c.err("hosts", "at least one host is required");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, h) in cert.hosts.iter().enumerate() {
+        if let Err(m) = check_host(h) {
+            c.err(format!("hosts[{i}]"), m);
+        } else if !seen.insert(normalize_host(h)) {
+            c.err(format!("hosts[{i}]"), format!("{h:?} is listed twice"));
+        }
+    }
+    if let Err(m) = parse_pem_certificates(&cert.cert_pem) {
+        c.err("cert_pem", m);
+    }
+    c.name("key_secret", &cert.key_secret);
+    if cert.key_pem.is_some() {
+        c.err(
+            "key_pem",
+            "private keys are not written in documents: store the key with `tollgate secret set NAME --tenant T` (PEM on stdin) and name it in key_secret",
+        );
+    }
+}
+
+/// A host as certificates are matched: lowercase, without a trailing dot.
+pub fn normalize_host(host: &str) -> String {
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Reports hosts claimed by more than one certificate (in any tenants): an edge could not
+/// tell which one to serve. Each error names both certificates.
+pub fn check_certificate_hosts<'a>(
+    certs: impl IntoIterator<Item = (&'a ResourceKey, &'a Certificate)>,
+    out: &mut Vec<ValidationError>,
+) {
+    let mut owners: BTreeMap<String, &ResourceKey> = BTreeMap::new();
+    for (key, cert) in certs {
+        for (i, h) in cert.hosts.iter().enumerate() {
+            let host = normalize_host(h);
+            match owners.get(&host) {
+                Some(owner) if *owner != key => out.push(ValidationError {
+                    resource: key.to_string(),
+                    field: format!("hosts[{i}]"),
+                    message: format!("{h:?} is also claimed by {owner}"),
+                }),
+                Some(_) => {}
+                None => {
+                    owners.insert(host, key);
+                }
+            }
+        }
     }
 }
 
@@ -715,6 +834,7 @@ pub fn references(key: &ResourceKey, spec: &Spec) -> Vec<(String, ResourceKey)> 
             need("service".into(), Kind::Service, &s.service);
         }
         Spec::ApiKey(k) => need("app".into(), Kind::App, &k.app),
+        Spec::Certificate(c) => need("key_secret".into(), Kind::Secret, &c.key_secret),
         _ => {}
     }
     refs
@@ -751,11 +871,19 @@ pub fn check_spec_references(
     }
 }
 
-/// Checks that every reference in `config` (a whole config) resolves in the same tenant.
+/// Checks that every reference in `config` (a whole config) resolves in the same tenant, and
+/// that no host is claimed by two certificates.
 pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<ValidationError>) {
     for (key, spec) in config {
         check_spec_references(key, spec, &|k| config.contains_key(k), &|_| false, out);
     }
+    check_certificate_hosts(
+        config.iter().filter_map(|(k, s)| match s {
+            Spec::Certificate(c) => Some((k, c)),
+            _ => None,
+        }),
+        out,
+    );
 }
 
 #[cfg(test)]
@@ -822,6 +950,170 @@ mod tests {
             (
                 format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 0, window: 1s}}}}]"),
                 "policy acme/p: rate_limit.limit: must be at least 1",
+            ),
+        ];
+        for (doc, want) in cases {
+            let errs = errors_of(&doc);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:#?}"
+            );
+        }
+    }
+
+    /// A real certificate (a.example.com, from edge-node's test data) and its key.
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBxjCCAWugAwIBAgIUSy7Y1QKPWpR5xKuhRq2vlaV15X0wCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQVG9sbGdhdGUgdGVzdCBDQTAgFw0yNjExMjYwOTM1MjBaGA8y\nMTI2MTEwMjA5MzUyMFowGDEWMBQGA1UEAwwNYS5leGFtcGxlLmNvbTBZMBMGByqG\nSM49AgEGCCqGSM49AwEHA0IABGFPyOpkewDDZLL+8PUN1xjqsdzehxR0WeHGIO1Y\n8poazLC3UVxIDcgjkdDepT6uhGgawkuohTMAEK1HQDf1K/mjgY0wgYowGAYDVR0R\nBBEwD4INYS5leGFtcGxlLmNvbTAJBgNVHRMEAjAAMA4GA1UdDwEB/wQEAwIHgDAT\nBgNVHSUEDDAKBggrBgEFBQcDATAdBgNVHQ4EFgQUUzt1YPyUp+Dg0iuOmsJIb4Qy\nVcAwHwYDVR0jBBgwFoAUrV1ZkvYCo0s+ps2su63YSW/KUKIwCgYIKoZIzj0EAwID\nSQAwRgIhANzVbAZpGBOarMwUQoazBaanDdoeQ6PCmddrXMOyG3JaAiEA6eYYyV5O\nDZqG/NZQ2upaOLHg6kbGuqsIARUrrPYxxBY=\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgaN0CTF7tq2MeUVjw\njo0U2loi0OemGzOYrTraICQKHtWhRANCAARhT8jqZHsAw2Sy/vD1DdcY6rHc3ocU\ndFnhxiDtWPKaGsywt1FcSA3II5HQ3qU+roRoGsJLqIUzABCtR0A39Sv5\n-----END PRIVATE KEY-----\n";
+
+    fn certificates(extra: &str) -> String {
+        let cert = CERT.replace('\n', "\\n");
+        format!(
+            "tenants: [{{name: acme}}, {{name: other}}]\ncertificates:\n  - {{name: a, tenant: acme, hosts: [api.example.com, '*.example.com'], cert_pem: \"{cert}\", key_secret: a-key}}\n{extra}"
+        )
+    }
+
+    /// `errors_of` plus the secrets certificates name (secrets are not in documents).
+    fn certificate_errors(yaml: &str, secrets: &[(&str, &str)]) -> Vec<String> {
+        let specs = Document::parse(yaml).unwrap().into_specs();
+        let mut out = Vec::new();
+        for s in &specs {
+            validate_spec(s, &mut out);
+        }
+        let mut config: BTreeMap<_, _> = specs.into_iter().map(|s| (s.key(), s)).collect();
+        for (tenant, name) in secrets {
+            let secret = Spec::Secret(SecretRecord {
+                name: name.to_string(),
+                tenant: tenant.to_string(),
+                sealed: String::new(),
+                key_id: String::new(),
+                updated_ms: 0,
+            });
+            config.insert(secret.key(), secret);
+        }
+        check_references(&config, &mut out);
+        out.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn a_valid_certificate_has_no_errors() {
+        let errs = certificate_errors(&certificates(""), &[("acme", "a-key")]);
+        assert_eq!(errs, Vec::<String>::new());
+        let certs = parse_pem_certificates(&format!("{CERT}{CERT}")).unwrap();
+        assert_eq!(certs.len(), 2, "a chain is several certificates");
+    }
+
+    #[test]
+    fn certificate_errors_name_the_field() {
+        let cases = [
+            (
+                certificates("").replace("CERTIFICATE", "NONSENSE"),
+                "certificate acme/a: cert_pem: no PEM certificate found",
+            ),
+            (
+                certificates("").replace("MII", "!!!"),
+                "certificate acme/a: cert_pem: invalid PEM",
+            ),
+            (
+                certificates("").replace("hosts: [api.example.com, '*.example.com']", "hosts: []"),
+                "certificate acme/a: hosts: at least one host is required",
+            ),
+            (
+                certificates("").replace("'*.example.com'", "'a.*.com'"),
+                "certificate acme/a: hosts[1]: invalid host \"a.*.com\"",
+            ),
+            (
+                certificates("").replace("'*.example.com'", "API.example.com"),
+                "certificate acme/a: hosts[1]: \"API.example.com\" is listed twice",
+            ),
+            (
+                certificates("").replace("key_secret: a-key", "key_secret: a-key, key_pem: x"),
+                "certificate acme/a: key_pem: private keys are not written in documents",
+            ),
+        ];
+        for (doc, want) in cases {
+            let errs = certificate_errors(&doc, &[("acme", "a-key")]);
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:#?}"
+            );
+        }
+        // A private key pasted into cert_pem is refused with a pointer to secrets.
+        let with_key = format!("{CERT}{KEY}");
+        let err = parse_pem_certificates(&with_key).unwrap_err();
+        assert!(err.contains("holds a private key"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_needs_its_key_secret_in_its_tenant() {
+        let errs = certificate_errors(&certificates(""), &[]);
+        assert_eq!(
+            errs,
+            ["certificate acme/a: key_secret: references secret acme/a-key, which does not exist"]
+        );
+        // A secret of that name in another tenant does not count.
+        let errs = certificate_errors(&certificates(""), &[("other", "a-key")]);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+    }
+
+    #[test]
+    fn two_certificates_cannot_claim_one_host_in_any_tenants() {
+        let cert = CERT.replace('\n', "\\n");
+        let second = format!(
+            "  - {{name: b, tenant: other, hosts: [www.example.com, API.Example.com], cert_pem: \"{cert}\", key_secret: b-key}}\n"
+        );
+        let errs = certificate_errors(&certificates(&second), &[("acme", "a-key"), ("other", "b-key")]);
+        assert_eq!(
+            errs,
+            ["certificate other/b: hosts[1]: \"API.Example.com\" is also claimed by certificate acme/a"]
+        );
+        // Within one tenant too; a wildcard and an exact host under it do not conflict.
+        let third = format!(
+            "  - {{name: c, tenant: acme, hosts: ['*.example.com', x.example.com], cert_pem: \"{cert}\", key_secret: a-key}}\n"
+        );
+        let errs = certificate_errors(&certificates(&third), &[("acme", "a-key")]);
+        assert_eq!(
+            errs,
+            ["certificate acme/c: hosts[0]: \"*.example.com\" is also claimed by certificate acme/a"]
+        );
+    }
+
+    #[test]
+    fn upstream_tls_options_are_checked() {
+        let up = |tls: &str, url: &str| {
+            format!("tenants: [{{name: acme}}]\nupstreams: [{{name: be, tenant: acme, targets: [{{url: '{url}'}}], tls: {tls}}}]")
+        };
+        let ca = CERT.replace('\n', "\\n");
+        let ok = [
+            format!("{{ca_pem: \"{ca}\", server_name: internal.example}}"),
+            "{server_name: 10.0.0.1}".to_string(),
+            "{insecure_skip_verify: true}".to_string(),
+        ];
+        for tls in ok {
+            assert_eq!(
+                errors_of(&up(&tls, "https://10.0.0.1:8443")),
+                Vec::<String>::new(),
+                "{tls}"
+            );
+        }
+        let cases = [
+            (
+                up("{ca_pem: nope}", "https://h"),
+                "upstream acme/be: tls.ca_pem: no PEM certificate found",
+            ),
+            (
+                up("{server_name: '*.x'}", "https://h"),
+                "upstream acme/be: tls.server_name: invalid server name",
+            ),
+            (
+                up(
+                    &format!("{{ca_pem: \"{ca}\", insecure_skip_verify: true}}"),
+                    "https://h",
+                ),
+                "upstream acme/be: tls.insecure_skip_verify: cannot be combined with ca_pem",
+            ),
+            (
+                up("{server_name: h}", "http://h"),
+                "upstream acme/be: tls: only used with https targets",
             ),
         ];
         for (doc, want) in cases {

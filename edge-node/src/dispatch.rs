@@ -1,0 +1,269 @@
+//! Proxy phase "upstream pick + send": picks a target with the upstream's balancer, sends
+//! the request there, records the outcome on the target (in flight, latency, passive
+//! ejection), and retries on another target when that is surely safe.
+//!
+//! ```text
+//!  pick(key, tried) ──none left──> 503 no_healthy_upstream (or the last failure)
+//!    │
+//!  send ──answer──> latency; 5xx ? failure : success ──> answer (in flight until its body ends)
+//!    └─ no answer ──> failure ──retry allowed?──yes──> pick another target
+//!                                     └─no──> 502 upstream_error / 504 upstream_timeout
+//! ```
+//!
+//! **Retry rule.** With `retries: N` on the upstream, a failed attempt is retried on a target
+//! this request has not tried yet, at most N times, only when all of these hold:
+//! 1. the method is idempotent: GET, HEAD, OPTIONS, PUT or DELETE (never POST or PATCH);
+//! 2. the request has no body, or an empty one (nothing was read from the client that would
+//!    have to be sent again);
+//! 3. the attempt failed before the upstream could see any of it: no connection could be
+//!    made (refused, unreachable, `timeouts.connect` elapsed).
+//!
+//! Anything the upstream answered, its own 502 or 503 included, goes back to the client as
+//! it is; a `timeouts.request` expiry is not retried either (the upstream may be processing
+//! the request). Each attempt has the full request timeout.
+//!
+//! A failure (an answer of 500 or more, or no answer) counts towards the target's passive
+//! ejection; so does a failed attempt that was retried. An attempt that failed while the
+//! client's body was still streaming is not held against the target (a client that aborts or
+//! trickles uploads must not be able to eject targets). Latency is measured up to the
+//! response headers; an attempt without an answer counts at least `timeouts.connect`, so
+//! that `ewma` does not favour a target that fails fast.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::Empty;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+
+use crate::auth::Consumer;
+use crate::body::{self, ClientBody};
+use crate::endpoint::{self, InFlight};
+use crate::error::{Fault, ProxyError};
+use crate::forward::{self, Forward, SendError};
+use crate::policy::Policies;
+use crate::upstream::UpstreamPool;
+
+/// What sending needs besides the request.
+#[derive(Debug)]
+pub struct Dispatch<'a> {
+    pub pool: &'a UpstreamPool,
+    /// The path to send (after `strip_prefix`), without the target's base path.
+    pub path: &'a str,
+    pub remote: SocketAddr,
+    pub request_id: &'a HeaderValue,
+    pub consumer: Option<&'a Consumer>,
+    /// The protocol the client asked to upgrade to, if any.
+    pub upgrade: Option<&'a HeaderValue>,
+    /// Request header transforms, applied to each attempt.
+    pub policies: &'a Policies,
+}
+
+/// Whether a request may be sent again: an idempotent method and no body to resend.
+pub fn replayable<B: HttpBody>(req: &Request<B>) -> bool {
+    let idempotent = matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    );
+    idempotent && (req.body().is_end_stream() || req.body().size_hint().exact() == Some(0))
+}
+
+/// The request again, with an empty body (only for [`replayable`] requests).
+fn replay(parts: &http::request::Parts) -> Request<Empty<Bytes>> {
+    let mut req = Request::new(Empty::new());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    // What the listener noted about the client (its TLS session, for instance).
+    *req.extensions_mut() = parts.extensions.clone();
+    req
+}
+
+/// Sends `req` to a target of the pool, retrying on others where the retry rule allows.
+pub async fn send<B: ClientBody>(
+    req: Request<B>,
+    d: &Dispatch<'_>,
+) -> Result<Response<Tracked<Incoming>>, ProxyError> {
+    let pool = d.pool;
+    let key = pool.balancer.hash_key(req.headers(), d.remote.ip());
+    if pool.retries == 0 || !replayable(&req) {
+        let i = pool
+            .balancer
+            .pick(key, &[])
+            .ok_or(ProxyError::NoHealthyUpstream)?;
+        return attempt(req, i, d).await.map_err(ProxyError::from);
+    }
+    // The body is empty: keep the head and send it again as often as needed.
+    let (parts, _) = req.into_parts();
+    let mut tried = Vec::with_capacity(2);
+    let mut last = ProxyError::NoHealthyUpstream;
+    while tried.len() <= pool.retries as usize {
+        let Some(i) = pool.balancer.pick(key, &tried) else {
+            break;
+        };
+        tried.push(i);
+        match attempt(replay(&parts), i, d).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) if e.unsent => last = e.error,
+            Err(e) => return Err(e.error),
+        }
+    }
+    Err(last)
+}
+
+async fn attempt<B: ClientBody>(
+    req: Request<B>,
+    i: usize,
+    d: &Dispatch<'_>,
+) -> Result<Response<Tracked<Incoming>>, SendError> {
+    let pool = d.pool;
+    let target = &pool.targets[i];
+    let not_sent = |error| SendError { error, unsent: false };
+    if !target.is_supported() {
+        return Err(not_sent(ProxyError::Upstream(format!(
+            "the edge cannot reach {} (unsupported scheme)",
+            target.url
+        ))));
+    }
+    let mut upstream_req = forward::upstream_request(
+        req,
+        &Forward {
+            target,
+            path: d.path,
+            remote: d.remote,
+            request_id: d.request_id,
+            consumer: d.consumer,
+            upgrade: d.upgrade,
+        },
+    )
+    .map_err(not_sent)?;
+    d.policies.apply_request(upstream_req.headers_mut());
+    // Whether the whole request went out: only then is a missing answer the target's fault.
+    let sent = Arc::new(AtomicBool::new(upstream_req.body().is_end_stream()));
+    if !sent.load(Relaxed) {
+        let done = sent.clone();
+        upstream_req = upstream_req.map(|inner| body::stream(Watched { inner, done }));
+    }
+
+    let endpoint = pool.balancer.endpoint(i);
+    let in_flight = endpoint.start();
+    let started = Instant::now();
+    let result = forward::send(pool, upstream_req).await;
+    let now = endpoint::now();
+    match result {
+        Ok(resp) => {
+            endpoint.observe_rtt(started.elapsed(), now);
+            if resp.status().is_server_error() {
+                failed(d, i, now);
+            } else {
+                endpoint.record_success(now);
+            }
+            Ok(resp.map(|body| Tracked {
+                inner: body,
+                in_flight: Some(in_flight),
+            }))
+        }
+        Err(e) => {
+            if e.error.fault() == Fault::Upstream && (e.unsent || sent.load(Relaxed)) {
+                endpoint.observe_rtt(started.elapsed().max(pool.connect_timeout), now);
+                failed(d, i, now);
+            }
+            tracing::warn!(
+                request_id = d.request_id.to_str().unwrap_or_default(),
+                tenant = %pool.tenant,
+                upstream = %pool.name,
+                target = %target.url,
+                unsent = e.unsent,
+                error = %e.error,
+                "upstream request failed"
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Counts a failure of target `i`, logging an ejection.
+fn failed(d: &Dispatch<'_>, i: usize, now: u64) {
+    let pool = d.pool;
+    if let Some(cool_off) = pool.balancer.endpoint(i).record_failure(now) {
+        tracing::warn!(
+            tenant = %pool.tenant,
+            upstream = %pool.name,
+            target = %pool.targets[i].url,
+            cool_off_ms = cool_off.as_millis() as u64,
+            "target ejected after consecutive failures"
+        );
+    }
+}
+
+/// A request body that notes when it has been sent to the end.
+struct Watched {
+    inner: crate::body::Body,
+    done: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // The client may stop polling once the body says it ended, without waiting for `None`.
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An upstream's answer body that keeps its request counted in flight until it ends (or is
+/// dropped).
+#[derive(Debug)]
+pub struct Tracked<B> {
+    inner: B,
+    in_flight: Option<InFlight>,
+}
+
+impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.in_flight = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests;

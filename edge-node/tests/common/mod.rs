@@ -1,0 +1,307 @@
+//! Shared by the edge's integration tests: a fake control plane (a tonic `ConfigStream`
+//! server pushing one snapshot), a started edge serving a YAML config, scriptable loopback
+//! upstreams, and a small HTTP client. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tollgate_edge::{start, EdgeOptions, RunningEdge};
+use tollgate_proto::model::{Document, Spec};
+use tollgate_proto::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
+use tollgate_proto::v1::{ConfigPush, EdgeMessage, LocalEdgesRequest, LocalEdgesResponse, Resource};
+use tonic::{Status, Streaming};
+
+/// The config version the fake control plane serves.
+pub const VERSION: u64 = 1;
+
+fn resource(spec: &Spec) -> Resource {
+    let key = spec.key();
+    Resource {
+        kind: key.kind.as_str().into(),
+        tenant: key.tenant,
+        name: key.name,
+        version: 1,
+        spec_json: spec.to_json(),
+    }
+}
+
+/// A control plane that answers every stream with one snapshot of `resources`.
+struct FakeCp {
+    resources: Vec<Resource>,
+}
+
+#[tonic::async_trait]
+impl ConfigStream for FakeCp {
+    type StreamStream = ReceiverStream<Result<ConfigPush, Status>>;
+
+    async fn stream(
+        &self,
+        request: tonic::Request<Streaming<EdgeMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let push = ConfigPush {
+            nonce: "snap".into(),
+            version: VERSION,
+            snapshot: true,
+            chunk: 0,
+            chunks: 1,
+            checksum: tollgate_proto::stream::checksum(&self.resources, &[]),
+            upserts: self.resources.clone(),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            if let Ok(Some(_hello)) = inbound.message().await {
+                let _ = tx.send(Ok(push)).await;
+            }
+            // Keep the stream open while the edge talks (ACKs).
+            while let Ok(Some(_)) = inbound.message().await {}
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn local_edges(
+        &self,
+        _: tonic::Request<LocalEdgesRequest>,
+    ) -> Result<tonic::Response<LocalEdgesResponse>, Status> {
+        Ok(tonic::Response::new(LocalEdgesResponse::default()))
+    }
+}
+
+async fn fake_cp(yaml: &str) -> SocketAddr {
+    let resources = Document::parse(yaml)
+        .unwrap()
+        .into_specs()
+        .iter()
+        .map(resource)
+        .collect();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ConfigStreamServer::new(FakeCp { resources }))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    addr
+}
+
+/// A running edge serving one config, and its data directory.
+pub struct TestEdge {
+    pub edge: RunningEdge,
+    _data_dir: tempfile::TempDir,
+}
+
+impl TestEdge {
+    /// Starts an edge whose control plane serves `yaml`; returns once the config is loaded.
+    pub async fn start(yaml: &str) -> TestEdge {
+        let cp = fake_cp(yaml).await;
+        let data_dir = tempfile::tempdir().unwrap();
+        let edge = start(EdgeOptions {
+            node_id: "edge-test".into(),
+            control_planes: vec![format!("http://{cp}")],
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            peer: "127.0.0.1:7900".parse().unwrap(),
+            data_dir: data_dir.path().to_path_buf(),
+            join_token: None,
+            max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
+            tls_listen: None,
+        })
+        .await
+        .unwrap();
+        for _ in 0..200 {
+            if edge.config_version() == Some(VERSION) {
+                return TestEdge {
+                    edge,
+                    _data_dir: data_dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the edge never loaded the config");
+    }
+
+    pub fn proxy(&self) -> SocketAddr {
+        self.edge.proxy_addr()
+    }
+
+    pub async fn shutdown(self) {
+        self.edge.shutdown().await.unwrap();
+    }
+}
+
+/// A loopback upstream whose answers a test steers: `/healthz` answers `health`; anything
+/// else waits `delay_ms`, then answers `status` with the upstream's name as the body.
+#[derive(Debug)]
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub status: AtomicU16,
+    pub health: AtomicU16,
+    pub delay_ms: AtomicU64,
+    /// Requests other than health checks, and how many of them were POSTs.
+    pub hits: AtomicUsize,
+    pub posts: AtomicUsize,
+    pub health_checks: AtomicUsize,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Arc<Backend> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = Arc::new(Backend {
+            name: name.to_string(),
+            addr: listener.local_addr().unwrap(),
+            status: AtomicU16::new(200),
+            health: AtomicU16::new(200),
+            delay_ms: AtomicU64::new(0),
+            hits: AtomicUsize::new(0),
+            posts: AtomicUsize::new(0),
+            health_checks: AtomicUsize::new(0),
+        });
+        let backend = b.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let backend = backend.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let b = backend.clone();
+                        async move { Ok::<_, Infallible>(b.answer(req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        b
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let status = if req.uri().path() == "/healthz" {
+            self.health_checks.fetch_add(1, SeqCst);
+            self.health.load(SeqCst)
+        } else {
+            self.hits.fetch_add(1, SeqCst);
+            if req.method() == Method::POST {
+                self.posts.fetch_add(1, SeqCst);
+            }
+            let delay = self.delay_ms.load(SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            self.status.load(SeqCst)
+        };
+        let mut resp = Response::new(Full::new(Bytes::from(self.name.clone())));
+        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+        resp
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// An address where nothing listens.
+pub async fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A config with upstream `be` (its `targets` and `extra` fields as YAML flow entries) behind
+/// the open service `svc` on `/`.
+pub fn config(targets: &[(String, u32)], extra: &str) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|(url, w)| format!("{{url: '{url}', weight: {w}}}"))
+        .collect();
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(", {extra}")
+    };
+    format!(
+        "tenants: [{{name: acme}}]
+upstreams: [{{name: be, tenant: acme, targets: [{}]{extra}}}]
+services: [{{name: svc, tenant: acme, upstream: be, routes: [{{paths: ['/']}}]}}]
+",
+        targets.join(", ")
+    )
+}
+
+/// An answer: status and body text.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+impl Answer {
+    /// The `error.code` of a JSON error answer.
+    pub fn code(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client.
+#[derive(Clone)]
+pub struct TestClient(Client<HttpConnector, Full<Bytes>>);
+
+impl Default for TestClient {
+    fn default() -> Self {
+        Self(Client::builder(TokioExecutor::new()).build_http())
+    }
+}
+
+impl TestClient {
+    pub async fn send(
+        &self,
+        addr: SocketAddr,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let call = async {
+            let resp = self.0.request(req.body(Full::default()).unwrap()).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            Answer {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the edge answered within 10s")
+    }
+
+    pub async fn get(&self, addr: SocketAddr, path: &str) -> Answer {
+        self.send(addr, Method::GET, path, &[]).await
+    }
+}
