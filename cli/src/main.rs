@@ -78,9 +78,12 @@ enum Command {
     /// Manage secrets (encrypted at rest, never shown)
     #[command(subcommand)]
     Secret(verbs::SecretCmd),
-    /// Manage tokens for operators (cluster-admin) and edge nodes (edge)
+    /// Manage tokens for operators (roles cluster-admin, tenant-admin, tenant-developer,
+    /// viewer) and edge nodes (edge)
     #[command(subcommand)]
     Token(verbs::TokenCmd),
+    /// Who changed what, when: the admin writes, newest first
+    Audit(verbs::AuditArgs),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -139,6 +142,7 @@ fn main() {
             Command::Subscription(c) => verbs::subscription(&g, c).await,
             Command::Secret(c) => verbs::secret(&g, c).await,
             Command::Token(c) => verbs::token(&g, c).await,
+            Command::Audit(a) => verbs::audit(&g, a).await,
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());

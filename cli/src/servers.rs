@@ -192,6 +192,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
         let mut req = tonic::Request::new(CreateTokenRequest {
             role: "edge".into(),
             label: "dev edge".into(),
+            tenant: String::new(),
         });
         req.metadata_mut().insert(
             "authorization",

@@ -126,9 +126,13 @@ pub enum SubscriptionCmd {
 pub enum TokenCmd {
     /// Create a token; it is printed once and stored only as a hash
     Create {
-        /// cluster-admin (the whole admin API) or edge (the config stream, for --join-token)
+        /// cluster-admin, tenant-admin, tenant-developer, viewer, or edge (the config
+        /// stream only, for an edge's --join-token)
         #[arg(long)]
         role: String,
+        /// The tenant a tenant-admin or tenant-developer (required) or viewer is limited to
+        #[arg(long)]
+        tenant: Option<String>,
         #[arg(long, default_value = "")]
         label: String,
     },
@@ -715,11 +719,13 @@ pub async fn cluster(g: &Global, c: ClusterCmd) -> CliResult {
 pub async fn token(g: &Global, c: TokenCmd) -> CliResult {
     let mut client = connect(g).await?;
     match c {
-        TokenCmd::Create { role, label } => {
-            let r = client
-                .create_token(CreateTokenRequest { role, label })
-                .await?
-                .into_inner();
+        TokenCmd::Create { role, tenant, label } => {
+            let req = CreateTokenRequest {
+                role,
+                label,
+                tenant: tenant.unwrap_or_default(),
+            };
+            let r = client.create_token(req).await?.into_inner();
             #[derive(Serialize)]
             struct TokenOut {
                 token: String,
@@ -752,6 +758,7 @@ pub async fn token(g: &Global, c: TokenCmd) -> CliResult {
             struct TokenInfoOut {
                 id: String,
                 role: String,
+                tenant: String,
                 label: String,
                 created_ms: u64,
             }
@@ -761,16 +768,18 @@ pub async fn token(g: &Global, c: TokenCmd) -> CliResult {
                 .map(|t| TokenInfoOut {
                     id: t.id,
                     role: t.role,
+                    tenant: t.tenant,
                     label: t.label,
                     created_ms: t.created_ms,
                 })
                 .collect();
             print(g.output, &list, || {
-                let mut t = Table::new(&["ID", "ROLE", "LABEL", "CREATED"]);
+                let mut t = Table::new(&["ID", "ROLE", "TENANT", "LABEL", "CREATED"]);
                 for tok in &list {
                     t.row(vec![
                         tok.id.clone(),
                         tok.role.clone(),
+                        tok.tenant.clone(),
                         tok.label.clone(),
                         ago(tok.created_ms),
                     ]);
@@ -779,5 +788,112 @@ pub async fn token(g: &Global, c: TokenCmd) -> CliResult {
             });
         }
     }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Only writes that touched this tenant
+    #[arg(long, env = "TOLLGATE_TENANT")]
+    tenant: Option<String>,
+    /// Newest first, at most this many
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+#[derive(Serialize)]
+struct AuditChangeOut {
+    kind: String,
+    tenant: String,
+    name: String,
+    action: String,
+    version_before: u64,
+    version_after: u64,
+}
+
+#[derive(Serialize)]
+struct AuditOut {
+    index: u64,
+    at_ms: u64,
+    actor_token: String,
+    actor_role: String,
+    actor_tenant: String,
+    actor_label: String,
+    action: String,
+    tenants: Vec<String>,
+    error: String,
+    changes: Vec<AuditChangeOut>,
+}
+
+pub async fn audit(g: &Global, a: AuditArgs) -> CliResult {
+    let mut client = connect(g).await?;
+    let r = client
+        .list_audit(ListAuditRequest {
+            tenant: a.tenant.unwrap_or_default(),
+            limit: a.limit,
+        })
+        .await?
+        .into_inner();
+    let list: Vec<AuditOut> = r
+        .records
+        .into_iter()
+        .map(|x| AuditOut {
+            index: x.index,
+            at_ms: x.at_ms,
+            actor_token: x.actor_token,
+            actor_role: x.actor_role,
+            actor_tenant: x.actor_tenant,
+            actor_label: x.actor_label,
+            action: x.action,
+            tenants: x.tenants,
+            error: x.error,
+            changes: x
+                .changes
+                .into_iter()
+                .map(|c| AuditChangeOut {
+                    kind: c.kind,
+                    tenant: c.tenant,
+                    name: c.name,
+                    action: c.action,
+                    version_before: c.version_before,
+                    version_after: c.version_after,
+                })
+                .collect(),
+        })
+        .collect();
+    print(g.output, &list, || {
+        let mut t = Table::new(&["VERSION", "WHEN", "WHO", "ACTION", "RESULT", "CHANGES"]);
+        for x in &list {
+            let who = if x.actor_label.is_empty() {
+                x.actor_token.clone()
+            } else {
+                format!("{} ({}, {})", x.actor_label, x.actor_role, x.actor_token)
+            };
+            let changes: Vec<String> = x
+                .changes
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {} {}/{} v{}->v{}",
+                        c.action, c.kind, c.tenant, c.name, c.version_before, c.version_after
+                    )
+                })
+                .collect();
+            let result = if x.error.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("refused: {}", x.error.lines().next().unwrap_or(""))
+            };
+            t.row(vec![
+                x.index.to_string(),
+                ago(x.at_ms),
+                who,
+                x.action.clone(),
+                result,
+                changes.join("; "),
+            ]);
+        }
+        t.render()
+    });
     Ok(())
 }

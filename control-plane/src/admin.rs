@@ -17,9 +17,18 @@ use tollgate_proto::validate::check_name;
 use tollgate_proto::{Document, Kind, Spec};
 use tonic::{Request, Response, Status};
 
+use crate::access;
 use crate::node::{command_status, forwarded, now_ms, retryable, Node, Route, LEADER_WAIT};
 use crate::secrets::{random_bytes, random_token, write_private};
-use crate::state::{AdminToken, Change as StateChange, Command, Outcome, Role};
+use crate::state::{Actor, AdminToken, Change as StateChange, Command, Outcome, Role};
+
+/// Roles that may use the admin API at all (what each may do is `access`'s business).
+const ADMIN_ROLES: [Role; 4] = [
+    Role::ClusterAdmin,
+    Role::TenantAdmin,
+    Role::TenantDeveloper,
+    Role::Viewer,
+];
 
 /// Largest secret value accepted.
 const MAX_SECRET_BYTES: usize = 64 * 1024;
@@ -45,8 +54,11 @@ macro_rules! lead {
             let result = match $self.node.route(&$req, deadline).await? {
                 Route::Forward(mut client) => client.$method(forwarded(&$req)).await,
                 Route::Local => {
-                    $self.node.authorize(&$req, &[Role::ClusterAdmin])?;
-                    $self.$local($req.get_ref().clone()).await.map(Response::new)
+                    let token = $self.node.authorize(&$req, &ADMIN_ROLES)?;
+                    $self
+                        .$local(&token, $req.get_ref().clone())
+                        .await
+                        .map(Response::new)
                 }
             };
             match result {
@@ -179,8 +191,10 @@ impl Admin for AdminService {
 
     async fn export(&self, req: Request<ExportRequest>) -> Result<Response<ExportResponse>, Status> {
         if req.get_ref().local {
-            self.node.authorize(&req, &[Role::ClusterAdmin])?;
-            return self.export_from_state(req.into_inner().tenant).map(Response::new);
+            let token = self.node.authorize(&req, &ADMIN_ROLES)?;
+            return self
+                .export_from_state(&token, req.into_inner().tenant)
+                .map(Response::new);
         }
         lead!(self, req, export, export_local)
     }
@@ -236,6 +250,13 @@ impl Admin for AdminService {
         lead!(self, req, revoke_token, revoke_token_local)
     }
 
+    async fn list_audit(
+        &self,
+        req: Request<ListAuditRequest>,
+    ) -> Result<Response<ListAuditResponse>, Status> {
+        lead!(self, req, list_audit, list_audit_local)
+    }
+
     async fn list_tokens(
         &self,
         req: Request<ListTokensRequest>,
@@ -270,7 +291,11 @@ impl Admin for AdminService {
     ) -> Result<Response<ClusterStatusResponse>, Status> {
         // Any member answers, even without a leader. A member that has not yet caught up
         // with a new token asks the leader to check it instead.
-        if let Err(denied) = self.node.authorize(&req, &[Role::ClusterAdmin]) {
+        let authorized = self
+            .node
+            .authorize(&req, &ADMIN_ROLES)
+            .and_then(|t| access::cluster(&t));
+        if let Err(denied) = authorized {
             let unknown_token = denied.code() == tonic::Code::Unauthenticated;
             if !unknown_token || req.get_ref().local || self.node.role() == "leader" {
                 return Err(denied);
@@ -292,22 +317,24 @@ impl Admin for AdminService {
     }
 }
 
-/// The leader's side of each call.
+/// The leader's side of each call: checks what the caller's token allows, then acts.
 impl AdminService {
-    async fn apply_local(&self, r: ApplyRequest) -> Result<ApplyResponse, Status> {
+    async fn apply_local(&self, t: &AdminToken, r: ApplyRequest) -> Result<ApplyResponse, Status> {
         let specs = parse_document(&r.document)?;
-        let out = self
-            .node
-            .write(Command::Apply {
-                specs,
-                prune: r.prune,
-            })
-            .await?;
-        Ok(apply_response(out, false))
+        access::write_specs(t, &specs, r.prune)?;
+        let cmd = Command::Apply {
+            specs,
+            prune: r.prune,
+        };
+        Ok(apply_response(
+            self.node.write(cmd, Some(Actor::of(t))).await?,
+            false,
+        ))
     }
 
-    async fn diff_local(&self, r: ApplyRequest) -> Result<ApplyResponse, Status> {
+    async fn diff_local(&self, t: &AdminToken, r: ApplyRequest) -> Result<ApplyResponse, Status> {
         let specs = parse_document(&r.document)?;
+        access::write_specs(t, &specs, r.prune)?;
         self.node.linearizable().await?;
         let cmd = Command::Apply {
             specs,
@@ -317,16 +344,18 @@ impl AdminService {
         Ok(apply_response(out, true))
     }
 
-    async fn export_local(&self, r: ExportRequest) -> Result<ExportResponse, Status> {
+    async fn export_local(&self, t: &AdminToken, r: ExportRequest) -> Result<ExportResponse, Status> {
         self.node.linearizable().await?;
-        self.export_from_state(r.tenant)
+        self.export_from_state(t, r.tenant)
     }
 
-    fn export_from_state(&self, tenant: String) -> Result<ExportResponse, Status> {
-        let (version, doc) = self.node.sm.read(|s| {
-            let t = (!tenant.is_empty()).then_some(tenant.as_str());
-            (s.version, s.export(t))
-        });
+    /// The export a token may see: its tenant's, when it is bound to one.
+    fn export_from_state(&self, t: &AdminToken, tenant: String) -> Result<ExportResponse, Status> {
+        access::read(t, &tenant)?;
+        let scope = access::read_scope(t)?
+            .map(str::to_string)
+            .or((!tenant.is_empty()).then_some(tenant));
+        let (version, doc) = self.node.sm.read(|s| (s.version, s.export(scope.as_deref())));
         let document_json = serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
         Ok(ExportResponse {
             version,
@@ -334,19 +363,21 @@ impl AdminService {
         })
     }
 
-    async fn get_local(&self, r: GetRequest) -> Result<GetResponse, Status> {
+    async fn get_local(&self, t: &AdminToken, r: GetRequest) -> Result<GetResponse, Status> {
         let kind = parse_kind(&r.kind)?;
+        access::read(t, &r.tenant)?;
+        let scope = access::read_scope(t)?.map(str::to_string);
         self.node.linearizable().await?;
+        let in_tenant = |k: &tollgate_proto::ResourceKey, tenant: &str| {
+            k.tenant == tenant || (k.kind == Kind::Tenant && k.name == tenant)
+        };
         let (version, resources) = self.node.sm.read(|s| {
             let list: Vec<Resource> = s
                 .resources
                 .iter()
                 .filter(|(k, _)| k.kind == kind)
-                .filter(|(k, _)| {
-                    r.tenant.is_empty()
-                        || k.tenant == r.tenant
-                        || (kind == Kind::Tenant && k.name == r.tenant)
-                })
+                .filter(|(k, _)| r.tenant.is_empty() || in_tenant(k, &r.tenant))
+                .filter(|(k, _)| scope.as_deref().is_none_or(|own| in_tenant(k, own)))
                 .filter(|(k, _)| r.name.is_empty() || k.name == r.name)
                 .map(|(k, stored)| shown_resource(k, stored))
                 .collect();
@@ -363,7 +394,7 @@ impl AdminService {
         Ok(GetResponse { version, resources })
     }
 
-    async fn delete_local(&self, r: DeleteRequest) -> Result<ApplyResponse, Status> {
+    async fn delete_local(&self, t: &AdminToken, r: DeleteRequest) -> Result<ApplyResponse, Status> {
         let key = r.key.ok_or_else(|| Status::invalid_argument("key is required"))?;
         let kind = parse_kind(&key.kind)?;
         let tenant = if kind == Kind::Tenant {
@@ -374,16 +405,25 @@ impl AdminService {
         if kind != Kind::Tenant && tenant.is_empty() {
             return Err(Status::invalid_argument("tenant is required (--tenant)"));
         }
+        access::delete(t, kind, if kind == Kind::Tenant { &key.name } else { &tenant })?;
         let cmd = Command::Delete {
             key: tollgate_proto::ResourceKey::new(kind, tenant, key.name),
             expected_version: (r.expected_version != 0).then_some(r.expected_version),
         };
-        Ok(apply_response(self.node.write(cmd).await?, false))
+        Ok(apply_response(
+            self.node.write(cmd, Some(Actor::of(t))).await?,
+            false,
+        ))
     }
 
-    async fn create_key_local(&self, r: CreateKeyRequest) -> Result<CreateKeyResponse, Status> {
+    async fn create_key_local(
+        &self,
+        t: &AdminToken,
+        r: CreateKeyRequest,
+    ) -> Result<CreateKeyResponse, Status> {
         check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
         check_name(&r.app).map_err(|e| invalid("app", e))?;
+        access::manage_keys(t, &r.tenant)?;
         if r.label.len() > 200 {
             return Err(invalid("label", "must be at most 200 characters".into()));
         }
@@ -401,7 +441,10 @@ impl AdminService {
             label: (!r.label.is_empty()).then_some(r.label),
             created_ms: now_ms(),
         };
-        let out = self.node.write(Command::CreateKey(record)).await?;
+        let out = self
+            .node
+            .write(Command::CreateKey(record), Some(Actor::of(t)))
+            .await?;
         Ok(CreateKeyResponse {
             key,
             id,
@@ -409,17 +452,23 @@ impl AdminService {
         })
     }
 
-    async fn revoke_key_local(&self, r: RevokeKeyRequest) -> Result<ApplyResponse, Status> {
+    async fn revoke_key_local(&self, t: &AdminToken, r: RevokeKeyRequest) -> Result<ApplyResponse, Status> {
+        access::manage_keys(t, &r.tenant)?;
         // Accept the whole key as well as its id.
         let id = parse_key(&r.id).map(str::to_string).unwrap_or(r.id);
-        let out = self
-            .node
-            .write(Command::RevokeKey { tenant: r.tenant, id })
-            .await?;
-        Ok(apply_response(out, false))
+        let cmd = Command::RevokeKey { tenant: r.tenant, id };
+        Ok(apply_response(
+            self.node.write(cmd, Some(Actor::of(t))).await?,
+            false,
+        ))
     }
 
-    async fn decide_subscription_local(&self, r: DecideSubscriptionRequest) -> Result<ApplyResponse, Status> {
+    async fn decide_subscription_local(
+        &self,
+        t: &AdminToken,
+        r: DecideSubscriptionRequest,
+    ) -> Result<ApplyResponse, Status> {
+        access::administer(t, &r.tenant, "decide subscriptions")?;
         let status = SubscriptionStatus::parse(&r.status).ok_or_else(|| {
             invalid(
                 "status",
@@ -434,12 +483,16 @@ impl AdminService {
             id: r.id,
             status,
         };
-        Ok(apply_response(self.node.write(cmd).await?, false))
+        Ok(apply_response(
+            self.node.write(cmd, Some(Actor::of(t))).await?,
+            false,
+        ))
     }
 
-    async fn set_secret_local(&self, r: SetSecretRequest) -> Result<ApplyResponse, Status> {
+    async fn set_secret_local(&self, t: &AdminToken, r: SetSecretRequest) -> Result<ApplyResponse, Status> {
         check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
         check_name(&r.name).map_err(|e| invalid("name", e))?;
+        access::administer(t, &r.tenant, "set secrets")?;
         if r.value.is_empty() || r.value.len() > MAX_SECRET_BYTES {
             return Err(invalid("value", format!("must be 1 to {MAX_SECRET_BYTES} bytes")));
         }
@@ -456,28 +509,73 @@ impl AdminService {
             .seal(&r.tenant, &r.name, &r.value, now_ms())
             .map_err(internal)?;
         Ok(apply_response(
-            self.node.write(Command::PutSecret(record)).await?,
+            self.node
+                .write(Command::PutSecret(record), Some(Actor::of(t)))
+                .await?,
             false,
         ))
     }
 
-    async fn delete_secret_local(&self, r: DeleteSecretRequest) -> Result<ApplyResponse, Status> {
+    async fn delete_secret_local(
+        &self,
+        t: &AdminToken,
+        r: DeleteSecretRequest,
+    ) -> Result<ApplyResponse, Status> {
+        access::administer(t, &r.tenant, "delete secrets")?;
         let cmd = Command::DeleteSecret {
             tenant: r.tenant,
             name: r.name,
         };
-        Ok(apply_response(self.node.write(cmd).await?, false))
+        Ok(apply_response(
+            self.node.write(cmd, Some(Actor::of(t))).await?,
+            false,
+        ))
     }
 
-    async fn create_token_local(&self, r: CreateTokenRequest) -> Result<CreateTokenResponse, Status> {
+    async fn create_token_local(
+        &self,
+        t: &AdminToken,
+        r: CreateTokenRequest,
+    ) -> Result<CreateTokenResponse, Status> {
+        let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
         let role = Role::parse(&r.role)
-            .ok_or_else(|| invalid("role", format!("{:?}: use cluster-admin or edge", r.role)))?;
+            .ok_or_else(|| invalid("role", format!("{:?}: use one of {}", r.role, roles.join(", "))))?;
+        let tenant = (!r.tenant.is_empty()).then_some(r.tenant);
+        match (&tenant, role) {
+            (None, role) if role.needs_tenant() => {
+                return Err(invalid(
+                    "tenant",
+                    format!("a {} token needs --tenant", role.as_str()),
+                ))
+            }
+            (Some(_), Role::ClusterAdmin | Role::Edge) => {
+                return Err(invalid(
+                    "tenant",
+                    format!("a {} token is not bound to a tenant", role.as_str()),
+                ))
+            }
+            (Some(tn), _) => check_name(tn).map_err(|e| invalid("tenant", e))?,
+            _ => {}
+        }
+        if let Some(tn) = &tenant {
+            let exists = self.node.sm.read(|s| {
+                s.resources
+                    .contains_key(&tollgate_proto::ResourceKey::new(Kind::Tenant, "", tn.as_str()))
+            });
+            if !exists {
+                return Err(Status::not_found(format!("tenant {tn} not found")));
+            }
+        }
+        access::create_token(t, role, tenant.as_deref())?;
         if r.label.len() > 200 {
             return Err(invalid("label", "must be at most 200 characters".into()));
         }
-        let (token, record) = mint_token(role, r.label)?;
+        let (token, record) = mint_token(role, tenant, r.label)?;
         let id = record.id.clone();
-        let out = self.node.write(Command::AddAdminToken(record)).await?;
+        let out = self
+            .node
+            .write(Command::AddAdminToken(record), Some(Actor::of(t)))
+            .await?;
         Ok(CreateTokenResponse {
             token,
             id,
@@ -485,28 +583,75 @@ impl AdminService {
         })
     }
 
-    async fn revoke_token_local(&self, r: RevokeTokenRequest) -> Result<ApplyResponse, Status> {
+    async fn revoke_token_local(
+        &self,
+        t: &AdminToken,
+        r: RevokeTokenRequest,
+    ) -> Result<ApplyResponse, Status> {
+        let other = self
+            .node
+            .sm
+            .read(|s| s.admin_tokens.values().find(|x| x.id == r.id).cloned());
+        let other = other.ok_or_else(|| Status::not_found(format!("token {} not found", r.id)))?;
+        access::manage_token(t, &other)?;
+        let cmd = Command::RevokeAdminToken { id: r.id };
         Ok(apply_response(
-            self.node.write(Command::RevokeAdminToken { id: r.id }).await?,
+            self.node.write(cmd, Some(Actor::of(t))).await?,
             false,
         ))
     }
 
-    async fn list_tokens_local(&self, _r: ListTokensRequest) -> Result<ListTokensResponse, Status> {
+    async fn list_tokens_local(
+        &self,
+        t: &AdminToken,
+        _r: ListTokensRequest,
+    ) -> Result<ListTokensResponse, Status> {
+        access::audit_scope(t)?;
         self.node.linearizable().await?;
         let mut tokens: Vec<TokenInfo> = self.node.sm.read(|s| {
             s.admin_tokens
                 .values()
-                .map(|t| TokenInfo {
-                    id: t.id.clone(),
-                    role: t.role.as_str().into(),
-                    label: t.label.clone(),
-                    created_ms: t.created_ms,
+                .filter(|x| access::manage_token(t, x).is_ok())
+                .map(|x| TokenInfo {
+                    id: x.id.clone(),
+                    role: x.role.as_str().into(),
+                    label: x.label.clone(),
+                    created_ms: x.created_ms,
+                    tenant: x.tenant.clone().unwrap_or_default(),
                 })
                 .collect()
         });
         tokens.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(ListTokensResponse { tokens })
+    }
+
+    async fn list_audit_local(
+        &self,
+        t: &AdminToken,
+        r: ListAuditRequest,
+    ) -> Result<ListAuditResponse, Status> {
+        let scope = access::audit_scope(t)?.map(str::to_string);
+        if let Some(own) = &scope {
+            if !r.tenant.is_empty() && &r.tenant != own {
+                return Err(Status::permission_denied(format!(
+                    "a tenant-admin token of tenant {own} cannot read tenant {}",
+                    r.tenant
+                )));
+            }
+        }
+        let tenant = scope.or((!r.tenant.is_empty()).then_some(r.tenant));
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(10_000) } as usize;
+        self.node.linearizable().await?;
+        let records = self.node.sm.read(|s| {
+            s.audit
+                .iter()
+                .rev()
+                .filter(|a| tenant.as_ref().is_none_or(|tn| a.tenants.contains(tn)))
+                .take(limit)
+                .map(audit_to_proto)
+                .collect()
+        });
+        Ok(ListAuditResponse { records })
     }
 
     /// `cluster init`: makes this node a one-node cluster and mints the bootstrap token.
@@ -541,11 +686,14 @@ impl AdminService {
             .current_leader(node.id, "become leader after init")
             .await
             .map_err(|e| Status::unavailable(format!("no leader after init: {e}")))?;
-        let (admin_token, record) = mint_token(Role::ClusterAdmin, "bootstrap".into())?;
-        node.write(Command::Bootstrap {
-            token: record,
-            master_key_id: node.master_key.id().to_string(),
-        })
+        let (admin_token, record) = mint_token(Role::ClusterAdmin, None, "bootstrap".into())?;
+        node.write(
+            Command::Bootstrap {
+                token: record,
+                master_key_id: node.master_key.id().to_string(),
+            },
+            None,
+        )
         .await
         .map_err(|s| match s.code() {
             tonic::Code::Aborted => Status::failed_precondition("cluster is already initialized"),
@@ -561,7 +709,12 @@ impl AdminService {
         })
     }
 
-    async fn add_node_local(&self, r: AddNodeRequest) -> Result<ClusterStatusResponse, Status> {
+    async fn add_node_local(
+        &self,
+        t: &AdminToken,
+        r: AddNodeRequest,
+    ) -> Result<ClusterStatusResponse, Status> {
+        access::cluster(t)?;
         if r.node_id == 0 {
             return Err(invalid("node_id", "must be above zero".into()));
         }
@@ -590,7 +743,12 @@ impl AdminService {
         Ok(crate::status::cluster_status(&self.node, None).await)
     }
 
-    async fn remove_node_local(&self, r: RemoveNodeRequest) -> Result<ClusterStatusResponse, Status> {
+    async fn remove_node_local(
+        &self,
+        t: &AdminToken,
+        r: RemoveNodeRequest,
+    ) -> Result<ClusterStatusResponse, Status> {
+        access::cluster(t)?;
         let id = r.node_id;
         let (is_voter, known) = {
             let m = self.node.raft.metrics().borrow().membership_config.clone();
@@ -623,10 +781,10 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 /// A fresh random token and its stored form.
-fn mint_token(role: Role, label: String) -> Result<(String, AdminToken), Status> {
+fn mint_token(role: Role, tenant: Option<String>, label: String) -> Result<(String, AdminToken), Status> {
     let prefix = match role {
-        Role::ClusterAdmin => "tga_",
         Role::Edge => "tge_",
+        _ => "tga_",
     };
     let token = random_token(prefix).map_err(internal)?;
     let sha256 = sha256_hex(token.as_bytes());
@@ -634,10 +792,38 @@ fn mint_token(role: Role, label: String) -> Result<(String, AdminToken), Status>
         id: sha256[..12].to_string(),
         sha256,
         role,
+        tenant,
         label,
         created_ms: now_ms(),
     };
     Ok((token, record))
+}
+
+fn audit_to_proto(a: &crate::state::AuditRecord) -> AuditRecord {
+    let actor = a.actor.as_ref();
+    AuditRecord {
+        index: a.index,
+        at_ms: a.at_ms,
+        actor_token: actor.map_or_else(|| "bootstrap".into(), |x| x.token_id.clone()),
+        actor_role: actor.map(|x| x.role.as_str().to_string()).unwrap_or_default(),
+        actor_tenant: actor.and_then(|x| x.tenant.clone()).unwrap_or_default(),
+        actor_label: actor.map(|x| x.label.clone()).unwrap_or_default(),
+        action: a.action.clone(),
+        tenants: a.tenants.clone(),
+        error: a.error.clone().unwrap_or_default(),
+        changes: a
+            .changes
+            .iter()
+            .map(|c| AuditChange {
+                kind: c.kind.clone(),
+                tenant: c.tenant.clone(),
+                name: c.name.clone(),
+                action: c.action.as_str().into(),
+                version_before: c.version_before,
+                version_after: c.version_after,
+            })
+            .collect(),
+    }
 }
 
 /// A peer address must be host:port and name one host (not `0.0.0.0`).

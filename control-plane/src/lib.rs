@@ -12,6 +12,7 @@
 //! and is validated where it is applied, so replicas never diverge and a rejected change
 //! writes nothing.
 
+pub mod access;
 pub mod admin;
 pub mod http;
 pub mod node;

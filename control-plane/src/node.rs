@@ -11,11 +11,13 @@ use tollgate_proto::keys::sha256_hex;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::Status;
+
+type GrpcRequest<T> = tonic::Request<T>;
 
 use crate::raft::{Channels, NodeId, Raft, MAX_MESSAGE_BYTES};
 use crate::secrets::MasterKey;
-use crate::state::{AdminToken, Command, CommandError, Outcome, Role};
+use crate::state::{Actor, AdminToken, Command, CommandError, Outcome, Request, Role};
 use crate::store::StateMachineStore;
 use crate::stream::EdgeRegistry;
 
@@ -95,7 +97,7 @@ impl Node {
 
     /// The token of a call, checked against this node's state: it must exist and have one
     /// of `roles`.
-    pub fn authorize<T>(&self, req: &Request<T>, roles: &[Role]) -> Result<AdminToken, Status> {
+    pub fn authorize<T>(&self, req: &GrpcRequest<T>, roles: &[Role]) -> Result<AdminToken, Status> {
         let token = req
             .metadata()
             .get("authorization")
@@ -117,7 +119,7 @@ impl Node {
 
     /// Decides whether this node answers `req` or forwards it to the leader, waiting for an
     /// election in progress to finish.
-    pub async fn route<T>(&self, req: &Request<T>, deadline: Instant) -> Result<Route, Status> {
+    pub async fn route<T>(&self, req: &GrpcRequest<T>, deadline: Instant) -> Result<Route, Status> {
         if !self.is_initialized().await {
             return Err(Status::failed_precondition(
                 "cluster not initialized: run `tollgate cluster init` on one node",
@@ -178,9 +180,14 @@ impl Node {
         }
     }
 
-    /// Commits `cmd` through Raft (this node must be the leader).
-    pub async fn write(&self, cmd: Command) -> Result<Outcome, Status> {
-        match self.raft.client_write(cmd).await {
+    /// Commits `cmd`, asked for by `actor`, through Raft (this node must be the leader).
+    pub async fn write(&self, cmd: Command, actor: Option<Actor>) -> Result<Outcome, Status> {
+        let req = Request {
+            command: cmd,
+            actor,
+            at_ms: now_ms(),
+        };
+        match self.raft.client_write(req).await {
             Ok(resp) => match resp.data.result {
                 Some(Ok(outcome)) => Ok(outcome),
                 Some(Err(e)) => Err(command_status(e)),
@@ -220,8 +227,8 @@ impl Node {
 }
 
 /// A copy of `req` for the leader, with its metadata, marked as forwarded.
-pub fn forwarded<T: Clone>(req: &Request<T>) -> Request<T> {
-    let mut copy = Request::new(req.get_ref().clone());
+pub fn forwarded<T: Clone>(req: &GrpcRequest<T>) -> GrpcRequest<T> {
+    let mut copy = GrpcRequest::new(req.get_ref().clone());
     *copy.metadata_mut() = req.metadata().clone();
     copy.metadata_mut()
         .insert(FORWARDED, MetadataValue::from_static("1"));

@@ -29,14 +29,14 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::state::{Command, CommandResponse};
+use crate::state::{CommandResponse, Request as LogRequest};
 
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
     /// Tollgate's Raft types: commands in, command responses out, nodes known by gRPC address.
     pub TypeConfig:
-        D = Command,
+        D = LogRequest,
         R = CommandResponse,
         NodeId = NodeId,
         Node = BasicNode,

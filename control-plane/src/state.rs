@@ -70,6 +70,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// The tenants this command touches.
+    pub fn tenants(&self) -> Vec<String> {
+        let mut t: Vec<String> = match self {
+            Command::Apply { specs, .. } => Document::tenants_named(specs).into_iter().collect(),
+            Command::Delete { key, .. } if key.kind == Kind::Tenant => vec![key.name.clone()],
+            Command::Delete { key, .. } => vec![key.tenant.clone()],
+            Command::CreateKey(k) => vec![k.tenant.clone()],
+            Command::RevokeKey { tenant, .. }
+            | Command::SetSubscriptionStatus { tenant, .. }
+            | Command::DeleteSecret { tenant, .. } => vec![tenant.clone()],
+            Command::PutSecret(s) => vec![s.tenant.clone()],
+            Command::AddAdminToken(t) => t.tenant.iter().cloned().collect(),
+            Command::Bootstrap { .. } | Command::RevokeAdminToken { .. } => Vec::new(),
+        };
+        t.sort();
+        t.dedup();
+        t
+    }
+
     /// Commands that only read are answered without the log; everything here writes.
     pub fn describe(&self) -> &'static str {
         match self {
@@ -91,26 +110,44 @@ impl Command {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
-    /// Everything in the admin API.
+    /// Everything in the admin API, every tenant.
     ClusterAdmin,
+    /// Everything about one tenant: config, keys, subscription decisions, secrets, its tokens.
+    TenantAdmin,
+    /// In one tenant: read everything, manage apps, their keys and subscription requests.
+    TenantDeveloper,
+    /// Read only (one tenant, or all when the token has none).
+    Viewer,
     /// Only the config stream (edge nodes).
     Edge,
 }
 
 impl Role {
+    pub const ALL: [Role; 5] = [
+        Role::ClusterAdmin,
+        Role::TenantAdmin,
+        Role::TenantDeveloper,
+        Role::Viewer,
+        Role::Edge,
+    ];
+
     pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "cluster-admin" => Some(Role::ClusterAdmin),
-            "edge" => Some(Role::Edge),
-            _ => None,
-        }
+        Role::ALL.into_iter().find(|r| r.as_str() == s)
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::ClusterAdmin => "cluster-admin",
+            Role::TenantAdmin => "tenant-admin",
+            Role::TenantDeveloper => "tenant-developer",
+            Role::Viewer => "viewer",
             Role::Edge => "edge",
         }
+    }
+
+    /// Roles that are always bound to one tenant.
+    pub fn needs_tenant(self) -> bool {
+        matches!(self, Role::TenantAdmin | Role::TenantDeveloper)
     }
 }
 
@@ -121,8 +158,71 @@ pub struct AdminToken {
     pub id: String,
     pub sha256: String,
     pub role: Role,
+    /// The tenant a tenant-bound role (or a viewer) is limited to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub label: String,
     pub created_ms: u64,
+}
+
+/// Who asked for a change, as the audit log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// Id of the token used (never the token).
+    pub token_id: String,
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub label: String,
+}
+
+impl Actor {
+    pub fn of(token: &AdminToken) -> Actor {
+        Actor {
+            token_id: token.id.clone(),
+            role: token.role,
+            tenant: token.tenant.clone(),
+            label: token.label.clone(),
+        }
+    }
+}
+
+/// One entry of the Raft log: a command, who asked for it and when (on the node that
+/// proposed it, so that applying it is deterministic).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub command: Command,
+    /// `None` only for `cluster init`, which no token can have asked for.
+    pub actor: Option<Actor>,
+    pub at_ms: u64,
+}
+
+/// How many audit records the cluster keeps (older ones are dropped first).
+pub const AUDIT_CAPACITY: usize = 50_000;
+
+/// One admin write, as `tollgate audit` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// The Raft index of the write: the config version after it, when it succeeded.
+    pub index: u64,
+    pub at_ms: u64,
+    pub actor: Option<Actor>,
+    pub action: String,
+    /// Tenants the command touched (empty for cluster-wide ones).
+    pub tenants: Vec<String>,
+    /// `None` when it succeeded; why it was refused otherwise.
+    pub error: Option<String>,
+    pub changes: Vec<AuditChange>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditChange {
+    pub kind: String,
+    pub tenant: String,
+    pub name: String,
+    pub action: Action,
+    pub version_before: u64,
+    pub version_after: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +306,9 @@ pub struct ConfigState {
     /// Id of the master key the cluster's secrets are sealed with (set by `cluster init`).
     #[serde(default)]
     pub master_key_id: Option<String>,
+    /// The newest admin writes, oldest first (at most [`AUDIT_CAPACITY`]).
+    #[serde(default)]
+    pub audit: std::collections::VecDeque<AuditRecord>,
     /// Index of the last command applied (the global config version).
     pub version: u64,
 }
@@ -221,6 +324,49 @@ struct Plan {
 
 impl ConfigState {
     /// Applies `cmd` at log `index`. All or nothing.
+    /// Applies one log entry and records it in the audit log, whether it succeeded or not.
+    pub fn apply_request(&mut self, index: u64, req: &Request) -> Result<Outcome, CommandError> {
+        let mut tenants = req.command.tenants();
+        if let Command::RevokeAdminToken { id } = &req.command {
+            tenants.extend(
+                self.admin_tokens
+                    .values()
+                    .filter(|t| &t.id == id)
+                    .filter_map(|t| t.tenant.clone()),
+            );
+        }
+        let result = self.apply(index, &req.command);
+        let changes = match &result {
+            Ok(out) => out
+                .changes
+                .iter()
+                .filter(|c| c.action != Action::Unchanged)
+                .map(|c| AuditChange {
+                    kind: c.key.kind.as_str().into(),
+                    tenant: c.key.tenant.clone(),
+                    name: c.key.name.clone(),
+                    action: c.action,
+                    version_before: c.old_version,
+                    version_after: if c.new.is_some() { index } else { 0 },
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        self.audit.push_back(AuditRecord {
+            index,
+            at_ms: req.at_ms,
+            actor: req.actor.clone(),
+            action: req.command.describe().into(),
+            tenants,
+            error: result.as_ref().err().map(ToString::to_string),
+            changes,
+        });
+        while self.audit.len() > AUDIT_CAPACITY {
+            self.audit.pop_front();
+        }
+        result
+    }
+
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, CommandError> {
         self.version = index;
         let done = Ok(Outcome {

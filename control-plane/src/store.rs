@@ -384,7 +384,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::default(),
                     EntryPayload::Normal(cmd) => CommandResponse {
-                        result: Some(inner.data.state.apply(entry.log_id.index, &cmd)),
+                        result: Some(inner.data.state.apply_request(entry.log_id.index, &cmd)),
                     },
                     EntryPayload::Membership(m) => {
                         inner.data.membership = StoredMembership::new(Some(entry.log_id), m);
@@ -467,7 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn state_survives_reopen_through_snapshot() -> anyhow::Result<()> {
-        use crate::state::Command;
+        use crate::state::{Command, Request};
         let dir = tempfile::tempdir()?;
         {
             let db = open(dir.path())?;
@@ -477,7 +477,11 @@ mod tests {
                 .into_specs();
             let entry = Entry::<TypeConfig> {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), 7),
-                payload: EntryPayload::Normal(Command::Apply { specs, prune: false }),
+                payload: EntryPayload::Normal(Request {
+                    command: Command::Apply { specs, prune: false },
+                    actor: None,
+                    at_ms: 0,
+                }),
             };
             let out = sm.apply([entry]).await?;
             assert!(matches!(out[0].result, Some(Ok(_))));
