@@ -114,8 +114,15 @@ pub enum SubscriptionCmd {
         #[arg(long, env = "TOLLGATE_TENANT")]
         tenant: String,
     },
-    /// Reject a subscription, ID = <app>:<service>
+    /// Reject a subscription request, ID = <app>:<service>
     Reject {
+        id: String,
+        #[arg(long, env = "TOLLGATE_TENANT")]
+        tenant: String,
+    },
+    /// Revoke an approved subscription (the app is refused from then on; re-applying a file
+    /// that names it keeps it revoked), ID = <app>:<service>
+    Revoke {
         id: String,
         #[arg(long, env = "TOLLGATE_TENANT")]
         tenant: String,
@@ -500,9 +507,10 @@ pub async fn key(g: &Global, c: KeyCmd) -> CliResult {
 }
 
 pub async fn subscription(g: &Global, c: SubscriptionCmd) -> CliResult {
-    let (id, tenant, status) = match c {
-        SubscriptionCmd::Approve { id, tenant } => (id, tenant, "approved"),
-        SubscriptionCmd::Reject { id, tenant } => (id, tenant, "rejected"),
+    let (id, tenant, status, done) = match c {
+        SubscriptionCmd::Approve { id, tenant } => (id, tenant, "approved", "approved"),
+        SubscriptionCmd::Reject { id, tenant } => (id, tenant, "rejected", "rejected"),
+        SubscriptionCmd::Revoke { id, tenant } => (id, tenant, "rejected", "revoked"),
     };
     let mut client = connect(g).await?;
     let r = client
@@ -515,7 +523,7 @@ pub async fn subscription(g: &Global, c: SubscriptionCmd) -> CliResult {
         .into_inner();
     let out = apply_out(r);
     print(g.output, &out, || {
-        format!("subscription {id} {status} (config version {})\n", out.version)
+        format!("subscription {id} {done} (config version {})\n", out.version)
     });
     Ok(())
 }
