@@ -70,6 +70,7 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallibl
                 .body(full(""))
                 .unwrap()
         }
+        "/unhealthy" => Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(full("sick")).unwrap(),
         "/upload" => {
             let n = req
                 .into_body()
@@ -111,6 +112,7 @@ tenants: [{{name: t}}]
 upstreams:
   - {{name: up, tenant: t, targets: [{{url: "http://{up}"}}], timeouts: {{connect: 1s, request: 1s}}}}
   - {{name: dead, tenant: t, targets: [{{url: "http://127.0.0.1:{dead}"}}]}}
+  - {{name: sick, tenant: t, targets: [{{url: "http://{up}"}}], health: {{path: /unhealthy, interval: 200ms, unhealthy_after: 1}}}}
 policies:
   - {{name: small, tenant: t, request_size: {{max_bytes: 1000}}}}
   - {{name: hdrs, tenant: t, headers: {{request: {{add: {{x-added: yes}}, remove: [x-drop]}}, response: {{remove: [x-upstream-secret], add: {{x-served-by: tollgate}}}}}}}}
@@ -118,6 +120,7 @@ services:
   - {{name: main, tenant: t, upstream: up, policies: [hdrs], routes: [{{paths: ["/"]}}]}}
   - {{name: limited, tenant: t, upstream: up, policies: [small], routes: [{{paths: ["/limited"], strip_prefix: true}}]}}
   - {{name: gone, tenant: t, upstream: dead, routes: [{{paths: ["/dead"]}}]}}
+  - {{name: ill, tenant: t, upstream: sick, routes: [{{paths: ["/ill"]}}]}}
 "#
     )
 }
@@ -194,6 +197,17 @@ async fn proxying_through_a_real_edge() {
         started.elapsed() < Duration::from_millis(2500),
         "the request timeout (1s) was not applied"
     );
+    // 503 when no target is healthy (the active check fails).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let body = loop {
+        let (status, _, body) = get(e, "/ill").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the health check never took the target out: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(error_code(&body), "no_healthy_upstream");
     let (status, _, body) = get(e, "/nothing-here-but-main-catches-all").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
