@@ -10,8 +10,9 @@
 # Each proxy gets core 1 (taskset); wrk and the upstream share core 0. Each proxy is warmed
 # up, then driven by wrk for the same duration, one after the other. A last scenario drives
 # Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key).
-# Prints requests/s, p50, p99, the proxy's CPU use (100% = its core saturated), how busy the
-# load core was (wrk + upstream), and the ratios, then a Markdown table.
+# Prints requests/s, p50, p99, the proxy's CPU use (100% = its core saturated) and CPU time
+# per request (user + system), how busy the load core was (wrk + upstream), and the ratios,
+# then a Markdown table.
 #
 # Everything listens on 127.0.0.1 only; every process it starts is stopped on exit.
 #
@@ -23,7 +24,8 @@
 #   SKIP_BUILD=1       use the existing target/release/tollgate
 #   TOLLGATE_BIN=path  use this tollgate binary (implies SKIP_BUILD=1)
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
-#   PERF_OUT=dir       also record each measured proxy with `perf record -g` into dir
+#   PERF_OUT=dir       also record each measured proxy with `perf record` into dir
+#                      (PERF_FREQ=499, PERF_CALLGRAPH=dwarf,16384 by default)
 #                      (perf runs on the load core; it perturbs the figures a little)
 set -euo pipefail
 
@@ -46,25 +48,25 @@ for v in DURATION WARMUP CONNECTIONS THREADS PROXY_CPU LOAD_CPU BASE_PORT; do
 done
 
 # --- tools --------------------------------------------------------------------------------
-apt_updated=0
+APT_UPDATED=0
+apt_update_once() {
+  [[ $APT_UPDATED -eq 1 ]] && return 0
+  [[ $(id -u) -eq 0 ]] || die "missing tools (nginx, wrk, curl); install them (needs root) and run again"
+  log "apt-get update"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  APT_UPDATED=1
+}
 apt_install() {
-  [[ $(id -u) -eq 0 ]] || die "missing $*; install it (needs root) and run again"
-  if [[ $apt_updated -eq 0 ]]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    apt_updated=1
-  fi
+  apt_update_once
   log "apt-get install -y $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  # RUNLEVEL=1: the package's scripts must not start a system-wide nginx on port 80.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "$@" >/dev/null
 }
 has_candidate() { apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [0-9]'; }
 
 if ! command -v nginx >/dev/null; then
-  # Debian 12 has both; from Debian 13 on nginx-light is only a transitional package.
-  if [[ $apt_updated -eq 0 ]] && [[ $(id -u) -eq 0 ]]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    apt_updated=1
-  fi
+  apt_update_once
+  # `nginx` is the real package on Debian 12 and 13 (nginx-light is transitional from 13 on).
   if has_candidate nginx; then apt_install nginx; else apt_install nginx-light; fi
 fi
 command -v wrk >/dev/null || apt_install wrk
@@ -244,16 +246,18 @@ wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 401
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 200 -H "apikey: $KEY"
 
 # --- measurement --------------------------------------------------------------------------
-# CPU time (clock ticks) used so far by a process and its children threads/processes.
+# "user system" CPU time (clock ticks) used so far by a process (all its threads) and its
+# child processes (nginx's worker).
 cpu_ticks() {
-  local total=0 pid f
+  local user=0 sys=0 pid f
   for pid in "$1" $(pgrep -P "$1" || true); do
     f=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
     f=${f##*) }                      # drop "pid (comm) "
     read -r -a a <<<"$f"
-    total=$((total + a[11] + a[12])) # utime, stime (fields 14 and 15)
+    user=$((user + a[11]))           # utime (field 14)
+    sys=$((sys + a[12]))             # stime (field 15)
   done
-  echo "$total"
+  echo "$user $sys"
 }
 HZ=$(getconf CLK_TCK)
 
@@ -283,7 +287,7 @@ if ((QUIET > 5)); then
   log "warning: the machine is ${QUIET}% busy before the load starts; the figures will be skewed"
 fi
 
-declare -A RPS P50 P99 CPU LOAD OTHER NON2XX ERRS
+declare -A RPS P50 P99 CPU USEC LOAD OTHER NON2XX ERRS
 run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
   local label=$1 pid=$2 url=$3 out="$TMP/wrk-$1.txt" t0 t1 l0 l1 p0 p1 perf_pid=
   shift 3
@@ -292,7 +296,7 @@ run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
   log "$label: ${DURATION}s, $CONNECTIONS connections, $THREADS thread(s)"
   if [[ -n "${PERF_OUT:-}" ]]; then
     mkdir -p "$PERF_OUT"
-    taskset -c "$LOAD_CPU" perf record -F 499 -g -p "$pid" -o "$PERF_OUT/$label.perf.data" \
+    taskset -c "$LOAD_CPU" perf record -F "${PERF_FREQ:-499}" --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -p "$pid" -o "$PERF_OUT/$label.perf.data" \
       -- sleep "$DURATION" >"$PERF_OUT/$label.perf.log" 2>&1 &
     perf_pid=$!
   fi
@@ -312,7 +316,11 @@ run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
   P99[$label]=$(to_ms "$(awk '$1 == "99%" {print $2}' "$out")")
   NON2XX[$label]=$(awk '/Non-2xx or 3xx responses:/ {print $NF}' "$out")
   ERRS[$label]=$(awk '/Socket errors:/ {gsub(",", ""); print $4 + $6 + $8 + $10}' "$out")
-  CPU[$label]=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v s="$DURATION" 'BEGIN {printf "%.0f", 100 * d / hz / s}')
+  CPU[$label]=$(awk -v a="$t0" -v b="$t1" -v hz="$HZ" -v s="$DURATION" \
+    'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", 100 * (y[1] + y[2] - x[1] - x[2]) / hz / s}')
+  # CPU microseconds per request, user + system
+  USEC[$label]=$(awk -v a="$t0" -v b="$t1" -v hz="$HZ" -v n="$(awk '/requests in/ {print $1}' "$out")" \
+    'BEGIN {split(a, x, " "); split(b, y, " "); u = 1e6 * (y[1] - x[1]) / hz / n; k = 1e6 * (y[2] - x[2]) / hz / n; printf "%.1f (%.1f + %.1f)", u + k, u, k}')
   # time the proxy's core spent on anything but the proxy (other processes, interrupts)
   OTHER[$label]=$(($(busy_pct "$p0" "$p1") - CPU[$label]))
   if ((OTHER[$label] > 10)); then
@@ -339,9 +347,9 @@ cat <<EOF
 
 wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (core $LOAD_CPU, with the upstream); each proxy on core $PROXY_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'). Machine busy before the load: ${QUIET}% (of all cores); other work on core $PROXY_CPU during the runs: ${OTHER[nginx]}%, ${OTHER[tollgate]}%, ${OTHER[tollgate-auth]}%.
 
-| proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | core $LOAD_CPU busy | ratio |
-| --- | ---: | ---: | ---: | ---: | ---: | --- |
-| nginx, reverse proxy | ${RPS[nginx]} | ${P50[nginx]} | ${P99[nginx]} | ${CPU[nginx]}% | ${LOAD[nginx]}% | 1.00 (baseline) |
-| Tollgate, no policies | ${RPS[tollgate]} | ${P50[tollgate]} | ${P99[tollgate]} | ${CPU[tollgate]}% | ${LOAD[tollgate]}% | **${R_TG}x nginx** (target >= 0.8x: $(verdict "$R_TG" 0.8)) |
-| Tollgate, API-key auth | ${RPS[tollgate-auth]} | ${P50[tollgate-auth]} | ${P99[tollgate-auth]} | ${CPU[tollgate-auth]}% | ${LOAD[tollgate-auth]}% | **${R_AUTH}x no-policy** (target >= 0.9x: $(verdict "$R_AUTH" 0.9)) |
+| proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | CPU µs/request (user + sys) | core $LOAD_CPU busy | ratio |
+| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+| nginx, reverse proxy | ${RPS[nginx]} | ${P50[nginx]} | ${P99[nginx]} | ${CPU[nginx]}% | ${USEC[nginx]} | ${LOAD[nginx]}% | 1.00 (baseline) |
+| Tollgate, no policies | ${RPS[tollgate]} | ${P50[tollgate]} | ${P99[tollgate]} | ${CPU[tollgate]}% | ${USEC[tollgate]} | ${LOAD[tollgate]}% | **${R_TG}x nginx** (target >= 0.8x: $(verdict "$R_TG" 0.8)) |
+| Tollgate, API-key auth | ${RPS[tollgate-auth]} | ${P50[tollgate-auth]} | ${P99[tollgate-auth]} | ${CPU[tollgate-auth]}% | ${USEC[tollgate-auth]} | ${LOAD[tollgate-auth]}% | **${R_AUTH}x no-policy** (target >= 0.9x: $(verdict "$R_AUTH" 0.9)) |
 EOF

@@ -4,6 +4,7 @@
 //! Exit codes: 0 success, 1 failure, 2 bad usage, 3 not authenticated, 4 not found,
 //! 5 conflict (stale resource_version), 6 control plane unavailable.
 
+mod cert;
 mod client;
 mod output;
 mod servers;
@@ -39,6 +40,15 @@ pub struct Global {
     /// Output format
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Cluster CA (PEM) trusted for an https:// --server
+    #[arg(long, global = true, env = "TOLLGATE_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) presented to an https:// --server (with --tls-key)
+    #[arg(long, global = true, env = "TOLLGATE_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, global = true, env = "TOLLGATE_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,6 +94,9 @@ enum Command {
     Token(verbs::TokenCmd),
     /// Who changed what, when: the admin writes, newest first
     Audit(verbs::AuditArgs),
+    /// Create a CA and certificates for mTLS inside the cluster (offline)
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
     /// Print shell completions
     Completions {
         #[arg(value_enum)]
@@ -130,8 +143,14 @@ fn main() {
         let g = cli.global;
         match cli.command {
             Command::Dev(a) => servers::dev(a).await,
-            Command::ControlPlane(a) => servers::control_plane(a).await,
-            Command::Edge(a) => servers::edge(a).await,
+            Command::ControlPlane(mut a) => {
+                a.tls.inherit(&g);
+                servers::control_plane(a).await
+            }
+            Command::Edge(mut a) => {
+                a.tls.inherit(&g);
+                servers::edge(a).await
+            }
             Command::Cluster(c) => verbs::cluster(&g, c).await,
             Command::Apply(a) => verbs::apply(&g, a).await,
             Command::Diff(a) => verbs::diff(&g, a).await,
@@ -143,6 +162,7 @@ fn main() {
             Command::Secret(c) => verbs::secret(&g, c).await,
             Command::Token(c) => verbs::token(&g, c).await,
             Command::Audit(a) => verbs::audit(&g, a).await,
+            Command::Cert(c) => cert::cert(c),
             Command::Completions { shell } => {
                 use clap::CommandFactory;
                 clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());

@@ -60,6 +60,8 @@ pub struct ControlPlaneArgs {
     /// (default <data-dir>/master.key, created when missing)
     #[arg(long, env = "TOLLGATE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tls: crate::cert::ClusterTlsArgs,
 }
 
 #[derive(Args)]
@@ -89,6 +91,21 @@ pub struct EdgeArgs {
     /// off when not given
     #[arg(long, value_parser = parse_addr)]
     tls_listen: Option<SocketAddr>,
+    /// How long a client may send no request body bytes before its request is abandoned
+    /// (408, or the exchange is cut once the answer has started)
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    body_read_timeout: std::time::Duration,
+    // mTLS towards the control plane (then its URLs are https://).
+    #[command(flatten)]
+    pub(crate) tls: crate::cert::ClusterTlsArgs,
+}
+
+/// A positive duration such as `30s` or `500ms`.
+fn parse_timeout(s: &str) -> Result<std::time::Duration, String> {
+    match s.parse::<tollgate_proto::duration::HumanDuration>()?.0 {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -135,6 +152,7 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
         join: a.join,
         join_token: a.token,
         master_key_file: a.master_key_file,
+        tls: a.tls.files()?,
     };
     tollgate_control_plane::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -151,6 +169,12 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         join_token: a.join_token,
         max_connections: a.max_connections,
         tls_listen: a.tls_listen,
+        body_read_timeout: a.body_read_timeout,
+        cluster_tls: a.tls.files()?.map(|f| tollgate_edge::ClusterTlsFiles {
+            ca: f.ca,
+            cert: f.cert,
+            key: f.key,
+        }),
     };
     tollgate_edge::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -166,6 +190,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
         join: None,
         join_token: None,
         master_key_file: None,
+        tls: None,
     })
     .await?;
     let server = format!("http://{}", cp.grpc_addr);
@@ -220,6 +245,8 @@ pub async fn dev(a: DevArgs) -> CliResult {
             join_token: Some(edge_token),
             max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
             tls_listen: a.tls_listen,
+            body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
+            cluster_tls: None,
         },
         async move {
             let _ = edge_stopped.await;

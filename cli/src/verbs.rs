@@ -69,7 +69,7 @@ pub struct ExportArgs {
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// tenant, upstream, service, policy, app, subscription, jwt_issuer, ai_provider, certificate, api_key, secret
+    /// tenant, upstream, service, policy, app, subscription, jwt_issuer, oauth2_introspection, ai_provider, certificate, api_key, secret
     kind: String,
     name: Option<String>,
     #[arg(long, env = "TOLLGATE_TENANT")]
@@ -366,6 +366,7 @@ fn describe(kind: &str, spec: &serde_json::Value) -> String {
         "subscription" => s("status"),
         "api_key" => format!("app={} {}", s("app"), s("label")),
         "jwt_issuer" => s("issuer"),
+        "oauth2_introspection" => format!("{} client_id={}", s("url"), s("client_id")),
         "ai_provider" => format!("{} {}", s("kind"), s("base_url")),
         "certificate" => {
             let hosts: Vec<&str> = spec["hosts"]

@@ -8,6 +8,9 @@
 //!   --http  ── hyper ──── /healthz, /metrics
 //! ```
 //!
+//! With `--tls-cert/--tls-key/--tls-ca` the `--grpc` port and every connection the node opens
+//! run over mutual TLS ([`mtls`]); without them, plaintext.
+//!
 //! Invariant: every change to the config goes through the Raft log as one [`state::Command`]
 //! and is validated where it is applied, so replicas never diverge and a rejected change
 //! writes nothing.
@@ -15,6 +18,7 @@
 pub mod access;
 pub mod admin;
 pub mod http;
+pub mod mtls;
 pub mod node;
 pub mod raft;
 pub mod secrets;
@@ -54,6 +58,9 @@ pub struct ControlPlaneOptions {
     pub join_token: Option<String>,
     /// Master key for secrets; `<data-dir>/master.key` when not set.
     pub master_key_file: Option<PathBuf>,
+    /// mTLS inside the cluster: this node's certificate and key and the cluster CA; `None`
+    /// serves and connects in plaintext.
+    pub tls: Option<mtls::TlsFiles>,
 }
 
 /// A running control-plane node.
@@ -107,9 +114,21 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         anyhow::anyhow!("--advertise: {e} (when --grpc binds all interfaces, set --advertise host:port)")
     })?;
 
-    // Peers prove membership with a credential derived from the shared master key.
+    let tls = match opts.tls.clone() {
+        Some(files) => Some(Arc::new(
+            mtls::ClusterTls::load(files, &addr)
+                .context("loading the cluster tls files (--tls-cert, --tls-key, --tls-ca)")?,
+        )),
+        None => None,
+    };
+
+    // Peers prove membership with a credential derived from the shared master key (under
+    // mTLS too: a certificate of the cluster CA does not tell a member from an edge).
     let credential = master_key.derive("tollgate raft v1");
-    let channels = raft::Channels::default();
+    let channels = raft::Channels::new(tls.as_ref().map(|t| t.connector()));
+    if let Some(url) = &opts.join {
+        mtls::endpoint(url, channels.tls()).map_err(|e| anyhow::anyhow!("--join: {e}"))?;
+    }
     let raft = raft::Raft::new(
         opts.node_id,
         Arc::new(raft::config().validate()?),
@@ -135,7 +154,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let mut tasks = Vec::new();
-    let server = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(
@@ -148,8 +167,20 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
             RaftServer::new(raft::RaftService::new(raft, opts.node_id, credential.clone()))
                 .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(raft::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stopped.clone()));
+        );
+    let server: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
+    > = match &tls {
+        Some(t) => Box::pin(
+            router.serve_with_incoming_shutdown(mtls::incoming(grpc, t.clone()), wait(stopped.clone())),
+        ),
+        None => {
+            Box::pin(router.serve_with_incoming_shutdown(TcpListenerStream::new(grpc), wait(stopped.clone())))
+        }
+    };
+    if let Some(t) = &tls {
+        tasks.push(tokio::spawn(t.clone().watch(wait(stopped.clone()))));
+    }
     tasks.push(tokio::spawn(async move {
         if let Err(e) = server.await {
             tracing::error!(error = %e, "grpc server failed");
@@ -162,15 +193,15 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
     )));
     if let Some(url) = opts.join.clone() {
         let token = opts.join_token.clone().unwrap_or_default();
-        let (id, stopped) = (opts.node_id, stopped.clone());
+        let (id, stopped, tls) = (opts.node_id, stopped.clone(), node.channels.tls().cloned());
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                r = join(url, token, id, addr) => if let Err(e) = r { tracing::error!(error = %e, "join failed") },
+                r = join(url, token, id, addr, tls) => if let Err(e) = r { tracing::error!(error = %e, "join failed") },
                 _ = wait(stopped) => {}
             }
         }));
     }
-    tracing::info!(node = opts.node_id, grpc = %grpc_addr, http = %http_addr, "control plane started");
+    tracing::info!(node = opts.node_id, grpc = %grpc_addr, http = %http_addr, mtls = tls.is_some(), "control plane started");
     Ok(ControlPlane {
         node,
         grpc_addr,
@@ -181,11 +212,24 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
 }
 
 /// Asks the member at `url` to add this node, retrying for a minute while it is unreachable.
-async fn join(url: String, token: String, node_id: u64, addr: String) -> anyhow::Result<()> {
+async fn join(
+    url: String,
+    token: String,
+    node_id: u64,
+    addr: String,
+    tls: Option<mtls::Connector>,
+) -> anyhow::Result<()> {
+    let endpoint = mtls::endpoint(&url, tls.as_ref())
+        .map_err(|e| anyhow::anyhow!("--join: {e}"))?
+        .connect_timeout(Duration::from_secs(3));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = async {
-            let mut client = AdminClient::connect(url.clone()).await?;
+            let channel = match &tls {
+                Some(c) => endpoint.connect_with_connector(c.clone()).await?,
+                None => endpoint.connect().await?,
+            };
+            let mut client = AdminClient::new(channel);
             let mut req = tonic::Request::new(AddNodeRequest {
                 node_id,
                 addr: addr.clone(),

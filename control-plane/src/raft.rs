@@ -6,7 +6,9 @@
 //! the transport never needs to change when openraft's messages do; snapshot chunks travel
 //! as raw bytes beside the JSON. Every call carries the cluster credential (derived from the
 //! master key all members share) and is refused without it: the Raft service shares the
-//! `--grpc` port with the admin API, so it must not trust the network.
+//! `--grpc` port with the admin API, so it must not trust the network. Under mTLS the
+//! credential stays as a second factor: a certificate from the cluster CA is also what edges
+//! and operators hold, so it proves "inside the cluster", and the credential proves "member".
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -29,6 +31,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::mtls::Connector;
 use crate::state::{CommandResponse, Request as LogRequest};
 
 pub type NodeId = u64;
@@ -71,28 +74,43 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Metadata key of the cluster credential on Raft calls.
 pub const CLUSTER_CREDENTIAL: &str = "x-tollgate-cluster";
 
-/// A lazily connecting gRPC channel to `addr` (host:port).
-pub fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+/// A lazily connecting gRPC channel to `addr` (host:port), over mTLS when `tls` is given.
+pub fn channel(addr: &str, tls: Option<&Connector>) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
-        .connect_lazy())
+        .tcp_nodelay(true);
+    Ok(crate::mtls::connect_lazy(endpoint, tls))
 }
 
-/// Channels to peers by address, shared by Raft replication and call forwarding; a channel
-/// reconnects by itself, so one per peer is enough.
+/// Channels to peers by address, shared by Raft replication, call forwarding, the status
+/// fan-out and the add-node probe; a channel reconnects by itself, so one per peer is
+/// enough. Under mTLS each (re)connection presents the node's current certificate.
 #[derive(Clone, Default)]
 pub struct Channels {
     cache: Arc<Mutex<HashMap<String, Channel>>>,
+    tls: Option<Connector>,
 }
 
 impl Channels {
+    /// Channels that connect over mTLS with `tls`, or in plaintext without it.
+    pub fn new(tls: Option<Connector>) -> Self {
+        Self {
+            cache: Default::default(),
+            tls,
+        }
+    }
+
+    /// The mTLS connector, when the cluster runs mTLS.
+    pub fn tls(&self) -> Option<&Connector> {
+        self.tls.as_ref()
+    }
+
     pub fn get(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
         let mut cache = self.cache.lock().expect("channel cache poisoned");
         if let Some(c) = cache.get(addr) {
             return Ok(c.clone());
         }
-        let c = channel(addr)?;
+        let c = channel(addr, self.tls.as_ref())?;
         cache.insert(addr.to_string(), c.clone());
         Ok(c)
     }
@@ -329,7 +347,10 @@ pub async fn probe(
         tonic::Code::PermissionDenied => format!(
             "node at {addr} refused this cluster's credential: it must use the same master key file as the cluster"
         ),
-        _ => format!("node at {addr} did not answer: {}", s.message()),
+        _ => match crate::mtls::tls_failure(&s) {
+            Some(reason) => format!("node at {addr}: mTLS failed: {reason}"),
+            None => format!("node at {addr} did not answer: {}", s.message()),
+        },
     })?;
     let v: serde_json::Value = serde_json::from_slice(&reply.into_inner().json).unwrap_or_default();
     match v["node_id"].as_u64() {

@@ -16,7 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use tollgate_proto::model::{ApiKey, SecretRecord, ServiceState, Subscription, SubscriptionStatus};
 use tollgate_proto::validate::{
-    check_certificate_hosts, check_duplicates, check_spec_references, references, validate_spec,
+    check_certificate_hosts, check_duplicates, check_jwt_issuers, check_spec_references, references,
+    validate_spec,
 };
 use tollgate_proto::{Document, Kind, ResourceKey, Spec};
 
@@ -317,7 +318,7 @@ pub struct ConfigState {
 struct Plan {
     writes: BTreeMap<ResourceKey, Option<Spec>>,
     /// Unchanged resources that still get a new version, so edges receive them again (a
-    /// certificate whose key secret changed).
+    /// certificate, JWT issuer or introspection endpoint whose secret changed).
     resend: Vec<ResourceKey>,
     changes: Vec<Change>,
 }
@@ -581,7 +582,7 @@ impl ConfigState {
         self.settle_subscriptions(&mut writes);
         self.check_result(&writes)?;
         let resend = match cmd {
-            Command::PutSecret(s) => self.certificates_using(&s.tenant, &s.name),
+            Command::PutSecret(s) => self.secret_users(&s.tenant, &s.name),
             _ => Vec::new(),
         };
         let mut changes: Vec<Change> = writes
@@ -604,7 +605,7 @@ impl ConfigState {
                 }
             })
             .collect();
-        // Re-sent certificates count as updated: they get a new version, and edges the key.
+        // Re-sent resources count as updated: they get a new version, and edges the secret.
         changes.extend(resend.iter().filter_map(|key| {
             let stored = self.get(key)?;
             Some(Change {
@@ -624,12 +625,16 @@ impl ConfigState {
         })
     }
 
-    /// Certificates whose private key is secret `tenant/name`.
-    fn certificates_using(&self, tenant: &str, name: &str) -> Vec<ResourceKey> {
+    /// Streamed resources that carry secret `tenant/name` to edges (certificates' keys, JWT
+    /// issuers' HS keys, introspection client secrets).
+    fn secret_users(&self, tenant: &str, name: &str) -> Vec<ResourceKey> {
+        let secret = ResourceKey::new(Kind::Secret, tenant, name);
         self.resources
             .iter()
             .filter(|(k, s)| {
-                k.tenant == tenant && matches!(&s.spec, Spec::Certificate(c) if c.key_secret == name)
+                k.kind.is_streamed()
+                    && k.tenant == tenant
+                    && references(k, &s.spec).iter().any(|(_, target)| *target == secret)
             })
             .map(|(k, _)| k.clone())
             .collect()
@@ -728,6 +733,25 @@ impl ConfigState {
             check_certificate_hosts(
                 result.into_iter().filter_map(|(k, s)| match s {
                     Spec::Certificate(c) => Some((k, c)),
+                    _ => None,
+                }),
+                &mut errors,
+            );
+        }
+        // An `iss` names one issuer per tenant.
+        let writes_issuer = writes.values().any(|s| matches!(s, Some(Spec::JwtIssuer(_))));
+        if writes_issuer {
+            let stored = self
+                .resources
+                .iter()
+                .filter(|(k, _)| !writes.contains_key(*k))
+                .map(|(k, s)| (k, &s.spec));
+            let written = writes.iter().filter_map(|(k, s)| s.as_ref().map(|s| (k, s)));
+            let mut result: Vec<(&ResourceKey, &Spec)> = stored.chain(written).collect();
+            result.sort_by(|a, b| a.0.cmp(b.0));
+            check_jwt_issuers(
+                result.into_iter().filter_map(|(k, s)| match s {
+                    Spec::JwtIssuer(j) => Some((k, j)),
                     _ => None,
                 }),
                 &mut errors,

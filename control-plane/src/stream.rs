@@ -19,10 +19,12 @@
 //! Edges authenticate with a token of role `edge` (`tollgate token create --role edge`,
 //! given to the edge as `--join-token`).
 //!
-//! Secrets are never streamed, with one exception an edge cannot do without: a certificate
-//! is sent with its private key (`key_pem`), opened from its `key_secret` with this node's
-//! master key as the push is built. The key exists in plaintext only in that push and on the
-//! edge (memory, and its owner-only last-known-good file); the Raft log, snapshots and
+//! Secrets are never streamed, with the exceptions an edge cannot do without, each opened
+//! with this node's master key as the push is built: a certificate is sent with its private
+//! key (`key_pem`, from `key_secret`), a JWT issuer with its HS key (`hs_key_hex`, from
+//! `hs_secret`), an OAuth2 introspection endpoint with its client secret (`client_secret`,
+//! from `client_secret_secret`). They exist in plaintext only in that push and on the edge
+//! (memory, and its owner-only last-known-good file); the Raft log, snapshots and
 //! `get`/`export` hold only the sealed secret.
 
 use std::collections::BTreeMap;
@@ -132,34 +134,63 @@ pub fn to_resource(key: &tollgate_proto::ResourceKey, spec: &tollgate_proto::Spe
     }
 }
 
-/// A resource as an edge receives it: a certificate carries its private key, opened from its
-/// key secret. When the key cannot be opened (another master key, a corrupt record) the
-/// certificate goes without it and the edge refuses it, naming the certificate.
+/// Opens secret `tenant/name` with this node's master key.
+fn open_secret(state: &ConfigState, keys: &MasterKey, tenant: &str, name: &str) -> Result<Vec<u8>, String> {
+    let secret_key = tollgate_proto::ResourceKey::new(Kind::Secret, tenant, name);
+    match state.resources.get(&secret_key).map(|s| &s.spec) {
+        Some(Spec::Secret(record)) => keys.open(record).map_err(|e| e.to_string()),
+        _ => Err(format!("{secret_key} does not exist")),
+    }
+}
+
+fn utf8(value: Vec<u8>, what: &str) -> Result<String, String> {
+    String::from_utf8(value).map_err(|_| format!("the {what} is not UTF-8 text"))
+}
+
+/// A resource as an edge receives it: a certificate carries its private key, a JWT issuer its
+/// HS key, an introspection endpoint its client secret, each opened from the secret it
+/// names. When a secret cannot be opened (another master key, a corrupt record) the resource
+/// goes without it and the edge refuses it, naming the resource. Values are never logged.
 fn streamed(
     state: &ConfigState,
     keys: &MasterKey,
     key: &tollgate_proto::ResourceKey,
     stored: &Stored,
 ) -> Resource {
-    let Spec::Certificate(cert) = &stored.spec else {
-        return to_resource(key, &stored.spec, stored.version);
+    let warn = |e: String| {
+        tracing::warn!(resource = %key, error = %e, "cannot open the secret this resource names; sending it without");
     };
-    let secret_key = tollgate_proto::ResourceKey::new(Kind::Secret, &key.tenant, &cert.key_secret);
-    let opened = match state.resources.get(&secret_key).map(|s| &s.spec) {
-        Some(Spec::Secret(record)) => keys
-            .open(record)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| String::from_utf8(pem).map_err(|_| "the key is not UTF-8 PEM text".into())),
-        _ => Err(format!("{secret_key} does not exist")),
-    };
-    let mut cert = cert.clone();
-    match opened {
-        Ok(pem) => cert.key_pem = Some(pem),
-        Err(e) => {
-            tracing::warn!(certificate = %key, error = %e, "cannot open the certificate's private key; sending it without")
+    let spec = match &stored.spec {
+        Spec::Certificate(cert) => {
+            let mut cert = cert.clone();
+            match open_secret(state, keys, &key.tenant, &cert.key_secret).and_then(|v| utf8(v, "key")) {
+                Ok(pem) => cert.key_pem = Some(pem),
+                Err(e) => warn(e),
+            }
+            Spec::Certificate(cert)
         }
-    }
-    to_resource(key, &Spec::Certificate(cert), stored.version)
+        Spec::JwtIssuer(j) if j.hs_secret.is_some() => {
+            let mut j = j.clone();
+            let name = j.hs_secret.clone().unwrap_or_default();
+            match open_secret(state, keys, &key.tenant, &name) {
+                Ok(v) => j.hs_key_hex = Some(hex(&v)),
+                Err(e) => warn(e),
+            }
+            Spec::JwtIssuer(j)
+        }
+        Spec::Oauth2Introspection(o) => {
+            let mut o = o.clone();
+            match open_secret(state, keys, &key.tenant, &o.client_secret_secret)
+                .and_then(|v| utf8(v, "client secret"))
+            {
+                Ok(secret) => o.client_secret = Some(secret),
+                Err(e) => warn(e),
+            }
+            Spec::Oauth2Introspection(o)
+        }
+        _ => return to_resource(key, &stored.spec, stored.version),
+    };
+    to_resource(key, &spec, stored.version)
 }
 
 fn nonce() -> String {
@@ -637,6 +668,62 @@ mod tests {
             err.to_string()
                 .contains("key_pem: private keys are not written in documents"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn issuers_and_introspection_carry_their_opened_secrets_and_are_resent() {
+        let keys = test_key();
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, "tenants: [{name: t}]");
+        for (i, (name, value)) in [("hs", "first"), ("cs", "client-secret")].iter().enumerate() {
+            let record = keys.seal("t", name, value.as_bytes(), 0).unwrap();
+            s.apply(2 + i as u64, &Command::PutSecret(record)).unwrap();
+        }
+        apply(
+            &mut s,
+            4,
+            "jwt_issuers: [{name: i, tenant: t, issuer: x, algorithms: [HS256], hs_secret: hs}]\noauth2_introspections: [{name: o, tenant: t, url: 'https://idp/i', client_id: gw, client_secret_secret: cs}]",
+        );
+        let pushed = |pushes: &[ConfigPush], kind: &str| -> Spec {
+            let r = pushes
+                .iter()
+                .flat_map(|p| &p.upserts)
+                .find(|r| r.kind == kind)
+                .unwrap();
+            Spec::from_json(Kind::parse(kind).unwrap(), &r.spec_json).unwrap()
+        };
+        let snapshot = pushes_since(&s, 0, false, &keys);
+        let Spec::JwtIssuer(j) = pushed(&snapshot, "jwt_issuer") else {
+            unreachable!()
+        };
+        assert_eq!(j.hs_key_hex.as_deref(), Some(hex(b"first").as_str()));
+        let Spec::Oauth2Introspection(o) = pushed(&snapshot, "oauth2_introspection") else {
+            unreachable!()
+        };
+        assert_eq!(o.client_secret.as_deref(), Some("client-secret"));
+
+        // Setting the secret again re-sends the issuer with the new key.
+        let record = keys.seal("t", "hs", b"second", 0).unwrap();
+        s.apply(5, &Command::PutSecret(record)).unwrap();
+        let delta = pushes_since(&s, 4, false, &keys);
+        assert!(!delta[0].snapshot);
+        let Spec::JwtIssuer(j) = pushed(&delta, "jwt_issuer") else {
+            unreachable!()
+        };
+        assert_eq!(j.hs_key_hex.as_deref(), Some(hex(b"second").as_str()));
+        assert!(delta
+            .iter()
+            .flat_map(|p| &p.upserts)
+            .all(|r| r.kind != "oauth2_introspection"));
+
+        // Never stored or exported.
+        let stored = serde_json::to_string(&s).unwrap();
+        assert!(!stored.contains("client-secret") && !stored.contains(&hex(b"second")));
+        let exported = serde_yaml::to_string(&s.export(None)).unwrap();
+        assert!(
+            !exported.contains("hs_key_hex") && !exported.contains("client_secret:"),
+            "{exported}"
         );
     }
 

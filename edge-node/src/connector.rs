@@ -88,7 +88,7 @@ fn client_config(tls: Option<&UpstreamTls>) -> Result<ClientConfig, String> {
 }
 
 /// Mozilla's roots, built once.
-fn default_roots() -> &'static RootCertStore {
+pub(crate) fn default_roots() -> &'static RootCertStore {
     static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
     ROOTS.get_or_init(|| RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()))
 }

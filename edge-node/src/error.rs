@@ -29,12 +29,29 @@ pub enum ProxyError {
     MissingCredential,
     #[error("the credential is not valid")]
     InvalidCredential,
+    /// A JWT or OAuth2 token was refused; the reason is a fixed text (never token content).
+    #[error("the token is not valid: {0}")]
+    InvalidToken(&'static str),
+    #[error("the token has expired")]
+    TokenExpired,
+    /// The JWT's issuer publishes its keys at a URL the edge could not fetch yet.
+    #[error("the signing keys of the token's issuer are unavailable")]
+    JwksUnavailable,
+    /// The OAuth2 introspection endpoint is down or answered garbage: fail closed.
+    #[error("the token cannot be checked now: the introspection endpoint is unavailable")]
+    IntrospectionUnavailable,
     #[error("the app is not subscribed to this api")]
     NotSubscribed,
     #[error("the app's subscription to this api awaits approval")]
     SubscriptionPending,
     #[error("this api is retired")]
     ApiRetired,
+    #[error("the client address is not allowed")]
+    IpDenied,
+    #[error("the origin, method or headers of this cors preflight are not allowed")]
+    CorsDenied,
+    #[error("the client stopped sending the request body")]
+    BodyTimeout,
     #[error("the edge has no config yet")]
     NotReady,
     #[error("no healthy upstream target")]
@@ -57,10 +74,18 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MissingCredential | ProxyError::InvalidCredential => StatusCode::UNAUTHORIZED,
-            ProxyError::NotSubscribed | ProxyError::SubscriptionPending | ProxyError::ApiRetired => {
-                StatusCode::FORBIDDEN
-            }
+            ProxyError::MissingCredential
+            | ProxyError::InvalidCredential
+            | ProxyError::InvalidToken(_)
+            | ProxyError::TokenExpired
+            | ProxyError::JwksUnavailable => StatusCode::UNAUTHORIZED,
+            ProxyError::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NotSubscribed
+            | ProxyError::SubscriptionPending
+            | ProxyError::ApiRetired
+            | ProxyError::IpDenied
+            | ProxyError::CorsDenied => StatusCode::FORBIDDEN,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -78,6 +103,10 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::MissingCredential => "missing_credential",
             ProxyError::InvalidCredential => "invalid_credential",
+            ProxyError::InvalidToken(_) => "invalid_token",
+            ProxyError::TokenExpired => "token_expired",
+            ProxyError::JwksUnavailable => "jwks_unavailable",
+            ProxyError::IntrospectionUnavailable => "introspection_unavailable",
             ProxyError::NotSubscribed => "not_subscribed",
             ProxyError::SubscriptionPending => "subscription_pending",
             ProxyError::ApiRetired => "api_retired",
@@ -87,6 +116,9 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::IpDenied => "ip_denied",
+            ProxyError::CorsDenied => "cors_denied",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::HeadersTooLarge => "headers_too_large",
         }
     }
@@ -97,12 +129,20 @@ impl ProxyError {
             | ProxyError::NoRoute
             | ProxyError::MissingCredential
             | ProxyError::InvalidCredential
+            | ProxyError::InvalidToken(_)
+            | ProxyError::TokenExpired
             | ProxyError::NotSubscribed
             | ProxyError::SubscriptionPending
             | ProxyError::ApiRetired
+            | ProxyError::IpDenied
+            | ProxyError::CorsDenied
+            | ProxyError::BodyTimeout
             | ProxyError::BodyTooLarge
             | ProxyError::HeadersTooLarge => Fault::Client,
-            ProxyError::Upstream(_) | ProxyError::UpstreamTimeout => Fault::Upstream,
+            ProxyError::Upstream(_)
+            | ProxyError::UpstreamTimeout
+            | ProxyError::JwksUnavailable
+            | ProxyError::IntrospectionUnavailable => Fault::Upstream,
             ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
                 Fault::Gateway
             }
@@ -115,6 +155,8 @@ impl ProxyError {
             self,
             ProxyError::Upstream(_)
                 | ProxyError::UpstreamTimeout
+                | ProxyError::JwksUnavailable
+                | ProxyError::IntrospectionUnavailable
                 | ProxyError::NotReady
                 | ProxyError::NoHealthyUpstream
         )

@@ -250,6 +250,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         if s.is::<http_body_util::LengthLimitError>() {
             return ProxyError::BodyTooLarge;
         }
+        if s.is::<crate::stall::BodyStalled>() {
+            return ProxyError::BodyTimeout;
+        }
         source = s.source();
     }
     if e.is_connect() && timed_out {

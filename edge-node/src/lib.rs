@@ -29,21 +29,30 @@ mod auth;
 mod authorize;
 mod balance;
 mod body;
+mod cluster_tls;
 mod config;
 mod connector;
+mod cors;
 mod dispatch;
 mod endpoint;
 mod error;
 mod forward;
 mod health;
 mod http_date;
+mod idp;
+mod introspect;
+mod ipfilter;
+mod jwks;
+mod jwt;
 mod lkg;
+mod normalize;
 mod policy;
 mod proxy;
 mod request_id;
 mod router;
 mod server;
 mod snapshot;
+mod stall;
 mod state;
 mod stream;
 mod sync;
@@ -94,6 +103,7 @@ pub mod bench_support {
     }
 }
 
+pub use cluster_tls::ClusterTlsFiles;
 use config::ConfigState;
 use snapshot::Snapshot;
 use state::Shared;
@@ -109,6 +119,8 @@ pub const DEFAULT_PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default cap on open proxy connections (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default for `--body-read-timeout`: how long a client may send no request body bytes.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Cap on open admin connections (probes and scrapes).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -134,6 +146,12 @@ pub struct EdgeOptions {
     /// TLS proxy listener (certificates by SNI from the config); `None` serves no TLS. Its
     /// connections are capped by `max_connections` too, separately from the plain ones.
     pub tls_listen: Option<SocketAddr>,
+    /// mTLS towards the control plane (`--tls-ca`, `--tls-cert`, `--tls-key`): the
+    /// control-plane URLs are then `https://`. `None`: plaintext `http://` URLs.
+    pub cluster_tls: Option<ClusterTlsFiles>,
+    /// How long a client may send no request body bytes before the request is abandoned
+    /// (408 while no answer has started, else the exchange is cut).
+    pub body_read_timeout: Duration,
 }
 
 /// A started edge node. Dropping it stops it without waiting; prefer
@@ -246,7 +264,22 @@ async fn load_last_known_good(dir: &Path, clients: &mut Clients) -> Option<(Arc<
 pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     for url in &opts.control_planes {
         stream::endpoint(url).with_context(|| format!("invalid --control-plane {url:?}"))?;
+        match (url.starts_with("https://"), opts.cluster_tls.is_some()) {
+            (true, false) => anyhow::bail!(
+                "--control-plane {url:?} is https: give the cluster's --tls-ca, --tls-cert and --tls-key"
+            ),
+            (false, true) => anyhow::bail!(
+                "--control-plane {url:?}: with --tls-ca/--tls-cert/--tls-key the control planes are reached over mTLS, so use https:// URLs"
+            ),
+            _ => {}
+        }
     }
+    let cluster_tls = match opts.cluster_tls.clone() {
+        Some(files) => {
+            Some(cluster_tls::ClusterTls::load(files).map_err(|e| anyhow::anyhow!("cluster tls: {e}"))?)
+        }
+        None => None,
+    };
     let proxy_listener = bind(opts.listen, "proxy").await?;
     let admin_listener = bind(opts.admin, "admin").await?;
     let proxy_addr = proxy_listener.local_addr().context("proxy listener address")?;
@@ -275,7 +308,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         tokio::spawn(server::serve(
             "proxy",
             proxy_listener,
-            proxy::Proxy::new(shared.clone()),
+            proxy::Proxy::new(shared.clone()).with_body_read_timeout(opts.body_read_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
@@ -295,7 +328,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         servers.push(tokio::spawn(server::serve(
             "tls",
             listener,
-            proxy::Proxy::new(shared.clone()),
+            proxy::Proxy::new(shared.clone()).with_body_read_timeout(opts.body_read_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
@@ -310,6 +343,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             peer_addr: opts.peer.to_string(),
             data_dir: opts.data_dir.clone(),
             join_token: opts.join_token.clone(),
+            tls: cluster_tls,
         },
         shared.clone(),
         sync::Applier::new(initial),

@@ -1,20 +1,28 @@
 //! Policies the edge applies to a service's traffic, compiled once per config:
-//! `headers` (request and response header transforms) and `request_size` (413 past a body
-//! size). A service naming a policy kind this edge cannot enforce does not compile, so the
-//! edge refuses (NACKs) that config and keeps enforcing the old one rather than letting
-//! traffic through unchecked.
+//! `ip_filter` (403 `ip_denied`, see `ipfilter.rs`), `cors` (preflights and response
+//! headers, see `cors.rs`), `headers` (request and response header transforms) and
+//! `request_size` (413 past a body size). A service naming a policy kind this edge cannot
+//! enforce does not compile, so the edge refuses (NACKs) that config and keeps enforcing the
+//! old one rather than letting traffic through unchecked.
+//!
+//! Every `ip_filter` a service names must let the client in (each with its own trusted
+//! proxies). A service may name one `cors` policy at most: two would contradict each other.
 //!
 //! Header transforms run in this order on each side: `remove`, then `rename`, then `add`
 //! (which sets the header, replacing any value). Policies apply in the order the service
 //! lists them.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_proto::model::{HeaderOps, Policy, Service};
 
 use crate::body::{self, Body, ClientBody};
+use crate::cors::CorsPolicy;
 use crate::error::ProxyError;
+use crate::ipfilter::IpRule;
 
 #[derive(Debug, Clone)]
 enum HeaderOp {
@@ -28,6 +36,9 @@ enum HeaderOp {
 pub struct Policies {
     /// Largest request body accepted (the smallest of the service's `request_size` policies).
     pub max_body: Option<u64>,
+    /// The service's `cors` policy.
+    pub cors: Option<Arc<CorsPolicy>>,
+    ip_filters: Vec<IpRule>,
     request: Vec<HeaderOp>,
     response: Vec<HeaderOp>,
 }
@@ -91,10 +102,25 @@ impl Policies {
                 compile_ops(&h.request, &mut out.request).map_err(|m| format!("policies[{i}]: {m}"))?;
                 compile_ops(&h.response, &mut out.response).map_err(|m| format!("policies[{i}]: {m}"))?;
             }
+            if let Some(f) = &p.ip_filter {
+                out.ip_filters
+                    .push(IpRule::compile(f).map_err(|m| format!("policies[{i}]: {m}"))?);
+            }
+            if let Some(c) = &p.cors {
+                if out.cors.is_some() {
+                    return Err(format!(
+                        "policies[{i}]: policy {}/{pname} is a second cors policy; a service takes one",
+                        service.tenant
+                    ));
+                }
+                out.cors = Some(Arc::new(
+                    CorsPolicy::compile(c).map_err(|m| format!("policies[{i}]: {m}"))?,
+                ));
+            }
             let unsupported: Vec<&str> = p
                 .kinds_set()
                 .into_iter()
-                .filter(|k| !matches!(*k, "headers" | "request_size"))
+                .filter(|k| !matches!(*k, "headers" | "request_size" | "ip_filter" | "cors"))
                 .collect();
             if !unsupported.is_empty() {
                 return Err(format!(
@@ -105,6 +131,11 @@ impl Policies {
             }
         }
         Ok(out)
+    }
+
+    /// Refuses the request unless every `ip_filter` lets its client in.
+    pub fn check_ip(&self, peer: SocketAddr, headers: &HeaderMap) -> Result<(), ProxyError> {
+        self.ip_filters.iter().try_for_each(|f| f.check(peer, headers))
     }
 
     /// Refuses a body announced bigger than allowed (bodies without a length are cut off by
@@ -188,9 +219,52 @@ mod tests {
     #[test]
     fn policy_kinds_this_edge_cannot_enforce_do_not_compile() {
         let err = compile(&format!(
-            "{SVC}policies: [{{name: a, tenant: t, ip_filter: {{allow: [10.0.0.0/8]}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
+            "{SVC}policies: [{{name: a, tenant: t, rate_limit: {{limit: 1, window: 1s}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
         ))
         .unwrap_err();
-        assert!(err.contains("policy t/a (ip_filter) cannot be enforced"), "{err}");
+        assert!(
+            err.contains("policy t/a (rate_limit) cannot be enforced"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_ip_filter_must_admit_the_client() {
+        let p = compile(&format!(
+            "{SVC}policies: [{{name: a, tenant: t, ip_filter: {{allow: [10.0.0.0/8]}}}}, {{name: b, tenant: t, ip_filter: {{deny: [10.6.0.0/16], trusted_proxies: [127.0.0.1]}}}}]"
+        ))
+        .unwrap();
+        let peer = |s: &str| SocketAddr::new(s.parse().unwrap(), 1234);
+        let none = HeaderMap::new();
+        assert!(p.check_ip(peer("10.1.2.3"), &none).is_ok());
+        assert!(matches!(
+            p.check_ip(peer("10.6.1.1"), &none),
+            Err(ProxyError::IpDenied)
+        ));
+        assert!(matches!(
+            p.check_ip(peer("8.8.8.8"), &none),
+            Err(ProxyError::IpDenied)
+        ));
+        // Policy b believes 127.0.0.1's X-Forwarded-For; policy a does not.
+        let mut xff = HeaderMap::new();
+        xff.insert("x-forwarded-for", HeaderValue::from_static("10.6.1.1"));
+        assert!(matches!(
+            p.check_ip(peer("127.0.0.1"), &xff),
+            Err(ProxyError::IpDenied)
+        ));
+    }
+
+    #[test]
+    fn a_service_takes_one_cors_policy() {
+        let one = compile(&format!(
+            "{SVC}policies: [{{name: a, tenant: t, cors: {{allow_origins: ['https://a.test']}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
+        ))
+        .unwrap();
+        assert!(one.cors.is_some());
+        let err = compile(&format!(
+            "{SVC}policies: [{{name: a, tenant: t, cors: {{allow_origins: ['https://a.test']}}}}, {{name: b, tenant: t, cors: {{allow_origins: ['*']}}}}]"
+        ))
+        .unwrap_err();
+        assert!(err.contains("second cors policy"), "{err}");
     }
 }

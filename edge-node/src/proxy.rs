@@ -2,19 +2,31 @@
 //! failure once to its JSON answer. Every answer carries `x-request-id`.
 //!
 //! ```text
-//!  check framing/path ─> route ─> lifecycle (retired?) ─> authenticate ─> authorize
-//!   (subscription) ─> request policies (size, headers) ─> pick upstream target
-//!   ─> forward (timeouts; WebSocket upgrades spliced) ─> response policies and headers
+//!  check framing (smuggling, header limits, control characters) ─> normalize path
+//!   ─> route ─> ip filter (403 ip_denied) ─> cors (preflight answered here; grant noted)
+//!   ─> lifecycle (retired?) ─> authenticate ─> authorize (subscription) ─> request
+//!   policies (size, headers) ─> pick upstream target ─> forward (timeouts; body-read
+//!   timeout; WebSocket upgrades spliced) ─> response policies and headers (cors grant)
 //! ```
 //! The config is one snapshot loaded at the start of the request; a config swap mid-request
 //! does not affect it.
+//!
+//! **Path rule** (`normalize.rs`), applied before routing, so the router matches exactly the
+//! path the upstream receives: raw backslashes, malformed escapes, escaped `/`, `\` and NUL
+//! (`%2F`, `%5C`, `%00`, any case), dot segments (also escaped, `%2e%2e`) and empty segments
+//! (`//`) are refused with 400 `bad_request`; escaped unreserved characters are decoded
+//! (`/%61dmin` is `/admin`, and is sent upstream as `/admin`); nothing else is changed.
+//!
+//! The ip filter and cors run before authentication: a refused address learns nothing about
+//! credentials, and a preflight (which carries none) never needs one. The cors grant is
+//! added to every answer after that phase, errors included, so a browser can read a 401.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use hyper::body::Incoming;
 
 use crate::body::{Body, ClientBody};
@@ -24,42 +36,82 @@ use crate::forward;
 use crate::router::{stripped_path, RequestInfo};
 use crate::server::Handler;
 use crate::snapshot::Backend;
+use crate::stall::StallGuard;
 use crate::state::Shared;
-use crate::{auth, authorize, request_id};
+use crate::{auth, authorize, cors, normalize, request_id};
 
 #[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
+    body_read_timeout: Duration,
+}
+
+/// What earlier phases learned that the answer needs, whatever it turns out to be.
+#[derive(Default)]
+struct Ctx {
+    /// The service's cors decision, applied to the answer (errors included).
+    cors: Option<cors::CorsReply>,
 }
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            body_read_timeout: crate::DEFAULT_BODY_READ_TIMEOUT,
+        }
+    }
+
+    /// How long a client may send no request body bytes before it is cut off.
+    pub fn with_body_read_timeout(mut self, timeout: Duration) -> Self {
+        self.body_read_timeout = timeout;
+        self
     }
 
     async fn proxy<B: ClientBody>(
         &self,
         remote: SocketAddr,
         request_id: &HeaderValue,
-        mut req: Request<B>,
+        req: Request<B>,
+        ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
         check_framing(req.headers())?;
-        check_path(req.uri().path())?;
+        let mut req = check_path(req)?;
         let snapshot = self.shared.snapshot().ok_or(ProxyError::NotReady)?;
 
+        let preflight = cors::Preflight::of(&req);
         let (service, strip_len) = {
-            let info = RequestInfo {
-                method: req.method(),
-                host: forward::request_host(&req),
-                path: req.uri().path(),
-                headers: req.headers(),
+            let route = |method: &Method| {
+                let info = RequestInfo {
+                    method,
+                    host: forward::request_host(&req),
+                    path: req.uri().path(),
+                    headers: req.headers(),
+                };
+                snapshot
+                    .router
+                    .route(&info)
+                    .map(|m| (m.target.clone(), m.strip_len))
             };
-            let m = snapshot.router.route(&info).ok_or(ProxyError::NoRoute)?;
-            (m.target.clone(), m.strip_len)
+            // A preflight asks about the method it names: the service that would get that
+            // method answers it when it has a cors policy; otherwise OPTIONS routes as usual.
+            preflight
+                .as_ref()
+                .and_then(|p| route(&p.method))
+                .filter(|(s, _)| s.policies.cors.is_some())
+                .or_else(|| route(req.method()))
+                .ok_or(ProxyError::NoRoute)?
         };
 
+        service.policies.check_ip(remote, req.headers())?;
+        if let Some(policy) = &service.policies.cors {
+            if let Some(p) = &preflight {
+                return policy.preflight(p);
+            }
+            ctx.cors = Some(policy.reply(req.headers()));
+        }
+
         authorize::check_lifecycle(&service)?;
-        let consumer = auth::authenticate(&snapshot, &service, req.headers())?;
+        let consumer = auth::authenticate(&snapshot, &service, req.headers()).await?;
         if let Some(c) = &consumer {
             authorize::check_subscription(&snapshot, &service, c)?;
         }
@@ -101,7 +153,9 @@ impl Proxy {
 
 impl Handler for Proxy {
     async fn handle(&self, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-        self.answer(remote, req).await
+        let timeout = self.body_read_timeout;
+        self.answer(remote, req.map(|b| StallGuard::new(b, timeout)))
+            .await
     }
 }
 
@@ -112,7 +166,8 @@ impl Proxy {
         let request_id = request_id::from_headers(req.headers());
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let mut resp = match self.proxy(remote, &request_id, req).await {
+        let mut ctx = Ctx::default();
+        let mut resp = match self.proxy(remote, &request_id, req, &mut ctx).await {
             Ok(resp) => resp,
             Err(e) => {
                 let id = request_id.to_str().unwrap_or_default();
@@ -127,6 +182,9 @@ impl Proxy {
                 e.to_response()
             }
         };
+        if let Some(cors) = &ctx.cors {
+            cors.apply(resp.headers_mut());
+        }
         tracing::debug!(
             request_id = request_id.to_str().unwrap_or_default(),
             %method,
@@ -146,12 +204,24 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Refuses ambiguous framing (request smuggling): Content-Length with Transfer-Encoding, or
-/// Content-Length more than once; and heads past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`].
+/// Content-Length more than once; heads past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`]; and
+/// control characters (NUL, CR, LF...; tab is allowed) in header values (CVE-2019-9900).
+/// Both HTTP parsers refuse those already (hyper's h1 answers 400, h2 resets the stream);
+/// this holds whatever the request came from.
 fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     if headers.len() > MAX_HEADERS {
         return Err(ProxyError::HeadersTooLarge);
     }
-    let bytes: usize = headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    let mut bytes = 0;
+    for (k, v) in headers {
+        bytes += k.as_str().len() + v.len();
+        if v.as_bytes()
+            .iter()
+            .any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(ProxyError::BadRequest("control characters in a header value"));
+        }
+    }
     if bytes > MAX_HEADER_BYTES {
         return Err(ProxyError::HeadersTooLarge);
     }
@@ -167,17 +237,25 @@ fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
     Ok(())
 }
 
-/// Refuses dot segments (`/a/../b`, also percent-encoded), which would let a request match
-/// one route and reach another path upstream.
-fn check_path(path: &str) -> Result<(), ProxyError> {
-    const DOTS: [&str; 6] = [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."];
-    if path
-        .split('/')
-        .any(|seg| DOTS.iter().any(|d| seg.eq_ignore_ascii_case(d)))
-    {
-        return Err(ProxyError::BadRequest("dot segments in the path"));
-    }
-    Ok(())
+/// Normalizes the path by the path rule (module doc), or refuses it; the request carries
+/// the normalized path from here on, to the router and to the upstream.
+fn check_path<B>(mut req: Request<B>) -> Result<Request<B>, ProxyError> {
+    let normalized = match normalize::normalize_path(req.uri().path()).map_err(ProxyError::BadRequest)? {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(p) => Some(p),
+    };
+    let Some(path) = normalized else {
+        return Ok(req);
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let pq = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let unusable = || ProxyError::BadRequest("the request path cannot be normalized");
+    parts.path_and_query = Some(pq.parse().map_err(|_| unusable())?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| unusable())?;
+    Ok(req)
 }
 
 #[cfg(test)]

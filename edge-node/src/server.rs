@@ -3,6 +3,11 @@
 //! (hyper answers 431), a cap on open connections (past it, accepting waits), and a graceful
 //! drain bounded in time.
 //!
+//! HTTP/2 rapid reset (CVE-2023-44487) is bounded per connection: at most 256 concurrent
+//! streams, at most 20 streams reset by the client before they are served, at most 256
+//! streams reset by the edge for the client's errors; past either, GOAWAY and close. Request
+//! bodies that stall are cut by the proxy (`stall.rs`).
+//!
 //! A listener given a TLS acceptor (`--tls-listen`) runs the handshake first, in the
 //! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves the same way; its
 //! requests carry the [`ClientTls`] extension.
@@ -40,6 +45,13 @@ const HEAD_BUFFER_BYTES: usize = 128 * 1024;
 const HARD_MAX_HEADERS: usize = 256;
 /// Most concurrent h2 streams per connection.
 const MAX_H2_STREAMS: u32 = 256;
+/// HTTP/2 rapid reset (CVE-2023-44487): streams the client opens and resets before they are
+/// served are counted; past this many pending at once, the connection gets GOAWAY
+/// (ENHANCE_YOUR_CALM) and closes.
+const MAX_H2_PENDING_RESETS: usize = 20;
+/// Streams the edge itself resets because of the client's errors, per connection, before
+/// GOAWAY (the same attack made through malformed frames, RUSTSEC-2024-0003).
+const MAX_H2_LOCAL_ERROR_RESETS: usize = 256;
 /// How long a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -82,6 +94,8 @@ pub async fn serve<H: Handler>(
         .timer(TokioTimer::new())
         .max_header_list_size(HEAD_BUFFER_BYTES as u32)
         .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_H2_LOCAL_ERROR_RESETS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
     loop {

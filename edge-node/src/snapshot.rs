@@ -1,9 +1,9 @@
 //! The compiled config the request path reads: router, services with their resolved
-//! upstreams, API keys and subscriptions. Built whole from a [`ConfigState`] off the request
+//! upstreams, API keys, apps, subscriptions, JWT issuers and introspection endpoints. Built whole from a [`ConfigState`] off the request
 //! path and swapped in atomically; never changed afterwards (the balancers' counters are
 //! atomics).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use http::HeaderValue;
@@ -12,6 +12,8 @@ use tollgate_proto::model::{
 };
 
 use crate::config::{ConfigState, ResourceError};
+use crate::introspect::{Introspector, Introspectors};
+use crate::jwt::{Issuer, Issuers};
 use crate::policy::Policies;
 use crate::router::{Router, RouterBuilder};
 use crate::tls::CertStore;
@@ -58,6 +60,12 @@ pub struct Snapshot {
     api_keys: HashMap<String, KeyEntry>,
     /// tenant -> subscription name (`app:service`) -> status.
     subscriptions: HashMap<String, HashMap<String, Option<SubscriptionStatus>>>,
+    /// tenant -> app names.
+    apps: HashMap<String, HashSet<String>>,
+    /// JWT issuers by tenant and `iss`.
+    pub issuers: Issuers,
+    /// OAuth2 introspection endpoints by tenant.
+    pub introspectors: Introspectors,
     /// TLS certificates by host, for the TLS listener.
     pub certificates: CertStore,
 }
@@ -90,8 +98,25 @@ impl Snapshot {
         let mut router = RouterBuilder::default();
         let mut api_keys = HashMap::new();
         let mut subscriptions: HashMap<String, HashMap<String, _>> = HashMap::new();
+        let mut apps: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut issuers = Issuers::default();
+        let mut introspectors = Introspectors::default();
         for spec in &specs {
             match spec {
+                Spec::App(a) => {
+                    apps.entry(a.tenant.clone()).or_default().insert(a.name.clone());
+                }
+                Spec::JwtIssuer(j) => {
+                    let compiled = Issuer::compile(j, &mut clients.idp)
+                        .and_then(|issuer| issuers.insert(&j.tenant, issuer));
+                    if let Err(m) = compiled {
+                        errors.push(ResourceError::new(&spec.key(), m));
+                    }
+                }
+                Spec::Oauth2Introspection(o) => match Introspector::compile(o, &mut clients.idp) {
+                    Ok(i) => introspectors.insert(&o.tenant, i),
+                    Err(m) => errors.push(ResourceError::new(&spec.key(), m)),
+                },
                 Spec::Service(s) if s.state != ServiceState::Draft => {
                     let key = spec.key();
                     match compile_service(s, &upstreams, &policies) {
@@ -141,12 +166,20 @@ impl Snapshot {
             router: router.build(),
             api_keys,
             subscriptions,
+            apps,
+            issuers,
+            introspectors,
             certificates,
         })
     }
 
     pub fn api_key(&self, id: &str) -> Option<&KeyEntry> {
         self.api_keys.get(id)
+    }
+
+    /// Whether `app` is an app of `tenant`.
+    pub fn has_app(&self, tenant: &str, app: &str) -> bool {
+        self.apps.get(tenant).is_some_and(|apps| apps.contains(app))
     }
 
     /// The status of `app`'s subscription to `service`: `None` when there is none. A stored

@@ -7,6 +7,8 @@
 //!      │ jittered backoff 100ms..5s, next cp                        ├─> Shared::install
 //!      └──────────── error / stream end / resync ───────────────────└─> lkg::save
 //! ```
+//!
+//! With `--tls-*` each connection is mutual TLS ([`ClusterTls`]: files re-read per connection).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use tollgate_proto::v1::config_stream_client::ConfigStreamClient;
 use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello};
 use tonic::transport::Endpoint;
 
+use crate::cluster_tls::ClusterTls;
 use crate::config::ConfigState;
 use crate::lkg;
 use crate::server::signalled;
@@ -37,6 +40,8 @@ pub enum StreamError {
     BadUrl { url: String },
     #[error("cannot connect")]
     Connect(#[source] tonic::transport::Error),
+    #[error("opening the stream failed")]
+    Open(#[source] tonic::Status),
     #[error("stream failed")]
     Status(#[from] tonic::Status),
     #[error("the control plane stopped reading the stream")]
@@ -53,6 +58,22 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = c.source();
     }
     s
+}
+
+/// What a failure to open the stream probably means when TLS is the likely cause: a TLS 1.3
+/// client learns that the server refused its certificate only as a closed connection, and a
+/// plaintext client reads a TLS server's answer as a broken h2 frame.
+fn hint(e: &StreamError, tls: bool) -> Option<&'static str> {
+    let StreamError::Open(s) = e else { return None };
+    match (tls, s.code()) {
+        (true, tonic::Code::Cancelled | tonic::Code::Unknown) => Some(
+            "the control plane closed the connection after the tls handshake: it may refuse this edge's certificate (is it issued by the cluster CA? the control plane's log says why)",
+        ),
+        (false, _) if s.message().starts_with("h2 protocol error") => Some(
+            "does the control plane run mTLS? then start the edge with --tls-ca, --tls-cert, --tls-key and https:// URLs",
+        ),
+        _ => None,
+    }
 }
 
 /// Checks a control plane URL without connecting.
@@ -112,6 +133,8 @@ pub struct StreamConfig {
     pub peer_addr: String,
     pub data_dir: PathBuf,
     pub join_token: Option<String>,
+    /// mTLS towards the control planes (`https://` URLs); `None`: plaintext.
+    pub tls: Option<ClusterTls>,
 }
 
 enum SessionEnd {
@@ -164,9 +187,12 @@ impl StreamClient {
                     tracing::info!(control_plane = %url, from_version, "resynchronising config");
                     announce = from_version;
                 }
-                Err(e) => {
-                    tracing::warn!(control_plane = %url, error = %chain(&e), "config stream failed")
-                }
+                Err(e) => match hint(&e, self.cfg.tls.is_some()) {
+                    Some(hint) => {
+                        tracing::warn!(control_plane = %url, error = %chain(&e), hint, "config stream failed")
+                    }
+                    None => tracing::warn!(control_plane = %url, error = %chain(&e), "config stream failed"),
+                },
             }
             let delay = backoff.next_delay();
             tokio::select! {
@@ -182,7 +208,11 @@ impl StreamClient {
         announce: u64,
         backoff: &mut Backoff,
     ) -> Result<SessionEnd, StreamError> {
-        let channel = endpoint(url)?.connect().await.map_err(StreamError::Connect)?;
+        let mut endpoint = endpoint(url)?;
+        if let Some(tls) = &mut self.cfg.tls {
+            endpoint = endpoint.tls_config(tls.config()).map_err(StreamError::Connect)?;
+        }
+        let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
         let mut client = ConfigStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let hello = Hello {
@@ -200,7 +230,11 @@ impl StreamClient {
             })?;
             request.metadata_mut().insert("authorization", value);
         }
-        let mut pushes = client.stream(request).await?.into_inner();
+        let mut pushes = client
+            .stream(request)
+            .await
+            .map_err(StreamError::Open)?
+            .into_inner();
         tracing::info!(control_plane = %url, last_version = announce, "config stream open");
         while let Some(push) = pushes.message().await? {
             backoff.reset();

@@ -62,3 +62,35 @@ pub fn compile(version: u64, resources: Vec<v1::Resource>) -> Arc<Snapshot> {
     let state = ConfigState::from_resources(version, resources).unwrap();
     Arc::new(Snapshot::compile(&state, &mut Clients::default()).unwrap())
 }
+
+/// A loopback HTTP/1.1 server answering every request with `handler(parts, body).await`;
+/// returns its address. Runs until the test's runtime stops.
+pub async fn http_server<F, Fut>(handler: F) -> std::net::SocketAddr
+where
+    F: Fn(http::request::Parts, bytes::Bytes) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<http_body_util::Full<bytes::Bytes>>> + Send,
+{
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handler = Arc::new(handler);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(handler(parts, body).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}

@@ -35,6 +35,9 @@ pub struct Clients {
     by_settings: HashMap<(Duration, Option<UpstreamTls>), HttpClient>,
     /// Target state and health checkers shared by successive snapshots.
     pub live: Registry,
+    /// Identity-provider clients, JWKS and introspection caches shared by successive
+    /// snapshots.
+    pub idp: crate::idp::Idp,
 }
 
 impl Clients {

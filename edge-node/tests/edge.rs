@@ -182,6 +182,8 @@ fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         join_token: Some("tge_join".into()),
         max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
         tls_listen: None,
+        cluster_tls: None,
+        body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
     }
 }
 

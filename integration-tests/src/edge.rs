@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::{free_port, http_get, loopback, wait_for, Proc, Sandbox};
+use crate::{free_port, http_get, loopback, wait_for, Proc, Sandbox, TlsFiles};
 
 /// How long an edge process may take to answer `/healthz` after it is spawned.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -42,6 +42,11 @@ pub struct EdgeNode {
     pub control_planes: Vec<String>,
     /// `--join-token` (a token of role edge).
     pub join_token: String,
+    /// More flags for `tollgate edge` (e.g. `--body-read-timeout 1s`), kept across restarts.
+    pub extra_args: Vec<String>,
+    /// `--tls-ca/--tls-cert/--tls-key` towards an mTLS control plane: in a
+    /// [`Sandbox::cluster_tls`] sandbox a certificate `edge-<node_id>` of its CA.
+    pub cluster_tls: Option<TlsFiles>,
     proc: Option<Proc>,
 }
 
@@ -49,20 +54,45 @@ impl EdgeNode {
     /// Starts an edge named `node_id` pointed at every control-plane node of the sandbox, and
     /// waits (bounded) until it answers `/healthz`.
     pub fn start(sb: &Sandbox, node_id: &str) -> EdgeNode {
-        let urls = sb.nodes.iter().map(|n| n.url()).collect();
-        Self::start_with(sb.dir.path(), node_id, urls, &sb.edge_token)
+        let mut edge = Self::for_sandbox(sb, node_id, None);
+        edge.spawn();
+        edge
     }
 
     /// Like [`EdgeNode::start`], also serving TLS on a free loopback port ([`EdgeNode::tls`]).
     pub fn start_tls(sb: &Sandbox, node_id: &str) -> EdgeNode {
+        let mut edge = Self::for_sandbox(sb, node_id, Some(loopback(free_port())));
+        edge.spawn();
+        edge
+    }
+
+    /// Like [`EdgeNode::start`], with more `tollgate edge` flags.
+    pub fn start_with_args(sb: &Sandbox, node_id: &str, extra_args: &[&str]) -> EdgeNode {
+        let mut edge = Self::for_sandbox(sb, node_id, None);
+        edge.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        edge.spawn();
+        edge
+    }
+
+    /// Like [`EdgeNode::start`] with the given `--tls-*` files towards the control plane
+    /// (say, a certificate of another CA).
+    pub fn start_with_cluster_tls(sb: &Sandbox, node_id: &str, files: TlsFiles) -> EdgeNode {
+        let mut edge = Self::for_sandbox(sb, node_id, None);
+        edge.cluster_tls = Some(files);
+        edge.spawn();
+        edge
+    }
+
+    /// An edge of the sandbox, not yet started: every control-plane URL, the edge token, and
+    /// under mTLS a fresh certificate `edge-<node_id>` of the sandbox's CA.
+    fn for_sandbox(sb: &Sandbox, node_id: &str, tls_listen: Option<SocketAddr>) -> EdgeNode {
         let urls = sb.nodes.iter().map(|n| n.url()).collect();
-        Self::start_full(
-            sb.dir.path(),
-            node_id,
-            urls,
-            &sb.edge_token,
-            Some(loopback(free_port())),
-        )
+        let mut edge = Self::new(sb.dir.path(), node_id, urls, &sb.edge_token, tls_listen);
+        edge.cluster_tls = sb
+            .pki
+            .as_ref()
+            .map(|p| p.reissue(&format!("edge-{node_id}"), &[]));
+        edge
     }
 
     /// Like [`EdgeNode::start`] with explicit control-plane URLs; files go under `root`.
@@ -77,7 +107,20 @@ impl EdgeNode {
         join_token: &str,
         tls: Option<SocketAddr>,
     ) -> EdgeNode {
-        let mut edge = EdgeNode {
+        let mut edge = Self::new(root, node_id, control_planes, join_token, tls);
+        edge.spawn();
+        edge
+    }
+
+    /// The edge's ports and paths, not yet started.
+    fn new(
+        root: &Path,
+        node_id: &str,
+        control_planes: Vec<String>,
+        join_token: &str,
+        tls: Option<SocketAddr>,
+    ) -> EdgeNode {
+        EdgeNode {
             node_id: node_id.to_string(),
             proxy: loopback(free_port()),
             admin: loopback(free_port()),
@@ -87,10 +130,10 @@ impl EdgeNode {
             log: root.join(format!("edge-{node_id}.log")),
             control_planes,
             join_token: join_token.to_string(),
+            extra_args: Vec::new(),
+            cluster_tls: None,
             proc: None,
-        };
-        edge.spawn();
-        edge
+        }
     }
 
     /// Spawns the process (same ports, same data dir) and waits for `/healthz`.
@@ -118,6 +161,10 @@ impl EdgeNode {
         .collect();
         if let Some(tls) = self.tls {
             args.extend(["--tls-listen".to_string(), tls.to_string()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        if let Some(files) = &self.cluster_tls {
+            args.extend(files.args());
         }
         let name = format!("edge {}", self.node_id);
         self.proc = Some(Proc::spawn(&name, &args, self.log.clone()));

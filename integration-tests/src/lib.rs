@@ -5,9 +5,14 @@
 //! failed test are printed then). The `tollgate` binary must be built first
 //! (`cargo build -p tollgate`, which `scripts/check` does); `TOLLGATE_BIN` overrides its path.
 //!
+//! A sandbox made with [`Sandbox::cluster_tls`] runs mTLS inside the cluster: a CA and
+//! certificates made with the real `tollgate cert` CLI ([`Pki`]), `https://` URLs, and the CLI
+//! and gRPC clients presenting an operator certificate.
+//!
 //! Invariant: tests here talk to Tollgate only as users do — processes, ports, files.
 
 pub mod edge;
+pub mod idp;
 pub mod tls;
 
 use std::io::{Read, Write};
@@ -161,6 +166,102 @@ impl Drop for Proc {
     }
 }
 
+/// A certificate, its key and the CA to trust: what `--tls-cert`, `--tls-key` and
+/// `--tls-ca` point at.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `--tls-ca A --tls-cert B --tls-key C`.
+    pub fn args(&self) -> Vec<String> {
+        [
+            ("--tls-ca", &self.ca),
+            ("--tls-cert", &self.cert),
+            ("--tls-key", &self.key),
+        ]
+        .iter()
+        .flat_map(|(flag, p)| [flag.to_string(), p.display().to_string()])
+        .collect()
+    }
+
+    /// A tonic client config presenting this certificate and trusting only this CA.
+    pub fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()));
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(&self.ca)))
+            .identity(tonic::transport::Identity::from_pem(
+                read(&self.cert),
+                read(&self.key),
+            ))
+    }
+}
+
+/// A certificate authority in a directory, driven through the real `tollgate cert` CLI.
+#[derive(Clone, Debug)]
+pub struct Pki {
+    /// Holds ca.pem, ca.key and every NAME.pem, NAME.key issued.
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// `tollgate cert ca --out dir`.
+    pub fn create(dir: &Path) -> Pki {
+        let out = run_cli(
+            Path::new("."),
+            "http://unused",
+            None,
+            &["cert", "ca", "--out", &dir.display().to_string()],
+            None,
+        );
+        assert_eq!(out.code, 0, "tollgate cert ca failed: {out:#?}");
+        Pki {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// `tollgate cert issue --ca dir --name NAME --san ... --out dir`; the files for it with
+    /// this CA.
+    pub fn issue(&self, name: &str, sans: &[&str]) -> TlsFiles {
+        self.run_issue(name, sans, false)
+    }
+
+    /// Like [`Pki::issue`] with `--force`: replaces the files in place (rotation).
+    pub fn reissue(&self, name: &str, sans: &[&str]) -> TlsFiles {
+        self.run_issue(name, sans, true)
+    }
+
+    fn run_issue(&self, name: &str, sans: &[&str], force: bool) -> TlsFiles {
+        let dir = self.dir.display().to_string();
+        let mut args = vec!["cert", "issue", "--ca", &dir, "--name", name, "--out", &dir];
+        for san in sans {
+            args.extend(["--san", san]);
+        }
+        if force {
+            args.push("--force");
+        }
+        let out = run_cli(Path::new("."), "http://unused", None, &args, None);
+        assert_eq!(out.code, 0, "tollgate cert issue failed: {out:#?}");
+        self.files(name)
+    }
+
+    /// The files of certificate `name` (issued or not).
+    pub fn files(&self, name: &str) -> TlsFiles {
+        TlsFiles {
+            ca: self.ca(),
+            cert: self.dir.join(format!("{name}.pem")),
+            key: self.dir.join(format!("{name}.key")),
+        }
+    }
+}
+
 /// One control-plane node of the sandbox.
 pub struct CpNode {
     pub id: u64,
@@ -169,17 +270,22 @@ pub struct CpNode {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub dir: PathBuf,
+    /// The node's certificate, key and CA when the sandbox runs mTLS.
+    pub tls: Option<TlsFiles>,
     pub proc: Option<Proc>,
 }
 
 impl CpNode {
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc)
+        match self.tls {
+            Some(_) => format!("https://{}", self.grpc),
+            None => format!("http://{}", self.grpc),
+        }
     }
 
     pub fn start(&mut self) {
         assert!(self.proc.is_none(), "node {} already running", self.id);
-        let args: Vec<String> = [
+        let mut args: Vec<String> = [
             "control-plane",
             "--node-id",
             &self.id.to_string(),
@@ -195,6 +301,9 @@ impl CpNode {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if let Some(tls) = &self.tls {
+            args.extend(tls.args());
+        }
         let log = self.dir.with_extension("log");
         self.proc = Some(Proc::spawn(&format!("cp{}", self.id), &args, log));
         let http = self.http;
@@ -260,18 +369,51 @@ pub struct Sandbox {
     pub token: String,
     /// A token of role edge, for edges' `--join-token`.
     pub edge_token: String,
+    /// The cluster CA of an mTLS sandbox ([`Sandbox::cluster_tls`]).
+    pub pki: Option<Pki>,
+    /// The certificate the sandbox's CLI and gRPC clients present under mTLS.
+    pub operator: Option<TlsFiles>,
 }
 
 impl Sandbox {
     /// Starts `n` control-plane nodes, initializes the cluster on the first and adds the
     /// others as voters, all through the CLI.
     pub fn cluster(n: u64) -> Sandbox {
+        Self::build(n, false)
+    }
+
+    /// Like [`Sandbox::cluster`] with mTLS inside the cluster: a CA in `<dir>/pki` and a
+    /// certificate per node (`cpN`, for 127.0.0.1) and for the operator, all made with
+    /// `tollgate cert`; nodes at `https://` URLs; the CLI with `--tls-*` flags.
+    pub fn cluster_tls(n: u64) -> Sandbox {
+        Self::build(n, true)
+    }
+
+    /// One control-plane process, started but not initialized: no token exists yet.
+    pub fn uninitialized() -> Sandbox {
+        let mut sb = Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes: Vec::new(),
+            token: String::new(),
+            edge_token: String::new(),
+            pki: None,
+            operator: None,
+        };
+        sb.add_node_process(1);
+        sb
+    }
+
+    fn build(n: u64, tls: bool) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
+        let pki = tls.then(|| Pki::create(&dir.path().join("pki")));
+        let operator = pki.as_ref().map(|p| p.issue("operator", &[]));
         let mut sb = Sandbox {
             dir,
             nodes: Vec::new(),
             token: String::new(),
             edge_token: String::new(),
+            pki,
+            operator,
         };
         for id in 1..=n {
             sb.add_node_process(id);
@@ -300,14 +442,20 @@ impl Sandbox {
         sb
     }
 
-    /// Starts another control-plane process (not yet a member).
+    /// Starts another control-plane process (not yet a member); under mTLS with a new
+    /// certificate `cp<id>` for 127.0.0.1.
     pub fn add_node_process(&mut self, id: u64) {
+        let tls = self
+            .pki
+            .as_ref()
+            .map(|p| p.issue(&format!("cp{id}"), &["127.0.0.1"]));
         let mut node = CpNode {
             id,
             master_key: self.dir.path().join("master.key"),
             grpc: loopback(free_port()),
             http: loopback(free_port()),
             dir: self.dir.path().join(format!("cp{id}")),
+            tls,
             proc: None,
         };
         node.start();
@@ -325,7 +473,14 @@ impl Sandbox {
 
     pub fn cli_with_stdin(&self, i: usize, args: &[&str], stdin: Option<&str>) -> CliOutput {
         let token = (!self.token.is_empty()).then_some(self.token.as_str());
-        run_cli(self.dir.path(), &self.nodes[i].url(), token, args, stdin)
+        run_cli_tls(
+            self.dir.path(),
+            &self.nodes[i].url(),
+            token,
+            self.operator.as_ref(),
+            args,
+            stdin,
+        )
     }
 
     /// Writes `contents` to a file in the sandbox and returns its path.
@@ -337,11 +492,14 @@ impl Sandbox {
 
     /// A gRPC admin client for node `i` carrying the admin token.
     pub async fn admin(&self, i: usize) -> Admin {
-        let channel = tonic::transport::Endpoint::from_shared(self.nodes[i].url())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(self.nodes[i].url())
             .expect("url")
             .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(5))
-            .connect_lazy();
+            .timeout(Duration::from_secs(5));
+        if let Some(op) = &self.operator {
+            endpoint = endpoint.tls_config(op.client_config()).expect("tls config");
+        }
+        let channel = endpoint.connect_lazy();
         AdminClient::with_interceptor(channel, TokenInterceptor(self.token.clone()))
     }
 
@@ -378,11 +536,30 @@ pub fn run_cli(
     args: &[&str],
     stdin: Option<&str>,
 ) -> CliOutput {
+    run_cli_tls(cwd, server, token, None, args, stdin)
+}
+
+/// Like [`run_cli`], with `--tls-ca/--tls-cert/--tls-key` from `tls` when given.
+pub fn run_cli_tls(
+    cwd: &Path,
+    server: &str,
+    token: Option<&str>,
+    tls: Option<&TlsFiles>,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> CliOutput {
     let mut cmd = Command::new(tollgate_bin());
-    cmd.arg("--server").arg(server).args(args);
+    cmd.arg("--server").arg(server);
+    if let Some(tls) = tls {
+        cmd.args(tls.args());
+    }
+    cmd.args(args);
     cmd.env_remove("TOLLGATE_TOKEN")
         .env_remove("TOLLGATE_SERVER")
         .env_remove("TOLLGATE_TENANT")
+        .env_remove("TOLLGATE_TLS_CA")
+        .env_remove("TOLLGATE_TLS_CERT")
+        .env_remove("TOLLGATE_TLS_KEY")
         .env("TOLLGATE_LOG", "warn");
     cmd.current_dir(cwd);
     if let Some(t) = token {

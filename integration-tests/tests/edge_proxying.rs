@@ -70,7 +70,10 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallibl
                 .body(full(""))
                 .unwrap()
         }
-        "/unhealthy" => Response::builder().status(StatusCode::INTERNAL_SERVER_ERROR).body(full("sick")).unwrap(),
+        "/unhealthy" => Response::builder()
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body(full("sick"))
+            .unwrap(),
         "/upload" => {
             let n = req
                 .into_body()
@@ -204,7 +207,10 @@ async fn proxying_through_a_real_edge() {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             break body;
         }
-        assert!(Instant::now() < deadline, "the health check never took the target out: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "the health check never took the target out: {status} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(error_code(&body), "no_healthy_upstream");

@@ -24,10 +24,14 @@ subscriptions: [{{app: mobile, service: orders, tenant: acme}}]
 /// the answer and how long it took.
 fn within_a_second(edge: &EdgeNode, path: &str, key: &str, status: u16) -> (Reply, Duration) {
     let started = Instant::now();
-    let r = wait_for(&format!("{path} to answer {status}"), Duration::from_secs(1), || {
-        let r = edge.get_with_key(path, key);
-        (r.status == status).then_some(r)
-    });
+    let r = wait_for(
+        &format!("{path} to answer {status}"),
+        Duration::from_secs(1),
+        || {
+            let r = edge.get_with_key(path, key);
+            (r.status == status).then_some(r)
+        },
+    );
     (r, started.elapsed())
 }
 
@@ -42,19 +46,42 @@ fn lifecycle_states_versions_side_by_side_and_subscription_states() {
     let edge = EdgeNode::start(&sb, "edge-life");
     let cfg = config(&up.url());
     sb.cli(0, &["apply", "-f", &sb.file("c.yaml", &cfg)]).ok();
-    let out = sb.cli(0, &["key", "create", "--app", "mobile", "--tenant", "acme", "-o", "json"]).ok().stdout;
-    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["key"].as_str().unwrap().to_string();
+    let out = sb
+        .cli(
+            0,
+            &[
+                "key", "create", "--app", "mobile", "--tenant", "acme", "-o", "json",
+            ],
+        )
+        .ok()
+        .stdout;
+    let key = serde_json::from_str::<serde_json::Value>(&out).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     // Subscription states: pending (manual approval) -> approved -> revoked; missing.
     let (r, _) = within_a_second(&edge, "/v1/orders", &key, 403);
     assert_eq!(error_code(&r), "subscription_pending");
-    sb.cli(0, &["subscription", "approve", "mobile:orders", "--tenant", "acme"]).ok();
+    sb.cli(
+        0,
+        &["subscription", "approve", "mobile:orders", "--tenant", "acme"],
+    )
+    .ok();
     let (_, took) = within_a_second(&edge, "/v1/orders", &key, 200);
     eprintln!("approval reached the edge in {took:?}");
-    sb.cli(0, &["subscription", "revoke", "mobile:orders", "--tenant", "acme"]).ok();
+    sb.cli(
+        0,
+        &["subscription", "revoke", "mobile:orders", "--tenant", "acme"],
+    )
+    .ok();
     let (r, _) = within_a_second(&edge, "/v1/orders", &key, 403);
     assert_eq!(error_code(&r), "not_subscribed");
-    sb.cli(0, &["subscription", "approve", "mobile:orders", "--tenant", "acme"]).ok();
+    sb.cli(
+        0,
+        &["subscription", "approve", "mobile:orders", "--tenant", "acme"],
+    )
+    .ok();
     within_a_second(&edge, "/v1/orders", &key, 200);
     // Re-applying the file keeps the decision.
     sb.cli(0, &["apply", "-f", &sb.file("c2.yaml", &cfg)]).ok();
@@ -85,7 +112,8 @@ fn lifecycle_states_versions_side_by_side_and_subscription_states() {
         "version: v1, state: published",
         "version: v1, state: deprecated, sunset: \"2027-06-30T00:00:00Z\"",
     );
-    sb.cli(0, &["apply", "-f", &sb.file("dep.yaml", &deprecated)]).ok();
+    sb.cli(0, &["apply", "-f", &sb.file("dep.yaml", &deprecated)])
+        .ok();
     let r = wait_for("the deprecation headers", Duration::from_secs(1), || {
         let r = edge.get_with_key("/v1/orders", &key);
         r.header("deprecation").is_some().then_some(r)

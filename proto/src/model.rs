@@ -31,6 +31,8 @@ pub struct Document {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_issuers: Vec<JwtIssuer>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oauth2_introspections: Vec<Oauth2Introspection>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ai_providers: Vec<AiProvider>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<Certificate>,
@@ -48,6 +50,7 @@ pub enum Kind {
     App,
     Subscription,
     JwtIssuer,
+    Oauth2Introspection,
     AiProvider,
     Certificate,
     ApiKey,
@@ -55,7 +58,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Tenant,
         Kind::Upstream,
         Kind::Service,
@@ -63,6 +66,7 @@ impl Kind {
         Kind::App,
         Kind::Subscription,
         Kind::JwtIssuer,
+        Kind::Oauth2Introspection,
         Kind::AiProvider,
         Kind::Certificate,
         Kind::ApiKey,
@@ -78,6 +82,7 @@ impl Kind {
             Kind::App => "app",
             Kind::Subscription => "subscription",
             Kind::JwtIssuer => "jwt_issuer",
+            Kind::Oauth2Introspection => "oauth2_introspection",
             Kind::AiProvider => "ai_provider",
             Kind::Certificate => "certificate",
             Kind::ApiKey => "api_key",
@@ -95,6 +100,7 @@ impl Kind {
             Kind::App => "apps",
             Kind::Subscription => "subscriptions",
             Kind::JwtIssuer => "jwt_issuers",
+            Kind::Oauth2Introspection => "oauth2_introspections",
             Kind::AiProvider => "ai_providers",
             Kind::Certificate => "certificates",
             Kind::ApiKey => "api_keys",
@@ -170,6 +176,7 @@ pub enum Spec {
     App(App),
     Subscription(Subscription),
     JwtIssuer(JwtIssuer),
+    Oauth2Introspection(Oauth2Introspection),
     AiProvider(AiProvider),
     Certificate(Certificate),
     ApiKey(ApiKey),
@@ -186,6 +193,7 @@ impl Spec {
             Spec::App(_) => Kind::App,
             Spec::Subscription(_) => Kind::Subscription,
             Spec::JwtIssuer(_) => Kind::JwtIssuer,
+            Spec::Oauth2Introspection(_) => Kind::Oauth2Introspection,
             Spec::AiProvider(_) => Kind::AiProvider,
             Spec::Certificate(_) => Kind::Certificate,
             Spec::ApiKey(_) => Kind::ApiKey,
@@ -202,6 +210,7 @@ impl Spec {
             Spec::App(r) => (r.tenant.as_str(), r.name.clone()),
             Spec::Subscription(r) => (r.tenant.as_str(), r.id()),
             Spec::JwtIssuer(r) => (r.tenant.as_str(), r.name.clone()),
+            Spec::Oauth2Introspection(r) => (r.tenant.as_str(), r.name.clone()),
             Spec::AiProvider(r) => (r.tenant.as_str(), r.name.clone()),
             Spec::Certificate(r) => (r.tenant.as_str(), r.name.clone()),
             Spec::ApiKey(r) => (r.tenant.as_str(), r.id.clone()),
@@ -220,6 +229,7 @@ impl Spec {
             Spec::App(r) => r.resource_version,
             Spec::Subscription(r) => r.resource_version,
             Spec::JwtIssuer(r) => r.resource_version,
+            Spec::Oauth2Introspection(r) => r.resource_version,
             Spec::AiProvider(r) => r.resource_version,
             Spec::Certificate(r) => r.resource_version,
             Spec::ApiKey(_) | Spec::Secret(_) => None,
@@ -236,6 +246,7 @@ impl Spec {
             Spec::App(r) => r.resource_version = None,
             Spec::Subscription(r) => r.resource_version = None,
             Spec::JwtIssuer(r) => r.resource_version = None,
+            Spec::Oauth2Introspection(r) => r.resource_version = None,
             Spec::AiProvider(r) => r.resource_version = None,
             Spec::Certificate(r) => r.resource_version = None,
             Spec::ApiKey(_) | Spec::Secret(_) => {}
@@ -253,6 +264,7 @@ impl Spec {
             Spec::App(r) => serde_json::to_string(r),
             Spec::Subscription(r) => serde_json::to_string(r),
             Spec::JwtIssuer(r) => serde_json::to_string(r),
+            Spec::Oauth2Introspection(r) => serde_json::to_string(r),
             Spec::AiProvider(r) => serde_json::to_string(r),
             Spec::Certificate(r) => serde_json::to_string(r),
             Spec::ApiKey(r) => serde_json::to_string(r),
@@ -271,6 +283,7 @@ impl Spec {
             Kind::App => Spec::App(serde_json::from_str(json)?),
             Kind::Subscription => Spec::Subscription(serde_json::from_str(json)?),
             Kind::JwtIssuer => Spec::JwtIssuer(serde_json::from_str(json)?),
+            Kind::Oauth2Introspection => Spec::Oauth2Introspection(serde_json::from_str(json)?),
             Kind::AiProvider => Spec::AiProvider(serde_json::from_str(json)?),
             Kind::Certificate => Spec::Certificate(serde_json::from_str(json)?),
             Kind::ApiKey => Spec::ApiKey(serde_json::from_str(json)?),
@@ -296,6 +309,11 @@ impl Document {
         out.extend(self.upstreams.into_iter().map(Spec::Upstream));
         out.extend(self.policies.into_iter().map(Spec::Policy));
         out.extend(self.jwt_issuers.into_iter().map(Spec::JwtIssuer));
+        out.extend(
+            self.oauth2_introspections
+                .into_iter()
+                .map(Spec::Oauth2Introspection),
+        );
         out.extend(self.ai_providers.into_iter().map(Spec::AiProvider));
         out.extend(self.services.into_iter().map(Spec::Service));
         out.extend(self.apps.into_iter().map(Spec::App));
@@ -318,6 +336,7 @@ impl Document {
                 Spec::App(r) => doc.apps.push(r),
                 Spec::Subscription(r) => doc.subscriptions.push(r),
                 Spec::JwtIssuer(r) => doc.jwt_issuers.push(r),
+                Spec::Oauth2Introspection(r) => doc.oauth2_introspections.push(r),
                 Spec::AiProvider(r) => doc.ai_providers.push(r),
                 Spec::Certificate(r) => doc.certificates.push(r),
                 Spec::ApiKey(_) | Spec::Secret(_) => {}
@@ -818,17 +837,30 @@ impl Subscription {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// A JWT issuer of a tenant: tokens whose `iss` claim is `issuer` are verified with its keys
+/// (a JWKS URL the edges fetch, or static PEM public keys, and for HS algorithms a shared
+/// secret) and its rules (algorithms, audiences, leeway); `app_claim` names the calling app.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtIssuer {
     pub name: String,
     pub tenant: String,
+    /// The exact `iss` of its tokens; one issuer per `iss` within a tenant.
     pub issuer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_url: Option<String>,
-    /// PEM public keys (or HS secrets by secret name) when no JWKS URL is used.
+    /// PEM public keys (`PUBLIC KEY`, `RSA PUBLIC KEY`) when no JWKS URL is used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub public_keys: Vec<String>,
+    /// Name of the secret (same tenant) holding the shared key of HS256/HS384/HS512.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs_secret: Option<String>,
+    /// The HS key (hex), filled in by the control plane on the config stream only: refused
+    /// in documents, never stored, shown or exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hs_key_hex: Option<String>,
+    /// Accepted `aud` values; a token must name one of them. With none configured, tokens
+    /// that carry an `aud` are refused (RFC 7519 §4.1.3).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audiences: Vec<String>,
     /// Allowed algorithms; `none` is never accepted.
@@ -843,6 +875,91 @@ pub struct JwtIssuer {
     pub allow_internal_addresses: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<u64>,
+}
+
+/// Never prints the HS key.
+impl fmt::Debug for JwtIssuer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtIssuer")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("issuer", &self.issuer)
+            .field("jwks_url", &self.jwks_url)
+            .field("public_keys", &self.public_keys.len())
+            .field("hs_secret", &self.hs_secret)
+            .field("hs_key_hex", &self.hs_key_hex.as_ref().map(|_| "<redacted>"))
+            .field("audiences", &self.audiences)
+            .field("algorithms", &self.algorithms)
+            .field("app_claim", &self.app_claim)
+            .field("leeway", &self.leeway)
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An OAuth2 token introspection endpoint (RFC 7662) of a tenant. Services with
+/// `auth: [oauth2]` send bearer tokens that are not JWTs to it (HTTP Basic client
+/// authentication with `client_id` and the secret named by `client_secret_secret`), accept
+/// only `active: true` answers, and cache them for at most `cache_ttl` and never past the
+/// token's `exp`. The app is the answer's `app_claim` field (`client_id` by default).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oauth2Introspection {
+    pub name: String,
+    pub tenant: String,
+    /// The introspection endpoint (http or https).
+    pub url: String,
+    pub client_id: String,
+    /// Name of the secret (same tenant) holding the client secret.
+    pub client_secret_secret: String,
+    /// The client secret, filled in by the control plane on the config stream only: refused
+    /// in documents, never stored, shown or exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    /// When set, the answer's `aud` (string or array) must name one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Field of the introspection answer naming the calling app.
+    #[serde(default = "default_introspection_app_claim")]
+    pub app_claim: String,
+    /// Longest time an answer is reused (never past the token's `exp`); `0s` disables the
+    /// cache. At most 5m.
+    #[serde(default = "default_introspection_cache_ttl")]
+    pub cache_ttl: HumanDuration,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_internal_addresses: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<u64>,
+}
+
+/// Never prints the client secret.
+impl fmt::Debug for Oauth2Introspection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Oauth2Introspection")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .field("client_id", &self.client_id)
+            .field("client_secret_secret", &self.client_secret_secret)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("audiences", &self.audiences)
+            .field("app_claim", &self.app_claim)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_introspection_app_claim() -> String {
+    "client_id".into()
+}
+fn default_introspection_cache_ttl() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 
 fn default_jwt_algorithms() -> Vec<String> {
@@ -1021,6 +1138,50 @@ ai_providers: [{name: openai, tenant: acme, kind: openai, base_url: "https://api
         assert_eq!(back, spec);
         assert_eq!(Kind::parse("jwt-issuers"), Some(Kind::JwtIssuer));
         assert_eq!(Kind::parse("svc"), None);
+    }
+
+    #[test]
+    fn oauth2_introspection_is_a_declarative_kind_whose_secrets_never_print() {
+        let doc = Document::parse(
+            "oauth2_introspections: [{name: idp, tenant: acme, url: 'https://idp/introspect', client_id: gw, client_secret_secret: gw-secret}]",
+        )
+        .unwrap();
+        let spec = doc.clone().into_specs().remove(0);
+        assert_eq!(
+            spec.key(),
+            ResourceKey::new(Kind::Oauth2Introspection, "acme", "idp")
+        );
+        assert_eq!(Document::from_specs([&spec]), doc);
+        assert_eq!(
+            Kind::parse("oauth2-introspections"),
+            Some(Kind::Oauth2Introspection)
+        );
+        assert!(Kind::Oauth2Introspection.is_declarative() && Kind::Oauth2Introspection.is_streamed());
+        let Spec::Oauth2Introspection(mut o) = spec else {
+            unreachable!()
+        };
+        assert_eq!((o.app_claim.as_str(), o.cache_ttl.0.as_secs()), ("client_id", 60));
+        o.client_secret = Some("s3cr3t".into());
+        let streamed = Spec::Oauth2Introspection(o);
+        assert_eq!(
+            Spec::from_json(Kind::Oauth2Introspection, &streamed.to_json()).unwrap(),
+            streamed
+        );
+        let debug = format!("{streamed:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("s3cr3t"),
+            "{debug}"
+        );
+
+        let issuer = JwtIssuer {
+            hs_key_hex: Some("deadbeef".into()),
+            ..JwtIssuer::default()
+        };
+        let debug = format!("{issuer:?}");
+        assert!(
+            debug.contains("<redacted>") && !debug.contains("deadbeef"),
+            "{debug}"
+        );
     }
 
     #[test]

@@ -319,6 +319,7 @@ pub fn validate_spec(spec: &Spec, out: &mut Vec<ValidationError>) {
             c.name("service", &s.service);
         }
         Spec::JwtIssuer(j) => validate_jwt_issuer(&mut c, j),
+        Spec::Oauth2Introspection(o) => validate_oauth2_introspection(&mut c, o),
         Spec::AiProvider(p) => validate_ai_provider(&mut c, p),
         Spec::Certificate(cert) => validate_certificate(&mut c, cert),
         Spec::ApiKey(k) => c.name("app", &k.app),
@@ -717,20 +718,82 @@ fn validate_policy(c: &mut Checker<'_>, p: &Policy) {
     }
 }
 
+/// Checks that `pem` holds one or more PEM public keys and nothing else (a private key
+/// pasted by mistake is refused, not published to every edge).
+pub fn check_pem_public_key(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::pem::{PemObject, SectionKind};
+    let mut found = 0;
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
+        match item {
+            Ok((SectionKind::PublicKey, _)) => found += 1,
+            Ok((SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey, _)) => {
+                return Err("holds a private key: only public keys belong here".into())
+            }
+            Ok((kind, _)) => return Err(format!("holds a {kind:?} section; expected PUBLIC KEY")),
+            Err(e) => return Err(format!("invalid PEM: {e}")),
+        }
+    }
+    // `RSA PUBLIC KEY` (PKCS#1) is not a section rustls knows; accept it as written.
+    let pkcs1 =
+        pem.contains("-----BEGIN RSA PUBLIC KEY-----") && pem.contains("-----END RSA PUBLIC KEY-----");
+    if found == 0 && !pkcs1 {
+        return Err("no PEM public key found (expected -----BEGIN PUBLIC KEY-----)".into());
+    }
+    Ok(())
+}
+
+fn is_hs(alg: &str) -> bool {
+    matches!(alg, "HS256" | "HS384" | "HS512")
+}
+
 fn validate_jwt_issuer(c: &mut Checker<'_>, j: &JwtIssuer) {
     c.name("name", &j.name);
     if j.issuer.trim().is_empty() {
         c.err("issuer", "must not be empty");
     }
+    let any_hs = j.algorithms.iter().any(|a| is_hs(a));
+    let any_public = j.algorithms.iter().any(|a| !is_hs(a));
     match (&j.jwks_url, j.public_keys.is_empty()) {
         (Some(u), true) => c.url("jwks_url", u, j.allow_internal_addresses),
         (None, false) => {}
         (Some(_), false) => c.err("jwks_url", "use jwks_url or public_keys, not both"),
-        (None, true) => c.err("jwks_url", "a JWT issuer needs jwks_url or public_keys"),
+        (None, true) if any_public => c.err(
+            "jwks_url",
+            "a JWT issuer with public-key algorithms needs jwks_url or public_keys",
+        ),
+        (None, true) => {}
+    }
+    for (i, pem) in j.public_keys.iter().enumerate() {
+        if let Err(m) = check_pem_public_key(pem) {
+            c.err(format!("public_keys[{i}]"), m);
+        }
+    }
+    match &j.hs_secret {
+        Some(name) => {
+            c.name("hs_secret", name);
+            if !any_hs {
+                c.err(
+                    "hs_secret",
+                    "only used with HS256, HS384 or HS512, and algorithms names none of them",
+                );
+            }
+        }
+        None if any_hs => c.err(
+            "hs_secret",
+            "HS algorithms need a shared secret: store it with `tollgate secret set NAME --tenant T` and name it in hs_secret",
+        ),
+        None => {}
+    }
+    if j.hs_key_hex.is_some() {
+        c.err(
+            "hs_key_hex",
+            "keys are not written in documents: store the key with `tollgate secret set NAME --tenant T` and name it in hs_secret",
+        );
     }
     if j.algorithms.is_empty() {
         c.err("algorithms", "at least one algorithm is required");
     }
+    let mut seen = BTreeSet::new();
     for (i, a) in j.algorithms.iter().enumerate() {
         if a.eq_ignore_ascii_case("none") {
             c.err(format!("algorithms[{i}]"), "\"none\" is never accepted");
@@ -742,6 +805,13 @@ fn validate_jwt_issuer(c: &mut Checker<'_>, j: &JwtIssuer) {
                     JWT_ALGORITHMS.join(", ")
                 ),
             );
+        } else if !seen.insert(a) {
+            c.err(format!("algorithms[{i}]"), format!("{a:?} is listed twice"));
+        }
+    }
+    for (i, a) in j.audiences.iter().enumerate() {
+        if a.is_empty() {
+            c.err(format!("audiences[{i}]"), "must not be empty");
         }
     }
     if j.app_claim.trim().is_empty() {
@@ -749,6 +819,35 @@ fn validate_jwt_issuer(c: &mut Checker<'_>, j: &JwtIssuer) {
     }
     if j.leeway.0 > Duration::from_secs(300) {
         c.err("leeway", "must be at most 5m");
+    }
+}
+
+fn validate_oauth2_introspection(c: &mut Checker<'_>, o: &Oauth2Introspection) {
+    c.name("name", &o.name);
+    c.url("url", &o.url, o.allow_internal_addresses);
+    if o.client_id.is_empty() || o.client_id.contains(':') || !is_header_value(&o.client_id) {
+        c.err(
+            "client_id",
+            "must be non-empty printable ASCII without ':' (it is sent in HTTP Basic authentication)",
+        );
+    }
+    c.name("client_secret_secret", &o.client_secret_secret);
+    if o.client_secret.is_some() {
+        c.err(
+            "client_secret",
+            "secrets are not written in documents: store it with `tollgate secret set NAME --tenant T` and name it in client_secret_secret",
+        );
+    }
+    for (i, a) in o.audiences.iter().enumerate() {
+        if a.is_empty() {
+            c.err(format!("audiences[{i}]"), "must not be empty");
+        }
+    }
+    if o.app_claim.trim().is_empty() {
+        c.err("app_claim", "must not be empty");
+    }
+    if o.cache_ttl.0 > Duration::from_secs(300) {
+        c.err("cache_ttl", "must be at most 5m");
     }
 }
 
@@ -835,6 +934,16 @@ pub fn references(key: &ResourceKey, spec: &Spec) -> Vec<(String, ResourceKey)> 
         }
         Spec::ApiKey(k) => need("app".into(), Kind::App, &k.app),
         Spec::Certificate(c) => need("key_secret".into(), Kind::Secret, &c.key_secret),
+        Spec::JwtIssuer(j) => {
+            if let Some(s) = &j.hs_secret {
+                need("hs_secret".into(), Kind::Secret, s);
+            }
+        }
+        Spec::Oauth2Introspection(o) => need(
+            "client_secret_secret".into(),
+            Kind::Secret,
+            &o.client_secret_secret,
+        ),
         _ => {}
     }
     refs
@@ -871,8 +980,30 @@ pub fn check_spec_references(
     }
 }
 
-/// Checks that every reference in `config` (a whole config) resolves in the same tenant, and
-/// that no host is claimed by two certificates.
+/// Reports two JWT issuers of one tenant with the same `issuer` (`iss`): an edge picks the
+/// issuer of a token by its `iss`, so it could not tell which one to use.
+pub fn check_jwt_issuers<'a>(
+    issuers: impl IntoIterator<Item = (&'a ResourceKey, &'a JwtIssuer)>,
+    out: &mut Vec<ValidationError>,
+) {
+    let mut owners: BTreeMap<(&str, &str), &ResourceKey> = BTreeMap::new();
+    for (key, j) in issuers {
+        match owners.get(&(key.tenant.as_str(), j.issuer.as_str())) {
+            Some(owner) if *owner != key => out.push(ValidationError {
+                resource: key.to_string(),
+                field: "issuer".into(),
+                message: format!("{:?} is also the issuer of {owner}", j.issuer),
+            }),
+            Some(_) => {}
+            None => {
+                owners.insert((key.tenant.as_str(), j.issuer.as_str()), key);
+            }
+        }
+    }
+}
+
+/// Checks that every reference in `config` (a whole config) resolves in the same tenant,
+/// that no host is claimed by two certificates and no `iss` by two issuers of a tenant.
 pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<ValidationError>) {
     for (key, spec) in config {
         check_spec_references(key, spec, &|k| config.contains_key(k), &|_| false, out);
@@ -880,6 +1011,13 @@ pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<Vali
     check_certificate_hosts(
         config.iter().filter_map(|(k, s)| match s {
             Spec::Certificate(c) => Some((k, c)),
+            _ => None,
+        }),
+        out,
+    );
+    check_jwt_issuers(
+        config.iter().filter_map(|(k, s)| match s {
+            Spec::JwtIssuer(j) => Some((k, j)),
             _ => None,
         }),
         out,
@@ -1123,6 +1261,108 @@ mod tests {
                 "want {want:?} in {errs:#?}"
             );
         }
+    }
+
+    /// `errors_of` with secrets `acme/hs` and `acme/introspect` present.
+    fn errors_with_secrets(yaml: &str) -> Vec<String> {
+        let specs = Document::parse(yaml).unwrap().into_specs();
+        let mut out = Vec::new();
+        for s in &specs {
+            validate_spec(s, &mut out);
+        }
+        let mut config: BTreeMap<_, _> = specs.into_iter().map(|s| (s.key(), s)).collect();
+        for name in ["hs", "introspect"] {
+            let secret = Spec::Secret(SecretRecord {
+                name: name.into(),
+                tenant: "acme".into(),
+                sealed: String::new(),
+                key_id: String::new(),
+                updated_ms: 0,
+            });
+            config.insert(secret.key(), secret);
+        }
+        check_references(&config, &mut out);
+        out.iter().map(|e| e.to_string()).collect()
+    }
+
+    const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\\nMCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\\n-----END PUBLIC KEY-----\\n";
+
+    #[test]
+    fn jwt_issuers_and_introspection_are_checked() {
+        let ok = [
+            "jwt_issuers: [{name: i, tenant: acme, issuer: x, jwks_url: 'https://idp/jwks', audiences: [orders]}]".to_string(),
+            "jwt_issuers: [{name: i, tenant: acme, issuer: x, algorithms: [HS256], hs_secret: hs}]".to_string(),
+            format!("jwt_issuers: [{{name: i, tenant: acme, issuer: x, algorithms: [EdDSA, HS512], hs_secret: hs, public_keys: [\"{ED_PUBLIC}\"]}}]"),
+            "oauth2_introspections: [{name: o, tenant: acme, url: 'https://idp/introspect', client_id: gw, client_secret_secret: introspect}]".to_string(),
+        ];
+        for doc in ok {
+            let doc = format!("tenants: [{{name: acme}}]\n{doc}");
+            assert_eq!(errors_with_secrets(&doc), Vec::<String>::new(), "{doc}");
+        }
+        let cases = [
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, algorithms: [HS256]}]",
+                "jwt_issuer acme/i: hs_secret: HS algorithms need a shared secret",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, jwks_url: 'https://idp/j', hs_secret: hs}]",
+                "jwt_issuer acme/i: hs_secret: only used with HS256",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, algorithms: [HS256], hs_secret: nope}]",
+                "jwt_issuer acme/i: hs_secret: references secret acme/nope, which does not exist",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, algorithms: [HS256], hs_secret: hs, hs_key_hex: '00'}]",
+                "jwt_issuer acme/i: hs_key_hex: keys are not written in documents",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, algorithms: [RS256]}]",
+                "jwt_issuer acme/i: jwks_url: a JWT issuer with public-key algorithms needs jwks_url or public_keys",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, public_keys: [\"-----BEGIN PRIVATE KEY-----\\nMC4CAQAwBQYDK2VwBCIEIA==\\n-----END PRIVATE KEY-----\\n\"]}]",
+                "jwt_issuer acme/i: public_keys[0]: holds a private key",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, jwks_url: 'http://169.254.169.254/jwks'}]",
+                "jwt_issuer acme/i: jwks_url: URL \"http://169.254.169.254/jwks\" points at a link-local or metadata address",
+            ),
+            (
+                "jwt_issuers: [{name: i, tenant: acme, issuer: x, jwks_url: 'https://a/j'}, {name: j, tenant: acme, issuer: x, jwks_url: 'https://b/j'}]",
+                "jwt_issuer acme/j: issuer: \"x\" is also the issuer of jwt_issuer acme/i",
+            ),
+            (
+                "oauth2_introspections: [{name: o, tenant: acme, url: 'http://metadata.google.internal/x', client_id: gw, client_secret_secret: introspect}]",
+                "oauth2_introspection acme/o: url: URL \"http://metadata.google.internal/x\" points at a link-local or metadata address",
+            ),
+            (
+                "oauth2_introspections: [{name: o, tenant: acme, url: 'https://idp/i', client_id: 'a:b', client_secret_secret: introspect}]",
+                "oauth2_introspection acme/o: client_id: must be non-empty printable ASCII without ':'",
+            ),
+            (
+                "oauth2_introspections: [{name: o, tenant: acme, url: 'https://idp/i', client_id: gw, client_secret_secret: missing}]",
+                "oauth2_introspection acme/o: client_secret_secret: references secret acme/missing, which does not exist",
+            ),
+            (
+                "oauth2_introspections: [{name: o, tenant: acme, url: 'https://idp/i', client_id: gw, client_secret_secret: introspect, client_secret: shh}]",
+                "oauth2_introspection acme/o: client_secret: secrets are not written in documents",
+            ),
+            (
+                "oauth2_introspections: [{name: o, tenant: acme, url: 'https://idp/i', client_id: gw, client_secret_secret: introspect, cache_ttl: 1h}]",
+                "oauth2_introspection acme/o: cache_ttl: must be at most 5m",
+            ),
+        ];
+        for (doc, want) in cases {
+            let errs = errors_with_secrets(&format!("tenants: [{{name: acme}}]\n{doc}"));
+            assert!(
+                errs.iter().any(|e| e.starts_with(want)),
+                "want {want:?} in {errs:#?}"
+            );
+        }
+        // The same `iss` in two tenants is fine.
+        let two = "tenants: [{name: acme}, {name: b}]\njwt_issuers: [{name: i, tenant: acme, issuer: x, jwks_url: 'https://a/j'}, {name: i, tenant: b, issuer: x, jwks_url: 'https://a/j'}]";
+        assert_eq!(errors_with_secrets(two), Vec::<String>::new());
     }
 
     #[test]

@@ -349,3 +349,68 @@ async fn open_and_deprecated_services() {
     assert_eq!(a.headers["deprecation"], "true");
     assert_eq!(a.headers["sunset"], "Wed, 30 Jun 2027 00:00:00 GMT");
 }
+
+#[tokio::test]
+async fn ip_filter_and_cors_run_before_authentication_and_paths_are_normalized() {
+    let be = echo_upstream().await;
+    let res = resources(&format!(
+        r#"
+tenants: [{{name: acme}}]
+upstreams: [{{name: be, tenant: acme, targets: [{{url: "http://{be}"}}]}}]
+policies:
+  - {{name: lan, tenant: acme, ip_filter: {{allow: ["192.168.0.0/16"]}}}}
+  - {{name: spa, tenant: acme, cors: {{allow_origins: ["https://spa.test"], allow_methods: [PUT]}}}}
+services:
+  - {{name: walled, tenant: acme, upstream: be, auth: [api_key], policies: [lan], routes: [{{paths: ["/walled"]}}]}}
+  - {{name: api, tenant: acme, upstream: be, auth: [api_key], policies: [spa], routes: [{{paths: ["/api"], methods: [PUT]}}]}}
+  - {{name: open, tenant: acme, upstream: be, routes: [{{paths: ["/"]}}]}}
+"#
+    ));
+    let shared = Arc::new(Shared::default());
+    shared.install(compile(1, res));
+    let p = Proxy::new(shared);
+    // CLIENT (10.1.2.3) is outside the allow list: 403 before any credential is asked for.
+    expect_error(&p, empty(get("/walled")), StatusCode::FORBIDDEN, "ip_denied").await;
+    // A preflight needs no credential, and is routed by the method it asks about.
+    let preflight = |origin: &str| {
+        empty(
+            Request::options("/api/1")
+                .header("host", "api.test")
+                .header("origin", origin)
+                .header("access-control-request-method", "PUT"),
+        )
+    };
+    let a = call(&p, preflight("https://spa.test")).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert_eq!(a.headers["access-control-allow-origin"], "https://spa.test");
+    expect_error(
+        &p,
+        preflight("https://evil.test"),
+        StatusCode::FORBIDDEN,
+        "cors_denied",
+    )
+    .await;
+    // Errors after the cors phase carry the grant.
+    let put = Request::put("/api/1")
+        .header("host", "api.test")
+        .header("origin", "https://spa.test");
+    let a = call(&p, empty(put)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.headers["access-control-allow-origin"], "https://spa.test");
+    // Escaped unreserved characters are decoded before routing and sent decoded.
+    expect_error(&p, empty(get("/w%61lled")), StatusCode::FORBIDDEN, "ip_denied").await;
+    let a = call(&p, empty(get("/%6Fpen/%7Ex?a=%61"))).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(
+        a.json["uri"].as_str().unwrap().ends_with("/open/~x?a=%61"),
+        "{}",
+        a.json
+    );
+    for bad in ["/open%2Fx", "/open%5cx", "/open%00", "//open"] {
+        expect_error(&p, empty(get(bad)), StatusCode::BAD_REQUEST, "bad_request").await;
+    }
+    // A tab is legal in a header value (NUL and other controls cannot even be put in a
+    // HeaderValue; the parsers refuse them on the wire: see cve_regressions.rs).
+    let tab = get("/open").header("x-evil", HeaderValue::from_bytes(b"a\tb").unwrap());
+    assert_eq!(call(&p, empty(tab)).await.status, StatusCode::OK);
+}

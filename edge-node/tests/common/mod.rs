@@ -121,6 +121,8 @@ impl TestEdge {
             join_token: None,
             max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
             tls_listen: None,
+            cluster_tls: None,
+            body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
         })
         .await
         .unwrap();

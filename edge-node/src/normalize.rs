@@ -1,0 +1,154 @@
+//! Request phase "normalize path", before routing: one canonical form of the path, so that
+//! the path the router matches is exactly the path the upstream receives and no spelling
+//! of a path can match one route and reach another (CVE-2019-9901, CVE-2021-29492).
+//!
+//! The rule, in order:
+//! 1. A raw backslash is refused (some servers read it as `/`).
+//! 2. Percent-escapes must be `%` and two hex digits. An escaped `/`, `\` or NUL (`%2F`,
+//!    `%5C`, `%00`, any case) is refused; an escaped unreserved character (RFC 3986: letters,
+//!    digits, `-`, `.`, `_`, `~`) is decoded (`/%61dmin` is `/admin`); every other escape
+//!    is kept exactly as sent.
+//! 3. Dot segments (`.`, `..`, also once decoded: `%2e%2E`) and empty segments (`//`, which
+//!    many servers merge) are refused; a trailing `/` is kept.
+//!
+//! Refusals are 400 `bad_request`. Nothing else is changed.
+
+use std::borrow::Cow;
+
+/// Whether `b` is an RFC 3986 unreserved character.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// The normalized path (borrowed when nothing changes), or why it is refused.
+pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Err("backslash in the path");
+    }
+    let path = if bytes.contains(&b'%') {
+        let mut out = String::with_capacity(path.len());
+        let mut rest = path;
+        while let Some(i) = rest.find('%') {
+            out.push_str(&rest[..i]);
+            let esc = rest.as_bytes();
+            let (Some(hi), Some(lo)) = (
+                esc.get(i + 1).copied().and_then(hex),
+                esc.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err("malformed percent-escape in the path");
+            };
+            match (hi << 4) | lo {
+                b'/' | b'\\' | 0 => return Err("escaped slash, backslash or nul in the path"),
+                b if unreserved(b) => out.push(char::from(b)),
+                _ => out.push_str(&rest[i..i + 3]),
+            }
+            rest = &rest[i + 3..];
+        }
+        out.push_str(rest);
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(path)
+    };
+    let segments: Vec<&str> = path.split('/').collect();
+    // The first segment is what precedes the leading `/` (empty); the last may be empty (a
+    // trailing `/`).
+    let inner = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        if *seg == "." || *seg == ".." {
+            return Err("dot segments in the path");
+        }
+        if seg.is_empty() && i > 0 && i < inner {
+            return Err("empty segment in the path");
+        }
+    }
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(p: &str) -> String {
+        normalize_path(p)
+            .unwrap_or_else(|e| panic!("{p:?} refused: {e}"))
+            .into_owned()
+    }
+
+    #[test]
+    fn plain_paths_pass_unchanged_and_borrowed() {
+        for p in [
+            "/",
+            "/orders",
+            "/orders/",
+            "/orders/1.json",
+            "/a/.well-known/x",
+            "/a/...",
+            "*",
+        ] {
+            assert!(matches!(normalize_path(p), Ok(Cow::Borrowed(_))), "{p}");
+        }
+    }
+
+    #[test]
+    fn escaped_unreserved_characters_are_decoded() {
+        assert_eq!(ok("/%61dmin"), "/admin");
+        assert_eq!(ok("/%41%44MIN"), "/ADMIN");
+        assert_eq!(ok("/a%2Db%5fc%7E%2e1"), "/a-b_c~.1");
+        // Other escapes are kept as sent (case included).
+        assert_eq!(ok("/a%20b%3f%25%3A"), "/a%20b%3f%25%3A");
+        // Decoding happens once: %2561 is "%61" literally, not "a".
+        assert_eq!(ok("/%2561dmin"), "/%2561dmin");
+    }
+
+    #[test]
+    fn encoded_separators_and_nul_are_refused() {
+        for p in [
+            "/admin%2Fx",
+            "/admin%2fx",
+            "/public%2F..%2Fadmin",
+            "/a%5Cb",
+            "/a%5cb",
+            "/a%00b",
+            "/a\\b",
+            "/a\\..\\admin",
+        ] {
+            assert!(normalize_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn dot_and_empty_segments_are_refused_also_when_escaped() {
+        for p in [
+            "/public/../admin",
+            "/a/./b",
+            "/..",
+            "/.",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/.%2E/b",
+            "/a/%2e/b",
+            "//admin",
+            "/a//b",
+            "/a//",
+        ] {
+            assert!(normalize_path(p).is_err(), "{p}");
+        }
+    }
+
+    #[test]
+    fn malformed_escapes_are_refused() {
+        for p in ["/a%", "/a%4", "/a%zz", "/a%4g", "/%%41"] {
+            assert!(normalize_path(p).is_err(), "{p}");
+        }
+    }
+}

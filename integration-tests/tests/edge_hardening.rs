@@ -1,0 +1,189 @@
+//! Edge policies and limits through a real control plane and a real edge process: CORS
+//! (preflights answered by the edge without credentials; grants only for allowed origins)
+//! and the body-read timeout for clients that stall mid-body (`--body-read-timeout`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_integration_tests::edge::{EdgeNode, Reply, Upstream};
+use tollgate_integration_tests::{wait_for, Sandbox};
+
+fn config(upstream: &str) -> String {
+    format!(
+        r#"
+tenants: [{{name: t}}]
+upstreams: [{{name: up, tenant: t, targets: [{{url: "{upstream}"}}]}}]
+policies:
+  - {{name: web, tenant: t, cors: {{allow_origins: ["https://app.example.com"], allow_methods: [GET, PUT],
+      allow_headers: [x-trace, authorization, apikey], expose_headers: [x-total], allow_credentials: true, max_age: 10m}}}}
+services:
+  - {{name: api, tenant: t, upstream: up, auth: [api_key], policies: [web],
+      routes: [{{paths: ["/api"], methods: [GET, PUT, DELETE]}}]}}
+  - {{name: open, tenant: t, upstream: up, routes: [{{paths: ["/open"]}}]}}
+apps: [{{name: spa, tenant: t}}]
+subscriptions: [{{app: spa, service: api, tenant: t, status: approved}}]
+"#
+    )
+}
+
+fn start(extra_args: &[&str]) -> (Sandbox, EdgeNode, Upstream) {
+    let up = Upstream::start();
+    let sb = Sandbox::cluster(1);
+    sb.cli(0, &["apply", "-f", &sb.file("config.yaml", &config(&up.url()))])
+        .ok();
+    let edge = EdgeNode::start_with_args(&sb, "edge-a", extra_args);
+    wait_for("the edge to route", Duration::from_secs(10), || {
+        (edge.request("GET", "/open/ready", &[]).status == 200).then_some(())
+    });
+    (sb, edge, up)
+}
+
+const APP: &str = "https://app.example.com";
+
+fn assert_no_grant(r: &Reply, what: &str) {
+    for h in [
+        "access-control-allow-origin",
+        "access-control-allow-credentials",
+        "access-control-allow-methods",
+    ] {
+        assert!(r.header(h).is_none(), "{what}: {h} in {r:?}");
+    }
+}
+
+#[test]
+fn cors_preflights_are_answered_by_the_edge_and_grants_follow_the_policy() {
+    let (sb, edge, up) = start(&[]);
+    let out = sb
+        .cli(
+            0,
+            &["key", "create", "--app", "spa", "--tenant", "t", "-o", "json"],
+        )
+        .ok();
+    let key = serde_json::from_str::<Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the key to reach the edge", Duration::from_secs(5), || {
+        (edge.get_with_key("/api/x", &key).status == 200).then_some(())
+    });
+    let before = up.requests().len();
+
+    // A preflight carries no credential: the edge answers it, the upstream never sees it.
+    let r = edge.request(
+        "OPTIONS",
+        "/api/items/1",
+        &[
+            ("origin", APP),
+            ("access-control-request-method", "PUT"),
+            ("access-control-request-headers", "x-trace, apikey, content-type"),
+        ],
+    );
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("access-control-allow-methods"), Some("GET, PUT"));
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("x-trace, apikey, content-type")
+    );
+    assert_eq!(r.header("access-control-max-age"), Some("600"));
+    assert!(r.header("x-request-id").is_some());
+
+    // Refused preflights: 403 cors_denied, no grant.
+    for (origin, method, headers) in [
+        ("https://evil.example.com", "GET", ""),
+        ("https://app.example.com.evil.test", "GET", ""),
+        ("null", "GET", ""),
+        (APP, "DELETE", ""),
+        (APP, "GET", "x-secret"),
+    ] {
+        let mut h = vec![("origin", origin), ("access-control-request-method", method)];
+        if !headers.is_empty() {
+            h.push(("access-control-request-headers", headers));
+        }
+        let r = edge.request("OPTIONS", "/api/items/1", &h);
+        let what = format!("{origin} {method} {headers}");
+        assert_eq!(r.status, 403, "{what}: {r:?}");
+        assert_eq!(r.error_code(), "cors_denied", "{what}");
+        assert_no_grant(&r, &what);
+    }
+    assert_eq!(up.requests().len(), before, "a preflight reached the upstream");
+
+    // Actual requests: the grant for the allowed origin, on successes and on errors alike.
+    let r = edge.request("GET", "/api/items", &[("origin", APP), ("apikey", &key)]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    assert_eq!(r.header("access-control-expose-headers"), Some("x-total"));
+    assert_eq!(r.header("vary"), Some("origin"));
+    let r = edge.request("GET", "/api/items", &[("origin", APP)]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(APP));
+    // Another origin gets its answer, without a grant (the browser keeps it from the page).
+    let r = edge.request(
+        "GET",
+        "/api/items",
+        &[("origin", "https://evil.example.com"), ("apikey", &key)],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_no_grant(&r, "evil origin");
+    assert_eq!(r.header("vary"), Some("origin"));
+    // A service without a cors policy is left alone.
+    let r = edge.request("GET", "/open/x", &[("origin", APP)]);
+    assert_eq!(r.status, 200);
+    assert_no_grant(&r, "no policy");
+    assert!(r.header("vary").is_none());
+}
+
+/// Sends a POST announcing `announced` body bytes, then `chunks` with `gap` between them, and
+/// returns the raw answer and how long after the last chunk it came.
+fn trickle(
+    addr: std::net::SocketAddr,
+    announced: usize,
+    chunks: &[&[u8]],
+    gap: Duration,
+) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "POST /open/upload HTTP/1.1\r\nHost: edge\r\nConnection: close\r\nContent-Length: {announced}\r\n\r\n"
+    )
+    .unwrap();
+    for (i, c) in chunks.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(gap);
+        }
+        s.write_all(c).unwrap();
+    }
+    let sent = Instant::now();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    (String::from_utf8_lossy(&answer).into_owned(), sent.elapsed())
+}
+
+#[test]
+fn a_stalled_request_body_is_cut_off_with_408() {
+    let (_sb, edge, up) = start(&["--body-read-timeout", "1s"]);
+
+    // 10 of 100 announced bytes, then nothing: 408 after about a second.
+    let (answer, after) = trickle(edge.proxy, 100, &[b"0123456789"], Duration::ZERO);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+    assert!(
+        after >= Duration::from_millis(900) && after < Duration::from_secs(5),
+        "answered after {after:?}"
+    );
+    assert!(
+        !up.requests().iter().any(|r| r["path"] == "/open/upload"),
+        "the upstream got a complete request"
+    );
+
+    // A slow but steady body (a chunk every 400 ms, 2.4 s in all) is not cut.
+    let chunks: Vec<&[u8]> = vec![b"aaaa"; 6];
+    let (answer, _) = trickle(edge.proxy, 24, &chunks, Duration::from_millis(400));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&"a".repeat(24)), "{answer}");
+}
