@@ -719,43 +719,40 @@ impl ConfigState {
                 }
             }
         }
-        // A host may be claimed by one certificate only, across tenants.
-        let writes_certificate = writes.values().any(|s| matches!(s, Some(Spec::Certificate(_))));
-        if writes_certificate {
+        // Uniqueness across resources of one kind: a host is claimed by one certificate (any
+        // tenant), an `iss` names one issuer per tenant. Checked over the resulting config,
+        // sorted by key, whenever the change writes a resource of that kind.
+        let writes_kind = |kind: Kind| writes.iter().any(|(k, s)| k.kind == kind && s.is_some());
+        let resulting = |kind: Kind| -> Vec<(&ResourceKey, &Spec)> {
             let stored = self
                 .resources
-                .iter()
+                .range(ResourceKey::new(kind, "", "")..)
+                .take_while(|(k, _)| k.kind == kind)
                 .filter(|(k, _)| !writes.contains_key(*k))
                 .map(|(k, s)| (k, &s.spec));
-            let written = writes.iter().filter_map(|(k, s)| s.as_ref().map(|s| (k, s)));
-            let mut result: Vec<(&ResourceKey, &Spec)> = stored.chain(written).collect();
-            result.sort_by(|a, b| a.0.cmp(b.0));
-            check_certificate_hosts(
-                result.into_iter().filter_map(|(k, s)| match s {
-                    Spec::Certificate(c) => Some((k, c)),
-                    _ => None,
-                }),
-                &mut errors,
-            );
+            let written = writes
+                .iter()
+                .filter(|(k, _)| k.kind == kind)
+                .filter_map(|(k, s)| s.as_ref().map(|s| (k, s)));
+            let mut all: Vec<(&ResourceKey, &Spec)> = stored.chain(written).collect();
+            all.sort_by(|a, b| a.0.cmp(b.0));
+            all
+        };
+        if writes_kind(Kind::Certificate) {
+            let certs = resulting(Kind::Certificate);
+            let certs = certs.iter().filter_map(|(k, s)| match s {
+                Spec::Certificate(c) => Some((*k, c)),
+                _ => None,
+            });
+            check_certificate_hosts(certs, &mut errors);
         }
-        // An `iss` names one issuer per tenant.
-        let writes_issuer = writes.values().any(|s| matches!(s, Some(Spec::JwtIssuer(_))));
-        if writes_issuer {
-            let stored = self
-                .resources
-                .iter()
-                .filter(|(k, _)| !writes.contains_key(*k))
-                .map(|(k, s)| (k, &s.spec));
-            let written = writes.iter().filter_map(|(k, s)| s.as_ref().map(|s| (k, s)));
-            let mut result: Vec<(&ResourceKey, &Spec)> = stored.chain(written).collect();
-            result.sort_by(|a, b| a.0.cmp(b.0));
-            check_jwt_issuers(
-                result.into_iter().filter_map(|(k, s)| match s {
-                    Spec::JwtIssuer(j) => Some((k, j)),
-                    _ => None,
-                }),
-                &mut errors,
-            );
+        if writes_kind(Kind::JwtIssuer) {
+            let issuers = resulting(Kind::JwtIssuer);
+            let issuers = issuers.iter().filter_map(|(k, s)| match s {
+                Spec::JwtIssuer(j) => Some((*k, j)),
+                _ => None,
+            });
+            check_jwt_issuers(issuers, &mut errors);
         }
         if errors.is_empty() {
             Ok(())
