@@ -5,6 +5,11 @@
 //! 5 conflict (stale resource_version), 6 control plane unavailable.
 
 mod cert;
+/// mimalloc instead of the system allocator: the proxy path allocates per request and
+/// glibc's malloc showed in profiles (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod client;
 mod output;
 mod servers;

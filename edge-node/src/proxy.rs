@@ -199,7 +199,9 @@ impl Proxy {
 }
 
 /// Most request headers the proxy accepts.
-pub const MAX_HEADERS: usize = 100;
+/// Most request headers the proxy accepts (hyper itself refuses more than 100 on HTTP/1.1,
+/// with a bare 431).
+pub const MAX_HEADERS: usize = 64;
 /// Most bytes of request headers (names and values) the proxy accepts.
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 

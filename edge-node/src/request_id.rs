@@ -20,18 +20,38 @@ fn is_sane(id: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// 32 random hex characters.
+/// 32 hex characters: a random prefix drawn once per process, then a counter. Unique and
+/// not guessable across restarts, without a trip to the random number generator per request.
 pub fn generate() -> HeaderValue {
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        // The system RNG does not fail in practice; a time-based id still identifies the call.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        bytes = nanos.to_be_bytes();
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+            // The system RNG does not fail in practice; the clock still separates processes.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            bytes = nanos.to_be_bytes();
+        }
+        u64::from_be_bytes(bytes)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut out = [0u8; 32];
+    let digits = b"0123456789abcdef";
+    for (i, b) in prefix
+        .to_be_bytes()
+        .iter()
+        .chain(n.to_be_bytes().iter())
+        .enumerate()
+    {
+        out[2 * i] = digits[(b >> 4) as usize];
+        out[2 * i + 1] = digits[(b & 0xf) as usize];
     }
-    HeaderValue::from_str(&tollgate_proto::keys::hex(&bytes)).expect("hex is a valid header value")
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
