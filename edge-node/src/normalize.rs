@@ -3,7 +3,9 @@
 //! of a path can match one route and reach another (CVE-2019-9901, CVE-2021-29492).
 //!
 //! The rule, in order:
-//! 1. A raw backslash is refused (some servers read it as `/`).
+//! 1. A raw backslash is refused (some servers read it as `/`), and so is a raw `;`:
+//!    servlet containers strip `;params` from a segment, so `/admin;x` would match no
+//!    `/admin` rule here yet reach `/admin` there. (`%3B` is kept escaped, a literal `;`.)
 //! 2. Percent-escapes must be `%` and two hex digits. An escaped `/`, `\` or NUL (`%2F`,
 //!    `%5C`, `%00`, any case) is refused; an escaped unreserved character (RFC 3986: letters,
 //!    digits, `-`, `.`, `_`, `~`) is decoded (`/%61dmin` is `/admin`); every other escape
@@ -34,6 +36,9 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     let bytes = path.as_bytes();
     if bytes.contains(&b'\\') {
         return Err("backslash in the path");
+    }
+    if bytes.contains(&b';') {
+        return Err("path parameters (;) in the path");
     }
     let path = if bytes.contains(&b'%') {
         let mut out = String::with_capacity(path.len());
@@ -150,5 +155,13 @@ mod tests {
         for p in ["/a%", "/a%4", "/a%zz", "/a%4g", "/%%41"] {
             assert!(normalize_path(p).is_err(), "{p}");
         }
+    }
+
+    #[test]
+    fn path_parameters_are_refused_but_an_escaped_semicolon_is_kept() {
+        for p in ["/admin;x=1", "/a;/b", "/;"] {
+            assert!(normalize_path(p).is_err(), "{p}");
+        }
+        assert_eq!(ok("/a%3Bb"), "/a%3Bb");
     }
 }

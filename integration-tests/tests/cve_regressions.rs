@@ -158,6 +158,9 @@ fn cve_2021_29492_encoded_slashes_and_escapes_cannot_dodge_a_rule() {
         "//admin",
         "/public//../admin",
         "/%zzadmin",
+        // Path parameters: servlet containers strip `;...` and would see `/admin`.
+        "/admin;jsessionid=x",
+        "/public/..;/admin",
     ] {
         assert_refused(&f.refused("GET", path, &[]), 400, "", path);
     }
