@@ -719,6 +719,54 @@ impl ConfigState {
                 }
             }
         }
+        // A service takes at most one CORS policy (two would answer preflights differently).
+        // Checked for written services and for services naming a written policy.
+        let current = |k: &ResourceKey| -> Option<&Spec> {
+            match writes.get(k) {
+                Some(new) => new.as_ref(),
+                None => self.resources.get(k).map(|s| &s.spec),
+            }
+        };
+        let written_policies: Vec<&ResourceKey> = writes
+            .iter()
+            .filter(|(k, s)| k.kind == Kind::Policy && s.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        let services = self
+            .resources
+            .range(ResourceKey::new(Kind::Service, "", "")..)
+            .take_while(|(k, _)| k.kind == Kind::Service)
+            .map(|(k, _)| k)
+            .chain(writes.keys().filter(|k| k.kind == Kind::Service))
+            .collect::<std::collections::BTreeSet<_>>();
+        for key in services {
+            let Some(Spec::Service(svc)) = current(key) else {
+                continue;
+            };
+            let touched = writes.contains_key(key)
+                || written_policies
+                    .iter()
+                    .any(|p| p.tenant == svc.tenant && svc.policies.contains(&p.name));
+            if !touched {
+                continue;
+            }
+            let cors: Vec<&str> = svc
+                .policies
+                .iter()
+                .filter(|name| {
+                    matches!(current(&ResourceKey::new(Kind::Policy, &svc.tenant, name.as_str())),
+                        Some(Spec::Policy(p)) if p.cors.is_some())
+                })
+                .map(String::as_str)
+                .collect();
+            if cors.len() > 1 {
+                errors.push(tollgate_proto::ValidationError {
+                    resource: key.to_string(),
+                    field: "policies".into(),
+                    message: format!("names more than one cors policy ({}); use one", cors.join(", ")),
+                });
+            }
+        }
         // Uniqueness across resources of one kind: a host is claimed by one certificate (any
         // tenant), an `iss` names one issuer per tenant. Checked over the resulting config,
         // sorted by key, whenever the change writes a resource of that kind.

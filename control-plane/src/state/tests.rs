@@ -186,3 +186,33 @@ fn delete_checks_expected_version_and_kind() {
         "{err}"
     );
 }
+
+#[test]
+fn a_service_takes_at_most_one_cors_policy() {
+    let mut s = ConfigState::default();
+    apply_doc(&mut s, 1, BASE, false).unwrap();
+    let two = r#"
+policies:
+  - {name: c1, tenant: acme, cors: {allow_origins: ["https://a.example"]}}
+  - {name: c2, tenant: acme, cors: {allow_origins: ["https://b.example"]}}
+services: [{name: orders, tenant: acme, approval: manual, auth: [api_key], upstream: be, policies: [c1, c2], routes: [{paths: [/orders]}]}]
+"#;
+    let err = apply_doc(&mut s, 2, two, false).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("service acme/orders: policies: names more than one cors policy (c1, c2)"),
+        "{err}"
+    );
+    // Turning a header policy the service already names into a second cors policy is caught too.
+    let one = two.replace("policies: [c1, c2]", "policies: [c1, h]").replace(
+        "  - {name: c2, tenant: acme, cors: {allow_origins: [\"https://b.example\"]}}",
+        "  - {name: h, tenant: acme, headers: {request: {add: {x-a: '1'}}}}",
+    );
+    apply_doc(&mut s, 3, &one, false).unwrap();
+    let sneaky = "policies: [{name: h, tenant: acme, cors: {allow_origins: ['https://c.example']}}]";
+    let err = apply_doc(&mut s, 4, sneaky, false).unwrap_err();
+    assert!(
+        err.to_string().contains("more than one cors policy (c1, h)"),
+        "{err}"
+    );
+}
