@@ -140,7 +140,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Runtime::new() {
+    // On one core (a container limit, or `taskset`), the single-threaded runtime: no work
+    // stealing or cross-thread wakeups to pay for. Otherwise one worker per core.
+    let one_core = std::thread::available_parallelism().map_or(false, |n| n.get() == 1);
+    let runtime = if one_core {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Runtime::new()
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => client::fail(client::Failure::other(format!("starting runtime: {e}"))),
     };
