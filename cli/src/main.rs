@@ -142,7 +142,7 @@ fn main() {
 
     // On one core (a container limit, or `taskset`), the single-threaded runtime: no work
     // stealing or cross-thread wakeups to pay for. Otherwise one worker per core.
-    let one_core = std::thread::available_parallelism().map_or(false, |n| n.get() == 1);
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let runtime = if one_core {
         tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
