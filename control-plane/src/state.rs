@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use tollgate_proto::model::{ApiKey, SecretRecord, ServiceState, Subscription, SubscriptionStatus};
+use tollgate_proto::model::{ApiKey, SecretRecord, Subscription, SubscriptionStatus};
 use tollgate_proto::validate::{
     check_certificate_hosts, check_duplicates, check_jwt_issuers, check_spec_references, references,
     validate_spec,
@@ -854,14 +854,6 @@ impl ConfigState {
 
     pub fn has_admin_token(&self, sha256: &str) -> Option<&AdminToken> {
         self.admin_tokens.get(sha256)
-    }
-
-    /// Whether the service a route belongs to is live; used by tests and status.
-    pub fn live_services(&self) -> usize {
-        self.resources
-            .values()
-            .filter(|s| matches!(&s.spec, Spec::Service(svc) if svc.state != ServiceState::Draft))
-            .count()
     }
 }
 

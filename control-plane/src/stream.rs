@@ -368,16 +368,6 @@ impl ConfigStream for StreamService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
-
-    async fn local_edges(
-        &self,
-        req: Request<LocalEdgesRequest>,
-    ) -> Result<Response<LocalEdgesResponse>, Status> {
-        self.node.authorize(&req, &[Role::ClusterAdmin])?;
-        Ok(Response::new(LocalEdgesResponse {
-            edges: self.node.edges.list(self.node.id),
-        }))
-    }
 }
 
 /// Serves one edge until it goes away; returns why.

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_proto::model::{HeaderOps, Policy, Service};
 
-use crate::body::{self, Body, ClientBody};
 use crate::cors::CorsPolicy;
 use crate::error::ProxyError;
 use crate::ipfilter::IpRule;
@@ -138,8 +137,8 @@ impl Policies {
         self.ip_filters.iter().try_for_each(|f| f.check(peer, headers))
     }
 
-    /// Refuses a body announced bigger than allowed (bodies without a length are cut off by
-    /// [`Policies::limit_body`]).
+    /// Refuses a body announced bigger than allowed (bodies without a length are cut off
+    /// while they stream: see the proxy's use of [`Policies::max_body`]).
     pub fn check_request_size(&self, headers: &HeaderMap) -> Result<(), ProxyError> {
         let (Some(max), Some(len)) = (self.max_body, headers.get(http::header::CONTENT_LENGTH)) else {
             return Ok(());
@@ -147,15 +146,6 @@ impl Policies {
         match len.to_str().ok().and_then(|l| l.trim().parse::<u64>().ok()) {
             Some(l) if l > max => Err(ProxyError::BodyTooLarge),
             _ => Ok(()),
-        }
-    }
-
-    /// The request body, failing with [`BodyTooLarge`](ProxyError::BodyTooLarge) past the
-    /// limit while it streams.
-    pub fn limit_body<B: ClientBody>(&self, b: B) -> Body {
-        match self.max_body {
-            Some(max) => body::stream(http_body_util::Limited::new(b, max as usize)),
-            None => body::stream(b),
         }
     }
 

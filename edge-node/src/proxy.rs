@@ -21,6 +21,7 @@
 //! credentials, and a preflight (which carries none) never needs one. The cors grant is
 //! added to every answer after that phase, errors included, so a browser can read a 401.
 
+use http_body_util::Limited;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -119,26 +120,27 @@ impl Proxy {
         service.policies.check_request_size(req.headers())?;
         let upgrade = forward::upgrade_requested(&req);
         let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let req = req.map(|b| service.policies.limit_body(b));
 
         let pool = match &service.backend {
             Backend::Upstream(pool) => pool,
             Backend::Ai => return Err(ProxyError::NotImplemented("the ai gateway")),
         };
         let path = stripped_path(req.uri().path(), strip_len).to_string();
-        let resp = dispatch::send(
-            req,
-            &Dispatch {
-                pool,
-                path: &path,
-                remote,
-                request_id,
-                consumer: consumer.as_ref(),
-                upgrade: upgrade.as_ref(),
-                policies: &service.policies,
-            },
-        )
-        .await?;
+        let dispatch = Dispatch {
+            pool,
+            path: &path,
+            remote,
+            request_id,
+            consumer: consumer.as_ref(),
+            upgrade: upgrade.as_ref(),
+            policies: &service.policies,
+        };
+        // Only a size policy wraps the body (it then fails with BodyTooLarge past the limit
+        // while streaming); otherwise the client's body goes on as it is.
+        let resp = match service.policies.max_body {
+            Some(max) => dispatch::send(req.map(|b| Limited::new(b, max as usize)), &dispatch).await?,
+            None => dispatch::send(req, &dispatch).await?,
+        };
         let mut resp = match client_upgrade {
             Some(client) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 forward::splice_upgrade(client, resp, request_id)

@@ -2,6 +2,8 @@
 //! chunked snapshot to a real edge, which proxies to a tiny upstream; then the edge restarts
 //! with no reachable control plane and serves from its last-known-good file.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,23 +23,12 @@ use tollgate_edge::{start, EdgeOptions, RunningEdge};
 use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
 use tollgate_proto::model::{ApiKey, Document, Spec};
 use tollgate_proto::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
-use tollgate_proto::v1::{
-    edge_message::Msg, ConfigPush, EdgeMessage, LocalEdgesRequest, LocalEdgesResponse, Resource,
-};
+use tollgate_proto::v1::{edge_message::Msg, ConfigPush, EdgeMessage, Resource};
 use tonic::{Status, Streaming};
 
-const VERSION: u64 = 7;
+use common::resource;
 
-fn resource(spec: &Spec) -> Resource {
-    let key = spec.key();
-    Resource {
-        kind: key.kind.as_str().into(),
-        tenant: key.tenant,
-        name: key.name,
-        version: 1,
-        spec_json: spec.to_json(),
-    }
-}
+const VERSION: u64 = 7;
 
 /// The config the fake control plane serves, and a valid key for app `mobile`.
 fn config(upstream: SocketAddr) -> (Vec<Resource>, String) {
@@ -120,13 +111,6 @@ impl ConfigStream for FakeCp {
             }
         });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn local_edges(
-        &self,
-        _: tonic::Request<LocalEdgesRequest>,
-    ) -> Result<tonic::Response<LocalEdgesResponse>, Status> {
-        Ok(tonic::Response::new(LocalEdgesResponse::default()))
     }
 }
 

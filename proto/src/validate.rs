@@ -809,16 +809,21 @@ fn validate_jwt_issuer(c: &mut Checker<'_>, j: &JwtIssuer) {
             c.err(format!("algorithms[{i}]"), format!("{a:?} is listed twice"));
         }
     }
-    for (i, a) in j.audiences.iter().enumerate() {
+    check_token_claims(c, &j.audiences, &j.app_claim);
+    if j.leeway.0 > Duration::from_secs(300) {
+        c.err("leeway", "must be at most 5m");
+    }
+}
+
+/// What JWT issuers and introspection endpoints share: audiences and the app's claim.
+fn check_token_claims(c: &mut Checker<'_>, audiences: &[String], app_claim: &str) {
+    for (i, a) in audiences.iter().enumerate() {
         if a.is_empty() {
             c.err(format!("audiences[{i}]"), "must not be empty");
         }
     }
-    if j.app_claim.trim().is_empty() {
+    if app_claim.trim().is_empty() {
         c.err("app_claim", "must not be empty");
-    }
-    if j.leeway.0 > Duration::from_secs(300) {
-        c.err("leeway", "must be at most 5m");
     }
 }
 
@@ -838,14 +843,7 @@ fn validate_oauth2_introspection(c: &mut Checker<'_>, o: &Oauth2Introspection) {
             "secrets are not written in documents: store it with `tollgate secret set NAME --tenant T` and name it in client_secret_secret",
         );
     }
-    for (i, a) in o.audiences.iter().enumerate() {
-        if a.is_empty() {
-            c.err(format!("audiences[{i}]"), "must not be empty");
-        }
-    }
-    if o.app_claim.trim().is_empty() {
-        c.err("app_claim", "must not be empty");
-    }
+    check_token_claims(c, &o.audiences, &o.app_claim);
     if o.cache_ttl.0 > Duration::from_secs(300) {
         c.err("cache_ttl", "must be at most 5m");
     }

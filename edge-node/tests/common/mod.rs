@@ -23,13 +23,14 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tollgate_edge::{start, EdgeOptions, RunningEdge};
 use tollgate_proto::model::{Document, Spec};
 use tollgate_proto::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
-use tollgate_proto::v1::{ConfigPush, EdgeMessage, LocalEdgesRequest, LocalEdgesResponse, Resource};
+use tollgate_proto::v1::{ConfigPush, EdgeMessage, Resource};
 use tonic::{Status, Streaming};
 
 /// The config version the fake control plane serves.
 pub const VERSION: u64 = 1;
 
-fn resource(spec: &Spec) -> Resource {
+/// A spec as the control plane streams it.
+pub fn resource(spec: &Spec) -> Resource {
     let key = spec.key();
     Resource {
         kind: key.kind.as_str().into(),
@@ -73,13 +74,6 @@ impl ConfigStream for FakeCp {
             while let Ok(Some(_)) = inbound.message().await {}
         });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
-    }
-
-    async fn local_edges(
-        &self,
-        _: tonic::Request<LocalEdgesRequest>,
-    ) -> Result<tonic::Response<LocalEdgesResponse>, Status> {
-        Ok(tonic::Response::new(LocalEdgesResponse::default()))
     }
 }
 
