@@ -9,7 +9,7 @@
 //! header; when the upstream answers 101, both connections are handed over and bytes are
 //! copied between them until either side closes.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
@@ -22,51 +22,98 @@ use crate::request_id;
 use crate::tls::ClientTls;
 use crate::upstream::{Target, UpstreamPool};
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
-/// legacy ones proxies also drop.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+/// Header names the edge writes on every forwarded request. Constants, because a name given
+/// as `&str` is parsed and validated again on every use.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_CONSUMER_APP: HeaderName = HeaderName::from_static("x-consumer-app");
+const X_CONSUMER_TENANT: HeaderName = HeaderName::from_static("x-consumer-tenant");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 const CONSUMER_PREFIX: &str = "x-consumer-";
 
-/// Removes hop-by-hop headers, including those named in `Connection`.
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
+/// legacy ones proxies also drop.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING};
+    // Standard names compare as enum values, the others as short strings.
+    *name == CONNECTION
+        || *name == TRANSFER_ENCODING
+        || *name == UPGRADE
+        || *name == TE
+        || *name == TRAILER
+        || *name == PROXY_AUTHENTICATE
+        || *name == PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
+/// Removes hop-by-hop headers, including those named in `Connection`. One pass over the
+/// names when there are none (the usual case).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
     }
-    for n in HOP_BY_HOP {
+    let mut doomed: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    doomed.extend(headers.keys().filter(|k| is_hop_by_hop(k)).cloned());
+    for n in doomed {
         headers.remove(n);
     }
 }
 
 /// Removes every `x-consumer-*` header: only the edge may set them.
 fn remove_consumer_headers(headers: &mut HeaderMap) {
-    let spoofed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(CONSUMER_PREFIX))
-        .cloned()
-        .collect();
-    for n in spoofed {
+    let spoofed = |k: &HeaderName| k.as_str().starts_with(CONSUMER_PREFIX);
+    if !headers.keys().any(spoofed) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|k| spoofed(k)).cloned().collect();
+    for n in doomed {
         headers.remove(n);
     }
+}
+
+/// `X-Forwarded-For`: the client's list with `client` appended, or just `client`.
+fn forwarded_for(previous: Option<&HeaderValue>, client: IpAddr) -> Option<HeaderValue> {
+    let previous = previous
+        .map(|v| v.as_bytes().trim_ascii())
+        .filter(|v| !v.is_empty());
+    let mut out = Vec::with_capacity(previous.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = previous {
+        out.extend_from_slice(p);
+        out.extend_from_slice(b", ");
+    }
+    match client {
+        // Written by hand: `Display` for addresses goes through the formatting machinery,
+        // a measurable cost on every request.
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
 /// What the proxy phase needs besides the request.
@@ -143,8 +190,13 @@ pub fn upstream_request<B: ClientBody>(
     req: Request<B>,
     f: &Forward<'_>,
 ) -> Result<Request<Body>, ProxyError> {
-    let original_host = request_host(&req).and_then(|h| HeaderValue::from_str(h).ok());
     let (mut parts, incoming) = req.into_parts();
+    // The host the client asked for: `:authority` (h2, absolute form), else `Host`, taken
+    // below without a copy.
+    let original_authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     // The scheme the client used: the TLS listener marks its requests.
     let client_scheme = match parts.extensions.get::<ClientTls>() {
         Some(_) => "https",
@@ -176,27 +228,23 @@ pub fn upstream_request<B: ClientBody>(
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
     // The client sets Host from the URI, i.e. the target's authority.
-    h.remove(HOST);
+    let host = h.remove(HOST);
+    let original_host = original_authority.or(host);
     remove_consumer_headers(h);
     if let Some(c) = f.consumer {
         h.remove(&c.credential_header);
         if let (Ok(app), Ok(tenant)) = (HeaderValue::from_str(&c.app), HeaderValue::from_str(&c.tenant)) {
-            h.insert("x-consumer-app", app);
-            h.insert("x-consumer-tenant", tenant);
+            h.insert(X_CONSUMER_APP, app);
+            h.insert(X_CONSUMER_TENANT, tenant);
         }
     }
-    let client_ip = f.remote.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {client_ip}"),
-        _ => client_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+    if let Some(xff) = forwarded_for(h.get(X_FORWARDED_FOR), f.remote.ip()) {
+        h.insert(X_FORWARDED_FOR, xff);
     }
-    h.insert("x-forwarded-proto", HeaderValue::from_static(client_scheme));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client_scheme));
     match original_host {
-        Some(host) => h.insert("x-forwarded-host", host),
-        None => h.remove("x-forwarded-host"),
+        Some(host) => h.insert(X_FORWARDED_HOST, host),
+        None => h.remove(X_FORWARDED_HOST),
     };
     h.insert(request_id::HEADER, f.request_id.clone());
 
@@ -294,5 +342,30 @@ mod tests {
         h.insert("x-consumerish", HeaderValue::from_static("kept"));
         remove_consumer_headers(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let xff = |prev: Option<&str>, client| {
+            let prev = prev.map(|p| HeaderValue::from_str(p).unwrap());
+            forwarded_for(prev.as_ref(), ip(client)).unwrap()
+        };
+        assert_eq!(xff(None, "127.0.0.1"), "127.0.0.1");
+        assert_eq!(xff(None, "10.200.0.99"), "10.200.0.99");
+        assert_eq!(xff(Some("  "), "255.255.255.255"), "255.255.255.255");
+        assert_eq!(xff(Some(" 1.2.3.4 "), "0.0.0.0"), "1.2.3.4, 0.0.0.0");
+        assert_eq!(xff(Some("1.2.3.4, 5.6.7.8"), "2001:db8::1"), "1.2.3.4, 5.6.7.8, 2001:db8::1");
+    }
+
+    #[test]
+    fn hop_by_hop_without_any_leaves_the_headers_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("te-not", HeaderValue::from_static("1"));
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 }

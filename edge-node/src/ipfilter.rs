@@ -162,7 +162,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &CidrSet) -> IpAddr
         return client;
     }
     let mut lines = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
+    for v in headers.get_all(crate::forward::X_FORWARDED_FOR) {
         match v.to_str() {
             Ok(s) => lines.push(s),
             // Not even text: believe none of it.

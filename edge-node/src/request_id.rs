@@ -1,9 +1,9 @@
 //! Request ids: every answer carries `x-request-id`. A client's id is kept when it is sane
 //! (1 to 128 characters of `[A-Za-z0-9._:-]`), otherwise the edge makes a random one.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
-pub const HEADER: &str = "x-request-id";
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client's request id if it is sane, else a new one.
 pub fn from_headers(headers: &HeaderMap) -> HeaderValue {
