@@ -43,6 +43,7 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
 use crate::auth::Consumer;
 use crate::body::{self, ClientBody};
+use crate::client::{self, Connection};
 use crate::endpoint::{self, InFlight};
 use crate::error::{Fault, ProxyError};
 use crate::forward::{self, Forward, SendError};
@@ -53,8 +54,8 @@ use crate::upstream::UpstreamPool;
 #[derive(Debug)]
 pub struct Dispatch<'a> {
     pub pool: &'a UpstreamPool,
-    /// The path to send (after `strip_prefix`), without the target's base path.
-    pub path: &'a str,
+    /// How many leading bytes of the path `strip_prefix` drops.
+    pub strip_len: Option<usize>,
     pub remote: SocketAddr,
     pub request_id: &'a HeaderValue,
     pub consumer: Option<&'a Consumer>,
@@ -135,7 +136,7 @@ async fn attempt<B: ClientBody>(
         req,
         &Forward {
             target,
-            path: d.path,
+            strip_len: d.strip_len,
             remote: d.remote,
             request_id: d.request_id,
             consumer: d.consumer,
@@ -154,20 +155,17 @@ async fn attempt<B: ClientBody>(
     let endpoint = pool.balancer.endpoint(i);
     let in_flight = endpoint.start();
     let started = Instant::now();
-    let result = forward::send(pool, upstream_req).await;
+    let result = forward::send(pool, target, endpoint, upstream_req).await;
     let now = endpoint::now();
     match result {
-        Ok(resp) => {
+        Ok((resp, conn)) => {
             endpoint.observe_rtt(started.elapsed(), now);
             if resp.status().is_server_error() {
                 failed(d, i, now);
             } else {
                 endpoint.record_success(now);
             }
-            Ok(resp.map(|body| Tracked {
-                inner: body,
-                in_flight: Some(in_flight),
-            }))
+            Ok(resp.map(|body| Tracked::new(body, in_flight, conn)))
         }
         Err(e) => {
             if e.error.fault() == Fault::Upstream && (e.unsent || sent.load(Relaxed)) {
@@ -234,11 +232,42 @@ impl HttpBody for Watched {
 }
 
 /// An upstream's answer body that keeps its request counted in flight until it ends (or is
-/// dropped).
-#[derive(Debug)]
+/// dropped), then gives its connection back to the target's idle list: only when it ended,
+/// since hyper closes a connection whose answer was not read to the end.
 pub struct Tracked<B> {
     inner: B,
     in_flight: Option<InFlight>,
+    conn: Option<Connection>,
+}
+
+impl<B> std::fmt::Debug for Tracked<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracked")
+            .field("in_flight", &self.in_flight.is_some())
+            .field("pooled", &self.conn.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: HttpBody + Unpin> Tracked<B> {
+    fn new(inner: B, in_flight: InFlight, conn: Option<Connection>) -> Self {
+        let mut tracked = Tracked {
+            inner,
+            in_flight: Some(in_flight),
+            conn,
+        };
+        // An empty answer (HEAD, 204, 304, `Content-Length: 0`) may never be polled.
+        if tracked.inner.is_end_stream() {
+            tracked.ended();
+        }
+        tracked
+    }
+
+    fn ended(&mut self) {
+        if let (Some(in_flight), Some(conn)) = (self.in_flight.take(), self.conn.take()) {
+            client::release(in_flight.endpoint(), conn);
+        }
+    }
 }
 
 impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
@@ -250,8 +279,14 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            self.in_flight = None;
+        match &polled {
+            Poll::Ready(None) => self.ended(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.ended(),
+            Poll::Ready(Some(Err(_))) => {
+                self.conn = None;
+                self.in_flight = None;
+            }
+            _ => {}
         }
         polled
     }

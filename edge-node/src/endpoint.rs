@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crate::client::IdleList;
 use crate::health::Checkers;
 
 /// Consecutive failures of real traffic that eject a target.
@@ -60,6 +61,8 @@ pub struct Endpoint {
     failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: AtomicU64,
+    /// Keep-alive connections to the target, waiting for the next request.
+    idle: IdleList,
 }
 
 impl Endpoint {
@@ -74,6 +77,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
+            idle: IdleList::default(),
         }
     }
 
@@ -81,6 +85,11 @@ impl Endpoint {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Relaxed);
         InFlight(self.clone())
+    }
+
+    /// Idle keep-alive connections to the target (`client.rs`).
+    pub fn idle(&self) -> &IdleList {
+        &self.idle
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -194,6 +203,12 @@ impl Endpoint {
 /// A request in flight to an endpoint; dropping it ends the request.
 #[derive(Debug)]
 pub struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {

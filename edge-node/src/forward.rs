@@ -12,13 +12,17 @@
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::auth::Consumer;
 use crate::body::{self, Body, ClientBody};
+use crate::client::{ClientError, Connection};
+use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::request_id;
+use crate::router::stripped_path;
 use crate::tls::ClientTls;
 use crate::upstream::{Target, UpstreamPool};
 
@@ -120,8 +124,8 @@ fn forwarded_for(previous: Option<&HeaderValue>, client: IpAddr) -> Option<Heade
 #[derive(Debug)]
 pub struct Forward<'a> {
     pub target: &'a Target,
-    /// The path to send (after `strip_prefix`), without the target's base path.
-    pub path: &'a str,
+    /// How many leading bytes of the path `strip_prefix` drops.
+    pub strip_len: Option<usize>,
     pub remote: SocketAddr,
     pub request_id: &'a HeaderValue,
     pub consumer: Option<&'a Consumer>,
@@ -203,21 +207,7 @@ pub fn upstream_request<B: ClientBody>(
         None => "http",
     };
 
-    let query = parts.uri.query();
-    let mut pq =
-        String::with_capacity(f.target.base_path.len() + f.path.len() + query.map_or(0, |q| q.len() + 1));
-    pq.push_str(&f.target.base_path);
-    pq.push_str(f.path);
-    if let Some(q) = query {
-        pq.push('?');
-        pq.push_str(q);
-    }
-    parts.uri = Uri::builder()
-        .scheme(f.target.scheme.clone())
-        .authority(f.target.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))?;
+    parts.uri = origin_form(&parts.uri, &f.target.base_path, f.strip_len)?;
     // Upstreams are spoken to in HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
 
@@ -251,6 +241,29 @@ pub fn upstream_request<B: ClientBody>(
     Ok(Request::from_parts(parts, body::stream(incoming)))
 }
 
+/// The request target sent upstream, in origin form (`/path?query`): the target's base path,
+/// then the client's path less what `strip_prefix` drops, then the client's query.
+fn origin_form(uri: &Uri, base_path: &str, strip_len: Option<usize>) -> Result<Uri, ProxyError> {
+    let path = stripped_path(uri.path(), strip_len);
+    if base_path.is_empty() && path.len() == uri.path().len() {
+        // The client's own path and query, shared rather than copied.
+        if let Some(pq) = uri.path_and_query() {
+            return Ok(Uri::from(pq.clone()));
+        }
+    }
+    let query = uri.query();
+    let mut pq = String::with_capacity(base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+    pq.push_str(base_path);
+    pq.push_str(path);
+    if let Some(q) = query {
+        pq.push('?');
+        pq.push_str(q);
+    }
+    PathAndQuery::try_from(pq)
+        .map(Uri::from)
+        .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))
+}
+
 /// Why sending a request upstream failed.
 #[derive(Debug)]
 pub struct SendError {
@@ -266,33 +279,30 @@ impl From<SendError> for ProxyError {
     }
 }
 
-/// Sends `req` to the pool's client, bounded by the request timeout.
-pub async fn send(pool: &UpstreamPool, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
-    match tokio::time::timeout(pool.request_timeout, pool.client.request(req)).await {
+/// Sends `req` to target `target` of the pool, bounded by the request timeout. With the
+/// answer comes its connection, to give back once the answer's body has ended.
+pub async fn send(
+    pool: &UpstreamPool,
+    target: &Target,
+    endpoint: &Endpoint,
+    req: Request<Body>,
+) -> Result<(Response<Incoming>, Option<Connection>), SendError> {
+    let sent = pool.client.send(&target.dest, endpoint, req);
+    match tokio::time::timeout(pool.request_timeout, sent).await {
         Err(_) => Err(SendError {
             error: ProxyError::UpstreamTimeout,
             unsent: false,
         }),
-        Ok(Ok(resp)) => Ok(resp),
+        Ok(Ok(answer)) => Ok(answer),
         Ok(Err(e)) => Err(SendError {
             error: classify(&e),
-            unsent: e.is_connect(),
+            unsent: matches!(e, ClientError::Connect(_)),
         }),
     }
 }
 
-fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut chain = e.to_string();
+fn classify(e: &ClientError) -> ProxyError {
     let mut timed_out = false;
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        chain.push_str(": ");
-        chain.push_str(&s.to_string());
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-        }
-        source = s.source();
-    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if s.is::<http_body_util::LengthLimitError>() {
@@ -301,12 +311,14 @@ fn classify(e: &hyper_util::client::legacy::Error) -> ProxyError {
         if s.is::<crate::stall::BodyStalled>() {
             return ProxyError::BodyTimeout;
         }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+        }
         source = s.source();
     }
-    if e.is_connect() && timed_out {
-        ProxyError::UpstreamTimeout
-    } else {
-        ProxyError::Upstream(chain)
+    match e {
+        ClientError::Connect(_) if timed_out => ProxyError::UpstreamTimeout,
+        _ => ProxyError::Upstream(e.to_string()),
     }
 }
 
@@ -355,7 +367,10 @@ mod tests {
         assert_eq!(xff(None, "10.200.0.99"), "10.200.0.99");
         assert_eq!(xff(Some("  "), "255.255.255.255"), "255.255.255.255");
         assert_eq!(xff(Some(" 1.2.3.4 "), "0.0.0.0"), "1.2.3.4, 0.0.0.0");
-        assert_eq!(xff(Some("1.2.3.4, 5.6.7.8"), "2001:db8::1"), "1.2.3.4, 5.6.7.8, 2001:db8::1");
+        assert_eq!(
+            xff(Some("1.2.3.4, 5.6.7.8"), "2001:db8::1"),
+            "1.2.3.4, 5.6.7.8, 2001:db8::1"
+        );
     }
 
     #[test]

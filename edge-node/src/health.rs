@@ -26,6 +26,7 @@ use tokio::time::MissedTickBehavior;
 use tollgate_proto::model::{HealthCheck, Upstream};
 
 use crate::body;
+use crate::client::{self, Destination};
 use crate::endpoint::Endpoint;
 use crate::upstream::{HttpClient, Target};
 
@@ -55,7 +56,9 @@ pub struct Checkers {
 /// One target to check.
 struct Probe {
     url: String,
-    uri: Uri,
+    /// `health.path`, in origin form.
+    path: Uri,
+    dest: Destination,
     endpoint: Arc<Endpoint>,
 }
 
@@ -75,15 +78,14 @@ impl Checkers {
         };
         let mut probes = Vec::with_capacity(targets.len());
         for (t, endpoint) in targets.iter().zip(endpoints) {
-            let uri = Uri::builder()
-                .scheme(t.scheme.clone())
-                .authority(t.authority.clone())
+            let path = Uri::builder()
                 .path_and_query(health.path.as_str())
                 .build()
                 .map_err(|e| format!("health.path: invalid path {:?}: {e}", health.path))?;
             probes.push(Probe {
                 url: t.url.clone(),
-                uri,
+                path,
+                dest: t.dest.clone(),
                 endpoint: endpoint.clone(),
             });
         }
@@ -121,7 +123,7 @@ async fn run(tenant: String, upstream: String, spec: HealthCheck, probes: Vec<Pr
     loop {
         tick.tick().await;
         let checks = probes.iter().map(|p| async {
-            let result = check(&client, &p.uri, spec.timeout.0).await;
+            let result = check(&client, p, spec.timeout.0).await;
             let changed = p
                 .endpoint
                 .record_check(result.is_ok(), spec.unhealthy_after, spec.healthy_after);
@@ -140,16 +142,27 @@ async fn run(tenant: String, upstream: String, spec: HealthCheck, probes: Vec<Pr
 }
 
 /// One check: `Ok` for a 2xx or 3xx answer within `timeout`, else why not.
-async fn check(client: &HttpClient, uri: &Uri, timeout: Duration) -> Result<(), String> {
-    let req = Request::get(uri.clone())
+async fn check(client: &HttpClient, probe: &Probe, timeout: Duration) -> Result<(), String> {
+    let req = Request::get(probe.path.clone())
         .header(USER_AGENT, "tollgate-health-check")
         .body(body::full(Bytes::new()))
         .map_err(|e| e.to_string())?;
     let attempt = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let (resp, conn) = client
+            .send(&probe.dest, &probe.endpoint, req)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = resp.status();
-        // Read the answer so the connection goes back to the pool; its content is ignored.
-        let _ = Limited::new(resp.into_body(), MAX_CHECK_BODY).collect().await;
+        // Read the answer so the connection can be used again; its content is ignored.
+        if Limited::new(resp.into_body(), MAX_CHECK_BODY)
+            .collect()
+            .await
+            .is_ok()
+        {
+            if let Some(conn) = conn {
+                client::release(&probe.endpoint, conn);
+            }
+        }
         if status.is_success() || status.is_redirection() {
             Ok(())
         } else {
@@ -262,23 +275,23 @@ mod tests {
         let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let silent_addr = silent.local_addr().unwrap();
         let client = Clients::default().get(Duration::from_millis(200));
+        let probe = |addr: SocketAddr| {
+            let target = Target::parse(&format!("http://{addr}")).unwrap();
+            Probe {
+                url: target.url.clone(),
+                path: Uri::from_static("/healthz"),
+                dest: target.dest,
+                endpoint: Arc::new(Endpoint::new(crate::endpoint::now())),
+            }
+        };
         let started = std::time::Instant::now();
-        let err = check(
-            &client,
-            &format!("http://{silent_addr}/healthz").parse().unwrap(),
-            Duration::from_millis(100),
-        )
-        .await
-        .unwrap_err();
+        let err = check(&client, &probe(silent_addr), Duration::from_millis(100))
+            .await
+            .unwrap_err();
         assert!(err.contains("no answer"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(1));
         drop(silent);
-        let err = check(
-            &client,
-            &format!("http://{silent_addr}/healthz").parse().unwrap(),
-            Duration::from_millis(500),
-        )
-        .await;
+        let err = check(&client, &probe(silent_addr), Duration::from_millis(500)).await;
         assert!(err.is_err());
     }
 }

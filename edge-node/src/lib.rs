@@ -29,6 +29,7 @@ mod auth;
 mod authorize;
 mod balance;
 mod body;
+mod client;
 mod cluster_tls;
 mod config;
 mod connector;

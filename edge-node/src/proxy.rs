@@ -34,7 +34,7 @@ use crate::body::{Body, ClientBody};
 use crate::dispatch::{self, Dispatch};
 use crate::error::{Fault, ProxyError};
 use crate::forward;
-use crate::router::{stripped_path, RequestInfo};
+use crate::router::RequestInfo;
 use crate::server::Handler;
 use crate::snapshot::Backend;
 use crate::stall::StallGuard;
@@ -125,10 +125,9 @@ impl Proxy {
             Backend::Upstream(pool) => pool,
             Backend::Ai => return Err(ProxyError::NotImplemented("the ai gateway")),
         };
-        let path = stripped_path(req.uri().path(), strip_len).to_string();
         let dispatch = Dispatch {
             pool,
-            path: &path,
+            strip_len,
             remote,
             request_id,
             consumer: consumer.as_ref(),

@@ -1,32 +1,27 @@
 //! Compiled upstreams: parsed target URLs, the balancer, timeouts, retries, and the HTTP
 //! client that carries requests to them.
 //!
-//! Clients are pooled per connect timeout and TLS options in [`Clients`] (connections:
-//! `connector.rs`), which outlives config snapshots, so
-//! a config change does not drop warm keep-alive connections. It also holds the targets' live
-//! state and health checkers ([`Registry`]), so a config change keeps those too.
+//! Clients (`client.rs`; connections: `connector.rs`) are shared per connect timeout and TLS
+//! options in [`Clients`], which outlives config snapshots. It also holds the targets' live
+//! state, their idle keep-alive connections among it, and health checkers ([`Registry`]), so
+//! a config change keeps warm connections, counts and verdicts.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use http::uri::{Authority, Scheme};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::uri::Scheme;
+use http::HeaderValue;
 use tollgate_proto::model::{Upstream, UpstreamTls};
 
 use crate::balance::Balancer;
-use crate::body::Body;
-use crate::connector::{self, UpstreamConnector};
+use crate::client::Destination;
+pub use crate::client::HttpClient;
+use crate::connector;
 use crate::endpoint::Registry;
 
 /// Timeouts used when an upstream does not set its own.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The client used towards upstreams (HTTP/1.1 with a keep-alive pool; http and https
-/// targets).
-pub type HttpClient = Client<UpstreamConnector, Body>;
 
 /// Upstream clients by connect timeout and TLS options. Used only while compiling a config
 /// (off the request path), by the single task that compiles.
@@ -59,11 +54,7 @@ impl Clients {
         if let Some(client) = self.by_settings.get(&settings) {
             return Ok(client.clone());
         }
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector::connector(connect_timeout, tls)?);
+        let client = HttpClient::new(connector::connector(connect_timeout, tls)?);
         self.by_settings.insert(settings, client.clone());
         Ok(client)
     }
@@ -74,14 +65,15 @@ impl Clients {
 pub struct Target {
     pub url: String,
     pub scheme: Scheme,
-    pub authority: Authority,
     /// Path of the target URL without a trailing `/` (often empty), prefixed to every
     /// forwarded path.
     pub base_path: String,
+    /// What the client connects to, and the `Host` it sends.
+    pub dest: Destination,
 }
 
 impl Target {
-    fn parse(url: &str) -> Result<Target, String> {
+    pub(crate) fn parse(url: &str) -> Result<Target, String> {
         let uri: http::Uri = url
             .parse()
             .map_err(|e| format!("invalid target URL {url:?}: {e}"))?;
@@ -101,11 +93,21 @@ impl Target {
         if uri.query().is_some() {
             return Err(format!("invalid target URL {url:?}: a query is not allowed"));
         }
+        let dest = Destination {
+            connect_uri: http::Uri::builder()
+                .scheme(scheme.clone())
+                .authority(authority.clone())
+                .path_and_query("/")
+                .build()
+                .map_err(|e| format!("invalid target URL {url:?}: {e}"))?,
+            host: HeaderValue::from_str(authority.as_str())
+                .map_err(|e| format!("invalid target URL {url:?}: {e}"))?,
+        };
         Ok(Target {
             url: url.to_string(),
             scheme,
-            authority,
             base_path: uri.path().trim_end_matches('/').to_string(),
+            dest,
         })
     }
 
@@ -201,7 +203,8 @@ mod tests {
         assert_eq!(pool.request_timeout, DEFAULT_REQUEST_TIMEOUT);
         let t = &pool.targets[pool.balancer.pick(0, &[]).unwrap()];
         assert_eq!(t.base_path, "/api");
-        assert_eq!(t.authority.as_str(), "127.0.0.1:9001");
+        assert_eq!(t.dest.host, "127.0.0.1:9001");
+        assert_eq!(t.dest.connect_uri, "http://127.0.0.1:9001/");
         assert!(t.is_supported());
 
         let mut bad = u.clone();

@@ -58,7 +58,7 @@ async fn call(pool: &UpstreamPool, req: Request<Full<Bytes>>) -> Result<StatusCo
     let policies = Policies::default();
     let d = Dispatch {
         pool,
-        path: "/x",
+        strip_len: None,
         remote: "10.0.0.1:5000".parse().unwrap(),
         request_id: &rid,
         consumer: None,
@@ -177,7 +177,7 @@ async fn requests_count_in_flight_until_the_answer_body_ends() {
     let policies = Policies::default();
     let d = Dispatch {
         pool: &p,
-        path: "/x",
+        strip_len: None,
         remote: "10.0.0.1:5000".parse().unwrap(),
         request_id: &rid,
         consumer: None,
@@ -215,7 +215,7 @@ async fn a_timeout_while_the_client_still_uploads_is_not_the_targets_fault() {
     let policies = Policies::default();
     let d = Dispatch {
         pool: &p,
-        path: "/x",
+        strip_len: None,
         remote: "10.0.0.1:5000".parse().unwrap(),
         request_id: &rid,
         consumer: None,

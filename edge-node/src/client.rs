@@ -1,0 +1,272 @@
+//! The HTTP/1.1 client towards upstream targets: connections from the connector (TCP, and
+//! TLS for `https` targets: `connector.rs`), hyper's connection-level client on each, and
+//! idle keep-alive connections kept on the target's [`Endpoint`].
+//!
+//! ```text
+//!  send(target, endpoint, request)
+//!    ├─ newest idle connection of this client on the endpoint ─ready?─> send on it
+//!    │     (closed, expired or not this client's: dropped; refused before a byte was
+//!    │      written: the request is taken back and the next connection is tried)
+//!    └─ none left ─> connect (connect timeout) ─> handshake ─> spawn the connection ─> send
+//!  answer ─> its body ends ─> the connection goes back to the endpoint's idle list
+//! ```
+//!
+//! Keeping idle connections per target, rather than in one map keyed by host, costs no
+//! hashing and no shared lock per request, and they live exactly as long as the target's
+//! live state: a config change that keeps the target keeps its warm connections; one that
+//! drops the target closes them. Connections are reused newest first (warm ones stay warm,
+//! surplus ones expire), expire after [`IDLE_TIMEOUT`], and at most [`MAX_IDLE`] are kept.
+//!
+//! A connection is never shared by two requests at once (HTTP/1.1), goes back only once its
+//! answer's body has been read to the end, and never after a protocol switch (101) or a
+//! request that was abandoned midway (hyper closes those).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::header::HOST;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use tower_service::Service;
+
+use crate::body::{Body, BoxError};
+use crate::connector::UpstreamConnector;
+use crate::endpoint::{self, Endpoint};
+
+/// How long a connection may stay idle before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept per target.
+pub const MAX_IDLE: usize = 512;
+
+/// Where requests for one target go: what to connect to and the `Host` to send.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// `scheme://authority` of the target: what the connector connects to (and, for https,
+    /// the name TLS checks unless `tls.server_name` says otherwise).
+    pub connect_uri: Uri,
+    /// The `Host` header of every request to the target: its authority.
+    pub host: HeaderValue,
+}
+
+/// A client: one connector (connect timeout, TLS options). Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    /// Tells this client's idle connections from another's on the same endpoint (an upstream
+    /// whose TLS options changed must not reuse connections made under the old ones).
+    id: u64,
+    connector: UpstreamConnector,
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// No connection could be made (refused, unreachable, connect timeout, TLS handshake):
+    /// the upstream surely saw nothing of the request.
+    Connect(BoxError),
+    /// The connection failed while the request was sent or its answer awaited.
+    Http(hyper::Error),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, e): (&str, &dyn std::error::Error) = match self {
+            ClientError::Connect(e) => ("cannot connect", e.as_ref()),
+            ClientError::Http(e) => ("connection failed", e),
+        };
+        write!(f, "{what}: {e}")?;
+        let mut source = e.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect(e) => Some(e.as_ref()),
+            ClientError::Http(e) => Some(e),
+        }
+    }
+}
+
+/// An idle keep-alive connection kept on an endpoint.
+pub struct IdleConnection {
+    sender: http1::SendRequest<Body>,
+    client: u64,
+    /// When it went idle (`endpoint::now()`).
+    since: u64,
+}
+
+/// The idle connections of one target (a field of its [`Endpoint`]), oldest first.
+pub struct IdleList {
+    list: Mutex<Vec<IdleConnection>>,
+    max: usize,
+}
+
+impl Default for IdleList {
+    fn default() -> Self {
+        Self {
+            list: Mutex::default(),
+            max: MAX_IDLE,
+        }
+    }
+}
+
+impl std::fmt::Debug for IdleList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("IdleList").field(&self.len()).finish()
+    }
+}
+
+impl IdleList {
+    /// The newest idle connection of `client` still open, dropping expired and closed ones
+    /// and those of older clients (an upstream's previous connect or TLS options); those of
+    /// newer clients are left for them.
+    fn take(&self, client: u64, now: u64) -> Option<http1::SendRequest<Body>> {
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let mut newer = Vec::new();
+        let mut found = None;
+        while let Some(c) = list.pop() {
+            if now.saturating_sub(c.since) > IDLE_TIMEOUT.as_nanos() as u64 {
+                // The rest are older still.
+                list.clear();
+                break;
+            }
+            if c.sender.is_closed() || c.client < client {
+                continue;
+            }
+            if c.client > client {
+                newer.push(c);
+                continue;
+            }
+            found = Some(c.sender);
+            break;
+        }
+        list.extend(newer.into_iter().rev());
+        found
+    }
+
+    /// Keeps `conn` for the next request, dropping the oldest ones when expired or past the
+    /// cap ([`MAX_IDLE`]).
+    fn put(&self, conn: Connection, now: u64) {
+        if conn.sender.is_closed() {
+            return;
+        }
+        let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
+        let expired = list
+            .iter()
+            .take_while(|c| now.saturating_sub(c.since) > IDLE_TIMEOUT.as_nanos() as u64)
+            .count();
+        let surplus = (list.len() - expired + 1).saturating_sub(self.max);
+        list.drain(..expired + surplus);
+        list.push(IdleConnection {
+            sender: conn.sender,
+            client: conn.client,
+            since: now,
+        });
+    }
+
+    /// How many idle connections are kept.
+    pub fn len(&self) -> usize {
+        self.list.lock().map(|l| l.len()).unwrap_or_default()
+    }
+}
+
+/// A connection lent to one request; it goes back to its endpoint with [`release`].
+pub struct Connection {
+    sender: http1::SendRequest<Body>,
+    client: u64,
+}
+
+/// Gives `conn` back to the idle list of `endpoint`: call only once the answer's body has been
+/// read to its end.
+pub fn release(endpoint: &Endpoint, conn: Connection) {
+    endpoint.idle().put(conn, endpoint::now());
+}
+
+impl HttpClient {
+    pub fn new(connector: UpstreamConnector) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        Self {
+            id: IDS.fetch_add(1, Relaxed),
+            connector,
+        }
+    }
+
+    /// Sends `req` (its URI in origin form, `/path?query`) to `dest`, over an idle connection
+    /// of `endpoint` or a new one. With the answer comes the connection, to [`release`] once
+    /// the answer's body has ended (`None` after a protocol switch: the connection is the
+    /// caller's then).
+    pub async fn send(
+        &self,
+        dest: &Destination,
+        endpoint: &Endpoint,
+        mut req: Request<Body>,
+    ) -> Result<(Response<Incoming>, Option<Connection>), ClientError> {
+        req.headers_mut().insert(HOST, dest.host.clone());
+        let now = endpoint::now();
+        while let Some(mut sender) = endpoint.idle().take(self.id, now) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.lent(resp, sender)),
+                Err(mut e) => match e.take_message() {
+                    // Refused before a byte was written (the connection was closing): the
+                    // request is intact; try the next connection.
+                    Some(back) => req = back,
+                    None => return Err(ClientError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect(dest).await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.lent(resp, sender)),
+            Err(e) => Err(ClientError::Http(e)),
+        }
+    }
+
+    fn lent(
+        &self,
+        resp: Response<Incoming>,
+        sender: http1::SendRequest<Body>,
+    ) -> (Response<Incoming>, Option<Connection>) {
+        let reusable = resp.status() != http::StatusCode::SWITCHING_PROTOCOLS;
+        let conn = reusable.then_some(Connection {
+            sender,
+            client: self.id,
+        });
+        (resp, conn)
+    }
+
+    /// A new connection to `dest`, its driver spawned.
+    async fn connect(&self, dest: &Destination) -> Result<http1::SendRequest<Body>, ClientError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(ClientError::Connect)?;
+        let io = connector
+            .call(dest.connect_uri.clone())
+            .await
+            .map_err(ClientError::Connect)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|e| ClientError::Connect(e.into()))?;
+        let authority = dest.connect_uri.authority().cloned();
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(upstream = ?authority, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests;
