@@ -84,10 +84,12 @@ pub async fn authenticate(
     if allows(AuthKind::ApiKey) && parse_key(token).is_some() {
         return api_key(snapshot, service, AUTHORIZATION, raw).map(Some);
     }
+    // The token checks may fetch (JWKS, introspection): their futures are boxed, so that the
+    // request's own future, moved on every request, stays small.
     let app = if allows(AuthKind::Jwt) && jwt::looks_like_jwt(token) {
-        jwt_app(snapshot, service, token).await?
+        Box::pin(jwt_app(snapshot, service, token)).await?
     } else if allows(AuthKind::Oauth2) {
-        introspected_app(snapshot, service, token).await?
+        Box::pin(introspected_app(snapshot, service, token)).await?
     } else if allows(AuthKind::ApiKey) {
         return api_key(snapshot, service, AUTHORIZATION, raw).map(Some);
     } else {

@@ -224,7 +224,8 @@ impl HttpClient {
                 },
             }
         }
-        let mut sender = self.connect(dest).await?;
+        // Boxed: connecting is the rare path, and its future is large.
+        let mut sender = Box::pin(self.connect(dest)).await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.lent(resp, sender)),
             Err(e) => Err(ClientError::Http(e)),

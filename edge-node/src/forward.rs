@@ -33,40 +33,48 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_CONSUMER_APP: HeaderName = HeaderName::from_static("x-consumer-app");
 const X_CONSUMER_TENANT: HeaderName = HeaderName::from_static("x-consumer-tenant");
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 const CONSUMER_PREFIX: &str = "x-consumer-";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
 /// legacy ones proxies also drop.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    use http::header::{PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING};
-    // Standard names compare as enum values, the others as short strings.
-    *name == CONNECTION
-        || *name == TRANSFER_ENCODING
-        || *name == UPGRADE
-        || *name == TE
-        || *name == TRAILER
-        || *name == PROXY_AUTHENTICATE
-        || *name == PROXY_AUTHORIZATION
-        || *name == KEEP_ALIVE
-        || *name == PROXY_CONNECTION
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`. One pass over the
-/// names when there are none (the usual case).
+/// names when there are none (the usual case for requests); answers usually carry just
+/// `Connection: keep-alive`, which costs no parsing.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let mut doomed: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = Vec::with_capacity(4);
+    for token in headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+    {
+        let token = token.trim_ascii();
+        // The usual options name no header.
+        if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token) {
+            doomed.push(name);
+        }
+    }
     doomed.extend(headers.keys().filter(|k| is_hop_by_hop(k)).cloned());
     for n in doomed {
         headers.remove(n);
