@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Tollgate vs nginx as a reverse proxy, in one run, on this machine (see BENCHMARKS.md).
 #
-#   bench/run.sh                         # 15 s per measurement, 64 connections, 1 wrk thread
+#   bench/run.sh                         # 5 rounds of 8 s per proxy, 64 connections, 1 wrk thread
 #   DURATION=30 CONNECTIONS=128 bench/run.sh
 #
 # What it does: builds `tollgate` (release), starts an upstream (nginx answering a small
 # static 200) and two proxies in front of it: nginx as a plain reverse proxy (keep-alive to
 # the upstream) and `tollgate dev` with a route `/` to the same upstream and no policies.
 # Each proxy gets core 1 (taskset); wrk and the upstream share core 0. Each proxy is warmed
-# up, then driven by wrk for the same duration, one after the other. A last scenario drives
-# Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key).
+# up, then driven by wrk for the same duration, one after the other; a third scenario drives
+# Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key). The
+# three run in ROUNDS interleaved rounds (nginx, Tollgate, Tollgate with a key, again...), so
+# that drift in the machine's speed hits all three alike; the verdict uses the median ratio.
 # Prints requests/s, p50, p99, the proxy's CPU use (100% = its core saturated) and CPU time
 # per request (user + system), how busy the load core was (wrk + upstream), and the ratios,
 # then a Markdown table.
@@ -17,7 +19,8 @@
 # Everything listens on 127.0.0.1 only; every process it starts is stopped on exit.
 #
 # Environment (all optional):
-#   DURATION=15        seconds of each measurement     WARMUP=5     seconds of warm-up
+#   DURATION=8         seconds of each measurement     WARMUP=5     seconds of warm-up
+#   ROUNDS=5           interleaved rounds              (later rounds warm up for 1 s)
 #   CONNECTIONS=64     wrk connections                 THREADS=1    wrk threads
 #   PROXY_CPU=1        core for the proxy under test   LOAD_CPU=0   core for wrk + upstream
 #   BASE_PORT=18000    ports BASE_PORT.. are used (the first free ones)
@@ -30,7 +33,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-DURATION="${DURATION:-15}"
+DURATION="${DURATION:-8}"
+ROUNDS="${ROUNDS:-5}"
 WARMUP="${WARMUP:-5}"
 CONNECTIONS="${CONNECTIONS:-64}"
 THREADS="${THREADS:-1}"
@@ -43,7 +47,7 @@ TOLLGATE="${TOLLGATE_BIN:-$TARGET_DIR/release/tollgate}"
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
-for v in DURATION WARMUP CONNECTIONS THREADS PROXY_CPU LOAD_CPU BASE_PORT; do
+for v in DURATION ROUNDS WARMUP CONNECTIONS THREADS PROXY_CPU LOAD_CPU BASE_PORT; do
   [[ "${!v}" =~ ^[0-9]+$ ]] || die "$v must be a whole number (got '${!v}')"
 done
 
@@ -291,8 +295,10 @@ declare -A RPS P50 P99 CPU USEC LOAD OTHER NON2XX ERRS
 run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
   local label=$1 pid=$2 url=$3 out="$TMP/wrk-$1.txt" t0 t1 l0 l1 p0 p1 perf_pid=
   shift 3
-  log "$label: warm-up ${WARMUP}s"
-  timeout $((WARMUP + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" "$@" "$url" >/dev/null
+  local warmup=$WARMUP
+  [[ $label == *.1 ]] || warmup=1
+  log "$label: warm-up ${warmup}s"
+  timeout $((warmup + 30)) taskset -c "$LOAD_CPU" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${warmup}s" "$@" "$url" >/dev/null
   log "$label: ${DURATION}s, $CONNECTIONS connections, $THREADS thread(s)"
   if [[ -n "${PERF_OUT:-}" ]]; then
     mkdir -p "$PERF_OUT"
@@ -332,24 +338,45 @@ run_wrk() { # $1 label, $2 pid of the proxy, $3 url, rest: extra wrk args
   fi
 }
 
-run_wrk nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/"
-run_wrk tollgate "$TG_PID" "http://127.0.0.1:$TG_LISTEN/"
-run_wrk tollgate-auth "$TG_PID" "http://127.0.0.1:$TG_LISTEN/keyed" -H "apikey: $KEY"
+((ROUNDS >= 1)) || die "ROUNDS must be at least 1"
+for r in $(seq "$ROUNDS"); do
+  run_wrk "nginx.$r" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/"
+  run_wrk "tollgate.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/"
+  run_wrk "tollgate-auth.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/keyed" -H "apikey: $KEY"
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-R_TG=$(ratio "${RPS[tollgate]}" "${RPS[nginx]}")
-R_AUTH=$(ratio "${RPS[tollgate-auth]}" "${RPS[tollgate]}")
+median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : sprintf("%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 verdict() { awk -v r="$1" -v min="$2" 'BEGIN {print (r >= min) ? "meets" : "BELOW"}'; }
+R_TGS=() R_AUTHS=() ROWS="" OTHERS=""
+for r in $(seq "$ROUNDS"); do
+  rt=$(ratio "${RPS[tollgate.$r]}" "${RPS[nginx.$r]}")
+  ra=$(ratio "${RPS[tollgate-auth.$r]}" "${RPS[tollgate.$r]}")
+  R_TGS+=("$rt") R_AUTHS+=("$ra")
+  for l in nginx tollgate tollgate-auth; do
+    case $l in
+      nginx) name="nginx, reverse proxy" rel="1.00 (baseline)" ;;
+      tollgate) name="Tollgate, no policies" rel="${rt}x nginx" ;;
+      tollgate-auth) name="Tollgate, API-key auth" rel="${ra}x no-policy" ;;
+    esac
+    k="$l.$r"
+    ROWS+="| $r | $name | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${CPU[$k]}% | ${USEC[$k]} | ${LOAD[$k]}% | $rel |"$'\n'
+    OTHERS+="${OTHER[$k]}% "
+  done
+done
+R_TG=$(median "${R_TGS[@]}")
+R_AUTH=$(median "${R_AUTHS[@]}")
 
 cat <<EOF
 
 ## Tollgate vs nginx ($(date -u +%Y-%m-%d), $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'))
 
-wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (core $LOAD_CPU, with the upstream); each proxy on core $PROXY_CPU; $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'). Machine busy before the load: ${QUIET}% (of all cores); other work on core $PROXY_CPU during the runs: ${OTHER[nginx]}%, ${OTHER[tollgate]}%, ${OTHER[tollgate-auth]}%.
+wrk -t$THREADS -c$CONNECTIONS -d${DURATION}s --latency (core $LOAD_CPU, with the upstream); each proxy on core $PROXY_CPU; $ROUNDS interleaved rounds; $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | head -n1 | awk '{print $1, $2}'). Machine busy before the load: ${QUIET}% (of all cores); other work on core $PROXY_CPU during the runs: ${OTHERS% }.
 
-| proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | CPU µs/request (user + sys) | core $LOAD_CPU busy | ratio |
-| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |
-| nginx, reverse proxy | ${RPS[nginx]} | ${P50[nginx]} | ${P99[nginx]} | ${CPU[nginx]}% | ${USEC[nginx]} | ${LOAD[nginx]}% | 1.00 (baseline) |
-| Tollgate, no policies | ${RPS[tollgate]} | ${P50[tollgate]} | ${P99[tollgate]} | ${CPU[tollgate]}% | ${USEC[tollgate]} | ${LOAD[tollgate]}% | **${R_TG}x nginx** (target >= 0.8x: $(verdict "$R_TG" 0.8)) |
-| Tollgate, API-key auth | ${RPS[tollgate-auth]} | ${P50[tollgate-auth]} | ${P99[tollgate-auth]} | ${CPU[tollgate-auth]}% | ${USEC[tollgate-auth]} | ${LOAD[tollgate-auth]}% | **${R_AUTH}x no-policy** (target >= 0.9x: $(verdict "$R_AUTH" 0.9)) |
+| round | proxy | requests/s | p50 (ms) | p99 (ms) | proxy CPU | CPU µs/request (user + sys) | core $LOAD_CPU busy | ratio |
+| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |
+${ROWS%$'\n'}
+
+- **Tollgate, no policies: ${R_TG}x nginx** (median of ${R_TGS[*]}; target >= 0.8x: $(verdict "$R_TG" 0.8))
+- **Tollgate with API-key auth: ${R_AUTH}x no-policy** (median of ${R_AUTHS[*]}; target >= 0.9x: $(verdict "$R_AUTH" 0.9))
 EOF
