@@ -4,7 +4,7 @@
 #   bench/run.sh                         # 5 rounds of 8 s per proxy, 64 connections, 1 wrk thread
 #   DURATION=30 CONNECTIONS=128 bench/run.sh
 #
-# What it does: builds `tollgate` (release), starts an upstream (nginx answering a small
+# What it does: builds `tollgate` (the `production` profile: release with LTO), starts an upstream (nginx answering a small
 # static 200) and two proxies in front of it: nginx as a plain reverse proxy (keep-alive to
 # the upstream) and `tollgate dev` with a route `/` to the same upstream and no policies.
 # Each proxy gets core 1 (taskset); wrk and the upstream share core 0. Each proxy is warmed
@@ -24,7 +24,7 @@
 #   CONNECTIONS=64     wrk connections                 THREADS=1    wrk threads
 #   PROXY_CPU=1        core for the proxy under test   LOAD_CPU=0   core for wrk + upstream
 #   BASE_PORT=18000    ports BASE_PORT.. are used (the first free ones)
-#   SKIP_BUILD=1       use the existing target/release/tollgate
+#   SKIP_BUILD=1       use the existing target/production/tollgate
 #   TOLLGATE_BIN=path  use this tollgate binary (implies SKIP_BUILD=1)
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
 #   PERF_OUT=dir       also record each measured proxy with `perf record` into dir
@@ -42,7 +42,7 @@ PROXY_CPU="${PROXY_CPU:-1}"
 LOAD_CPU="${LOAD_CPU:-0}"
 BASE_PORT="${BASE_PORT:-18000}"
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-TOLLGATE="${TOLLGATE_BIN:-$TARGET_DIR/release/tollgate}"
+TOLLGATE="${TOLLGATE_BIN:-$TARGET_DIR/production/tollgate}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
@@ -85,8 +85,8 @@ CORES=$(nproc)
 
 # --- build --------------------------------------------------------------------------------
 if [[ "${SKIP_BUILD:-0}" != 1 && -z "${TOLLGATE_BIN:-}" ]]; then
-  log "cargo build --release -p tollgate"
-  (cd "$ROOT" && cargo build --release -p tollgate --quiet)
+  log "cargo build --profile production -p tollgate"
+  (cd "$ROOT" && cargo build --profile production -p tollgate --quiet)
 fi
 [[ -x "$TOLLGATE" ]] || die "$TOLLGATE not found (build it, or unset SKIP_BUILD)"
 

@@ -9,6 +9,9 @@
 //!    prefix is ignored (`/orders/` behaves as `/orders`); `/` matches every path.
 //! 3. Then **regex** paths (`~re`), in config order (services sorted by tenant and name,
 //!    then routes and paths in the order written); the first regex that matches decides.
+//!    All regexes are also compiled into one `RegexSet`, which finds every regex matching a
+//!    path in one pass, so a table of thousands of regexes costs one scan of the path
+//!    instead of one per regex.
 //!
 //! Among routes with the same path, the one whose host is more specific wins (an exact host
 //! over a `*.domain` wildcard, a longer wildcard over a shorter one, any host last); then the
@@ -22,7 +25,11 @@
 use std::collections::HashMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-use regex::Regex;
+use regex::{Regex, RegexSet, RegexSetBuilder};
+
+/// Cache of the regex set's lazy DFA (the regex crate's default is 2 MiB): big tables keep
+/// their states cached.
+const REGEX_SET_CACHE: usize = 16 << 20;
 use tollgate_proto::model::Route;
 use tollgate_proto::validate::{compile_route_regex, parse_path, PathMatch};
 
@@ -96,37 +103,120 @@ impl<S> Candidate<S> {
     }
 }
 
-/// The best candidate of a group that accepts the request.
+/// Groups at least this big get an index by exact host.
+const HOST_INDEX_MIN: usize = 8;
+
+/// The routes sharing one path, in config order; big groups (many hosts on one path) are
+/// indexed by exact host, so that a request looks only at the routes that can match it.
+#[derive(Debug)]
+struct Group<S> {
+    candidates: Vec<Candidate<S>>,
+    by_host: Option<HostIndex>,
+}
+
+/// Candidates (their places in the group) by exact host, lowercase; `others`: those with no
+/// host, or with a wildcard host too.
+#[derive(Debug)]
+struct HostIndex {
+    exact: HashMap<String, Vec<usize>>,
+    others: Vec<usize>,
+}
+
+impl<S> Default for Group<S> {
+    fn default() -> Self {
+        Self {
+            candidates: Vec::new(),
+            by_host: None,
+        }
+    }
+}
+
+impl<S> Group<S> {
+    fn push(&mut self, c: Candidate<S>) {
+        self.candidates.push(c);
+    }
+
+    fn index(&mut self) {
+        if self.candidates.len() < HOST_INDEX_MIN {
+            return;
+        }
+        let (mut by_host, mut others) = (HashMap::<String, Vec<usize>>::new(), Vec::new());
+        for (i, c) in self.candidates.iter().enumerate() {
+            let mut exact_only = !c.hosts.is_empty();
+            for h in &c.hosts {
+                match h {
+                    HostPattern::Exact(h) => by_host.entry(h.clone()).or_default().push(i),
+                    HostPattern::Suffix(_) => exact_only = false,
+                }
+            }
+            if !exact_only {
+                others.push(i);
+            }
+        }
+        self.by_host = Some(HostIndex {
+            exact: by_host,
+            others,
+        });
+    }
+
+    /// The best candidate that accepts the request.
+    fn best(&self, req: &RequestInfo<'_>, host: Option<&str>) -> Option<&Candidate<S>> {
+        let Some(HostIndex {
+            exact: by_host,
+            others,
+        }) = &self.by_host
+        else {
+            return best(self.candidates.iter().enumerate(), req, host);
+        };
+        let exact: &[usize] = match host {
+            Some(h) if h.bytes().any(|b| b.is_ascii_uppercase()) => {
+                by_host.get(&h.to_ascii_lowercase()).map_or(&[], |v| v)
+            }
+            Some(h) => by_host.get(h).map_or(&[], |v| v),
+            None => &[],
+        };
+        let indices = exact.iter().chain(others);
+        best(indices.map(|&i| (i, &self.candidates[i])), req, host)
+    }
+}
+
+/// The best of `candidates` (with their config order) that accepts the request: the highest
+/// score, then the first in config order.
 fn best<'a, S>(
-    group: &'a [Candidate<S>],
+    candidates: impl Iterator<Item = (usize, &'a Candidate<S>)>,
     req: &RequestInfo<'_>,
     host: Option<&str>,
 ) -> Option<&'a Candidate<S>> {
-    let mut best: Option<(&Candidate<S>, (u32, usize))> = None;
-    for c in group {
+    let mut best: Option<(&Candidate<S>, (u32, usize), usize)> = None;
+    for (order, c) in candidates {
         if let Some(score) = c.score(req, host) {
-            // Candidates are in config order, so only a strictly better score replaces.
-            if best.is_none_or(|(_, s)| score > s) {
-                best = Some((c, score));
+            let better = match best {
+                None => true,
+                Some((_, s, o)) => score > s || (score == s && order < o),
+            };
+            if better {
+                best = Some((c, score, order));
             }
         }
     }
-    best.map(|(c, _)| c)
+    best.map(|(c, _, _)| c)
 }
 
 #[derive(Debug)]
 struct RegexGroup<S> {
     regex: Regex,
-    candidates: Vec<Candidate<S>>,
+    candidates: Group<S>,
 }
 
 /// An immutable routing table; `S` is what a route leads to (a service).
 #[derive(Debug)]
 pub struct Router<S> {
-    exact: HashMap<String, Vec<Candidate<S>>>,
+    exact: HashMap<String, Group<S>>,
     /// Keyed by the prefix without its trailing `/` (`""` for `/`).
-    prefix: HashMap<String, Vec<Candidate<S>>>,
+    prefix: HashMap<String, Group<S>>,
     regex: Vec<RegexGroup<S>>,
+    /// Every regex of `regex`, index for index (`None` without regexes).
+    regex_set: Option<RegexSet>,
 }
 
 impl<S> Default for Router<S> {
@@ -135,6 +225,7 @@ impl<S> Default for Router<S> {
             exact: HashMap::new(),
             prefix: HashMap::new(),
             regex: Vec::new(),
+            regex_set: None,
         }
     }
 }
@@ -219,7 +310,7 @@ impl<S: Clone> RouterBuilder<S> {
                             let regex = compile_route_regex(re).map_err(|e| format!("paths[{j}]: {e}"))?;
                             self.router.regex.push(RegexGroup {
                                 regex,
-                                candidates: Vec::new(),
+                                candidates: Group::default(),
                             });
                             self.regex_index
                                 .insert(re.to_string(), self.router.regex.len() - 1);
@@ -233,7 +324,28 @@ impl<S: Clone> RouterBuilder<S> {
         Ok(())
     }
 
-    pub fn build(self) -> Router<S> {
+    pub fn build(mut self) -> Router<S> {
+        let r = &mut self.router;
+        let groups = r.exact.values_mut().chain(r.prefix.values_mut());
+        groups
+            .chain(r.regex.iter_mut().map(|g| &mut g.candidates))
+            .for_each(Group::index);
+        let regexes = &self.router.regex;
+        if !regexes.is_empty() {
+            let set = RegexSetBuilder::new(regexes.iter().map(|g| g.regex.as_str()))
+                // Each regex is held to 1 MiB (`compile_route_regex`), the set to that many.
+                .size_limit(regexes.len().saturating_mul(1 << 20))
+                .dfa_size_limit(REGEX_SET_CACHE)
+                .build();
+            match set {
+                Ok(set) => self.router.regex_set = Some(set),
+                // Not expected (each regex compiled alone); the regexes are then tried one
+                // by one, which is slower but routes the same.
+                Err(e) => {
+                    tracing::warn!(regexes = regexes.len(), error = %e, "path regexes cannot be combined; trying them one by one")
+                }
+            }
+        }
         self.router
     }
 }
@@ -268,34 +380,41 @@ fn prefix_keys(path: &str) -> impl Iterator<Item = &str> {
 }
 
 impl<S> Router<S> {
+    /// The best route of regex group `i` (whose regex matched) for the request.
+    fn regex_match(&self, i: usize, req: &RequestInfo<'_>, host: Option<&str>) -> Option<Match<'_, S>> {
+        self.regex[i].candidates.best(req, host).map(|c| Match {
+            target: &c.target,
+            strip_len: None,
+        })
+    }
+
     /// The route for a request, by the precedence in the module docs.
     pub fn route(&self, req: &RequestInfo<'_>) -> Option<Match<'_, S>> {
         let host = req.host.map(host_without_port);
-        if let Some(c) = self.exact.get(req.path).and_then(|g| best(g, req, host)) {
+        if let Some(c) = self.exact.get(req.path).and_then(|g| g.best(req, host)) {
             return Some(Match {
                 target: &c.target,
                 strip_len: c.strip_prefix.then_some(req.path.len()),
             });
         }
         for key in prefix_keys(req.path) {
-            if let Some(c) = self.prefix.get(key).and_then(|g| best(g, req, host)) {
+            if let Some(c) = self.prefix.get(key).and_then(|g| g.best(req, host)) {
                 return Some(Match {
                     target: &c.target,
                     strip_len: c.strip_prefix.then_some(key.len()),
                 });
             }
         }
-        for group in &self.regex {
-            if group.regex.is_match(req.path) {
-                if let Some(c) = best(&group.candidates, req, host) {
-                    return Some(Match {
-                        target: &c.target,
-                        strip_len: None,
-                    });
-                }
-            }
+        match &self.regex_set {
+            // Indices come in increasing order: config order.
+            Some(set) => set
+                .matches(req.path)
+                .iter()
+                .find_map(|i| self.regex_match(i, req, host)),
+            None => (0..self.regex.len())
+                .filter(|&i| self.regex[i].regex.is_match(req.path))
+                .find_map(|i| self.regex_match(i, req, host)),
         }
-        None
     }
 }
 

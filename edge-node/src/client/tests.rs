@@ -190,12 +190,3 @@ async fn connect_failures_say_so() {
     assert!(matches!(err, ClientError::Connect(_)), "{err:?}");
     assert!(err.to_string().starts_with("cannot connect: "), "{err}");
 }
-
-#[tokio::test]
-async fn zz_sizes() {
-    let s = setup().await;
-    let f = s.client.send(&s.dest, &s.endpoint, get("/"));
-    eprintln!("client send: {}", std::mem::size_of_val(&f));
-    let c = s.client.connect(&s.dest);
-    eprintln!("connect: {}", std::mem::size_of_val(&c));
-}

@@ -414,11 +414,3 @@ services:
     let tab = get("/open").header("x-evil", HeaderValue::from_bytes(b"a\tb").unwrap());
     assert_eq!(call(&p, empty(tab)).await.status, StatusCode::OK);
 }
-
-#[tokio::test]
-async fn zz_future_sizes() {
-    let proxy = Proxy::new(Arc::new(Shared::default()));
-    let req = Request::get("/").body(Full::new(Bytes::new())).unwrap();
-    let f = proxy.answer("127.0.0.1:1".parse().unwrap(), req);
-    eprintln!("answer future: {}", std::mem::size_of_val(&f));
-}

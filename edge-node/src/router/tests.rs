@@ -87,6 +87,91 @@ fn regexes_go_in_config_order() {
     assert_eq!(get(&r, None, "/items/abc"), Some("second"));
 }
 
+/// The regex set finds what trying the regexes one by one finds, skipping regexes whose
+/// routes refuse the request (here by method).
+#[test]
+fn the_regex_set_routes_like_the_regexes_one_by_one() {
+    let mut post_only = route(&["~^/items/[0-9]+$"]);
+    post_only.methods = vec!["POST".into()];
+    let mut r = router(vec![
+        (post_only, "post-only"),
+        (route(&["~^/items/[0-9]+$", "~^/v[12]/x"]), "numbered"),
+        (route(&["~^/items/.*$"]), "any-item"),
+        (route(&["~/deep/[a-z]+$"]), "unanchored"),
+        (route(&["~^/items/[0-9]+$"]), "shadowed"),
+    ]);
+    assert!(r.regex_set.is_some());
+    let paths = [
+        "/items/42",
+        "/items/abc",
+        "/v2/x/y",
+        "/a/b/deep/end",
+        "/nothing",
+        "/items/",
+    ];
+    let with_set: Vec<_> = paths.iter().map(|p| get(&r, None, p)).collect();
+    assert_eq!(
+        with_set,
+        [
+            Some("numbered"),
+            Some("any-item"),
+            Some("numbered"),
+            Some("unanchored"),
+            None,
+            Some("any-item")
+        ]
+    );
+    r.regex_set = None;
+    let one_by_one: Vec<_> = paths.iter().map(|p| get(&r, None, p)).collect();
+    assert_eq!(with_set, one_by_one);
+}
+
+/// Many routes on one path, told apart by host, are looked up by host; the answer is the one
+/// a scan of every route gives.
+#[test]
+fn the_host_index_routes_like_a_scan() {
+    let on_host = |hosts: &[&str]| {
+        let mut r = route(&["/api"]);
+        r.hosts = hosts.iter().map(|h| h.to_string()).collect();
+        r
+    };
+    let names = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8", "h9"];
+    let mut routes: Vec<(Route, &'static str)> = vec![(on_host(&[]), "any")];
+    for (i, n) in names.iter().enumerate() {
+        routes.push((on_host(&[&format!("h{i}.example.com")]), n));
+    }
+    let mut post = on_host(&["h3.example.com"]);
+    post.methods = vec!["POST".into()];
+    routes.push((post, "h3-post-only"));
+    routes.push((on_host(&["h4.example.com"]), "h4-shadowed"));
+    routes.push((on_host(&["*.example.com", "exact.org"]), "wildcard"));
+    let mut r = router(routes);
+    assert!(r.prefix["/api"].by_host.is_some());
+    let hosts = [
+        Some("h3.example.com"),
+        Some("H4.Example.COM:8080"),
+        Some("other.example.com"),
+        Some("exact.org"),
+        Some("nowhere.net"),
+        None,
+    ];
+    let indexed: Vec<_> = hosts.iter().map(|h| get(&r, *h, "/api/x")).collect();
+    assert_eq!(
+        indexed,
+        [
+            Some("h3"),
+            Some("h4"),
+            Some("wildcard"),
+            Some("wildcard"),
+            Some("any"),
+            Some("any")
+        ]
+    );
+    r.prefix.get_mut("/api").unwrap().by_host = None;
+    let scanned: Vec<_> = hosts.iter().map(|h| get(&r, *h, "/api/x")).collect();
+    assert_eq!(indexed, scanned);
+}
+
 #[test]
 fn more_specific_host_wins_and_hosts_ignore_case_and_port() {
     let mut exact = route(&["/api"]);
