@@ -32,6 +32,7 @@ for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl taskset
   command -v "$tool" >/dev/null || die "$tool is missing (bench/run.sh installs nginx and wrk; valgrind: apt-get install valgrind)"
 done
 [[ -x "$BIN" ]] || die "$BIN not found (cargo build --profile production -p tollgate)"
+BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"   # the script changes directory
 [[ "$DURATION" =~ ^[0-9]+$ && "$BASE_PORT" =~ ^[0-9]+$ ]] || die "DURATION and BASE_PORT must be whole numbers"
 
 UP=$BASE_PORT GRPC=$((BASE_PORT + 1)) HTTP=$((BASE_PORT + 2)) LISTEN=$((BASE_PORT + 3))

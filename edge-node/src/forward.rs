@@ -38,46 +38,65 @@ const CONSUMER_PREFIX: &str = "x-consumer-";
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1), plus the
 /// legacy ones proxies also drop.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+static HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    UPGRADE,
+];
+
+/// Which of [`HOP_BY_HOP`] `name` is, if any.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
 }
 
 /// Removes hop-by-hop headers, including those named in `Connection`. One pass over the
-/// names when there are none (the usual case for requests); answers usually carry just
-/// `Connection: keep-alive`, which costs no parsing.
+/// names finds which are present (usually none in requests, and just `Connection:
+/// keep-alive` in answers, which costs one removal).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let mut doomed: Vec<HeaderName> = Vec::with_capacity(4);
-    for token in headers
-        .get_all(CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-    {
-        let token = token.trim_ascii();
-        // The usual options name no header.
-        if token.eq_ignore_ascii_case(b"keep-alive") || token.eq_ignore_ascii_case(b"close") {
-            continue;
-        }
-        if let Ok(name) = HeaderName::from_bytes(token) {
-            doomed.push(name);
+    if present & 1 != 0 {
+        // Headers `Connection` names, beyond the usual options that name none.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        for n in named {
+            headers.remove(n);
         }
     }
-    doomed.extend(headers.keys().filter(|k| is_hop_by_hop(k)).cloned());
-    for n in doomed {
-        headers.remove(n);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
