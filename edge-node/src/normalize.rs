@@ -64,15 +64,14 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
     } else {
         Cow::Borrowed(path)
     };
-    let segments: Vec<&str> = path.split('/').collect();
     // The first segment is what precedes the leading `/` (empty); the last may be empty (a
     // trailing `/`).
-    let inner = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        if *seg == "." || *seg == ".." {
+    let mut segments = path.split('/').enumerate().peekable();
+    while let Some((i, seg)) = segments.next() {
+        if seg == "." || seg == ".." {
             return Err("dot segments in the path");
         }
-        if seg.is_empty() && i > 0 && i < inner {
+        if seg.is_empty() && i > 0 && segments.peek().is_some() {
             return Err("empty segment in the path");
         }
     }
