@@ -165,6 +165,9 @@ async fn attempt<B: ClientBody>(
             } else {
                 endpoint.record_success(now);
             }
+            // An answer that came before the whole request went out (an early 413, say)
+            // leaves a connection still busy with the client's body: not for reuse.
+            let conn = conn.filter(|_| sent.load(Relaxed));
             Ok(resp.map(|body| Tracked::new(body, in_flight, conn)))
         }
         Err(e) => {

@@ -255,3 +255,68 @@ fn a_replayed_request_keeps_its_head_and_extensions() {
         assert!(again.body().is_end_stream());
     }
 }
+
+/// Connections go back to the target once the answer was read; not when the answer came
+/// while the client's body was still being sent (the connection is still busy with it).
+#[tokio::test]
+async fn connections_are_reused_only_after_the_whole_exchange() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers each request as soon as its head arrives and keeps reading, whatever follows
+    // (as an upstream that answers early yet keeps the connection does).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let p = pool(&[addr], 0);
+    let endpoint = p.balancer.endpoint(0).clone();
+    assert_eq!(call(&p, request(Method::GET, b"")).await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        endpoint.idle().len(),
+        1,
+        "a finished exchange gives its connection back"
+    );
+
+    let rid = HeaderValue::from_static("rid");
+    let policies = Policies::default();
+    let d = Dispatch {
+        pool: &p,
+        strip_len: None,
+        remote: "10.0.0.1:5000".parse().unwrap(),
+        request_id: &rid,
+        consumer: None,
+        upgrade: None,
+        policies: &policies,
+    };
+    // A body that never ends, answered before it does.
+    let trickle =
+        http_body_util::StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>());
+    let resp = send(Request::post("/x").body(trickle).unwrap(), &d)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    assert_eq!(
+        endpoint.idle().len(),
+        0,
+        "a connection still sending the request was kept"
+    );
+}
