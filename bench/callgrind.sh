@@ -28,6 +28,8 @@ BASE_PORT="${BASE_PORT:-19100}"
 OUT="${OUT:-$(mktemp -d /tmp/tollgate-callgrind.XXXXXX)}"
 
 die() { printf 'callgrind: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 for tool in valgrind callgrind_control callgrind_annotate nginx wrk curl taskset; do
   command -v "$tool" >/dev/null || die "$tool is missing (bench/run.sh installs nginx and wrk; valgrind: apt-get install valgrind)"
 done
@@ -37,7 +39,6 @@ BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"   # the script changes
 
 UP=$BASE_PORT GRPC=$((BASE_PORT + 1)) HTTP=$((BASE_PORT + 2)) LISTEN=$((BASE_PORT + 3))
 ADMIN=$((BASE_PORT + 4)) PEER=$((BASE_PORT + 5))
-mkdir -p "$OUT/upstream"
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
@@ -48,16 +49,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cat >"$OUT/upstream/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $OUT/upstream/nginx.pid; error_log $OUT/upstream/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off; keepalive_requests 1000000;
-  client_body_temp_path $OUT/upstream/b; proxy_temp_path $OUT/upstream/p; fastcgi_temp_path $OUT/upstream/f;
-  uwsgi_temp_path $OUT/upstream/u; scgi_temp_path $OUT/upstream/s;
-  server { listen 127.0.0.1:$UP; location / { default_type text/plain; return 200 "hello from the upstream\n"; } }
-}
-EOF
+upstream_nginx_conf "$OUT" upstream "$UP"
 nginx -p "$OUT/upstream" -c "$OUT/upstream/nginx.conf" &
 PIDS+=($!)
 
@@ -70,21 +62,10 @@ PIDS+=("$TG")
 for _ in $(seq 600); do curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/healthz" && break; sleep 0.2; done
 curl -sf -o /dev/null "http://127.0.0.1:$ADMIN/healthz" || die "tollgate did not start (see $OUT/tollgate.log)"
 
-cat >"$OUT/bench.yaml" <<EOF
-tenants: [{name: bench}]
-upstreams: [{name: static, tenant: bench, targets: [{url: "http://127.0.0.1:$UP"}]}]
-services:
-  - {name: open, tenant: bench, version: v1, auth: [], upstream: static, routes: [{paths: ["/"]}]}
-  - {name: keyed, tenant: bench, version: v1, auth: [api_key], approval: auto, upstream: static, routes: [{paths: ["/keyed"]}]}
-apps: [{name: bench-app, tenant: bench}]
-subscriptions: [{app: bench-app, service: keyed, tenant: bench}]
-EOF
 export TOLLGATE_SERVER="http://127.0.0.1:$GRPC"
 TOLLGATE_TOKEN="$(cat "$OUT/data/admin.token")"
 export TOLLGATE_TOKEN
-timeout 120 "$BIN" apply -f bench.yaml >/dev/null
-KEY=$(timeout 120 "$BIN" key create --app bench-app --tenant bench -o json | sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n1)
-[[ -n $KEY ]] || die "no API key"
+KEY=$(apply_bench_config "$BIN" "$UP" "$OUT")
 code=
 for _ in $(seq 300); do
   code=$(curl -s -o /dev/null -w '%{http_code}' -H "apikey: $KEY" "http://127.0.0.1:$LISTEN$PATH_Q" || true)

@@ -45,6 +45,8 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TOLLGATE="${TOLLGATE_BIN:-$TARGET_DIR/production/tollgate}"
 
 log() { printf '==> %s\n' "$*" >&2; }
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 for v in DURATION ROUNDS WARMUP CONNECTIONS THREADS PROXY_CPU LOAD_CPU BASE_PORT; do
@@ -138,37 +140,9 @@ wait_http() {
 
 for v in UP_PORT NGINX_PORT TG_LISTEN TG_ADMIN TG_GRPC TG_HTTP TG_PEER; do free_port "$v"; done
 
-nginx_conf() { # $1 name, $2 server block(s)
-  mkdir -p "$TMP/$1"
-  cat >"$TMP/$1/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-master_process on;
-pid $TMP/$1/nginx.pid;
-error_log $TMP/$1/error.log warn;
-events { worker_connections 4096; multi_accept on; }
-http {
-  access_log off;
-  client_body_temp_path $TMP/$1/body;
-  proxy_temp_path $TMP/$1/proxy;
-  fastcgi_temp_path $TMP/$1/fastcgi;
-  uwsgi_temp_path $TMP/$1/uwsgi;
-  scgi_temp_path $TMP/$1/scgi;
-  keepalive_requests 1000000;
-  keepalive_timeout 75s;
-  tcp_nodelay on;
-$2
-}
-EOF
-}
-
-# Upstream: a small static 200.
-nginx_conf upstream "  server {
-    listen 127.0.0.1:$UP_PORT;
-    location / { default_type text/plain; return 200 \"hello from the upstream\\n\"; }
-  }"
+upstream_nginx_conf "$TMP" upstream "$UP_PORT"
 # nginx as a plain reverse proxy, keep-alive to the upstream (the usual production setup).
-nginx_conf proxy "  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 256; }
+nginx_conf "$TMP" proxy "  upstream backend { server 127.0.0.1:$UP_PORT; keepalive 256; }
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / {
@@ -207,44 +181,10 @@ TG_PID=$LAST_PID
 cd "$ROOT"
 wait_http "http://127.0.0.1:$TG_ADMIN/readyz" 60
 
-cat >"$TMP/bench.yaml" <<EOF
-tenants:
-  - name: bench
-upstreams:
-  - name: static
-    tenant: bench
-    targets:
-      - url: "http://127.0.0.1:$UP_PORT"
-services:
-  - name: open              # no policies: route, proxy
-    tenant: bench
-    version: v1
-    auth: []
-    upstream: static
-    routes:
-      - paths: ["/"]
-  - name: keyed             # API-key auth and a subscription check
-    tenant: bench
-    version: v1
-    auth: [api_key]
-    approval: auto
-    upstream: static
-    routes:
-      - paths: ["/keyed"]
-apps:
-  - name: bench-app
-    tenant: bench
-subscriptions:
-  - {app: bench-app, service: keyed, tenant: bench}
-EOF
-
 export TOLLGATE_SERVER="http://127.0.0.1:$TG_GRPC"
 TOLLGATE_TOKEN="$(cat "$TMP/tollgate-data/admin.token")"
 export TOLLGATE_TOKEN
-(cd "$TMP" && timeout 60 "$TOLLGATE" apply -f bench.yaml >"$TMP/apply.log") || die "tollgate apply failed: $(cat "$TMP/apply.log")"
-KEY_JSON=$(cd "$TMP" && timeout 60 "$TOLLGATE" key create --app bench-app --tenant bench -o json)
-KEY=$(printf '%s' "$KEY_JSON" | sed -n 's/.*"key"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' | head -n1)
-[[ -n $KEY ]] || die "no key in: $KEY_JSON"
+KEY=$(apply_bench_config "$TOLLGATE" "$UP_PORT" "$TMP")
 wait_http "http://127.0.0.1:$TG_LISTEN/" 10
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 401
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 200 -H "apikey: $KEY"

@@ -25,9 +25,10 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 use tollgate_proto::model::{Balance, Upstream};
 
+use crate::client::HttpClient;
 use crate::endpoint::{self, Endpoint, Registry};
 use crate::health::Checker;
-use crate::upstream::{HttpClient, Target};
+use crate::upstream::Target;
 use ring::Ring;
 use wrr::WeightedRoundRobin;
 

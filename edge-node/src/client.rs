@@ -102,6 +102,12 @@ pub struct IdleConnection {
     since: u64,
 }
 
+impl IdleConnection {
+    fn expired(&self, now: u64) -> bool {
+        now.saturating_sub(self.since) > IDLE_TIMEOUT.as_nanos() as u64
+    }
+}
+
 /// The idle connections of one target (a field of its [`Endpoint`]), oldest first.
 pub struct IdleList {
     list: Mutex<Vec<IdleConnection>>,
@@ -132,7 +138,7 @@ impl IdleList {
         let mut newer = Vec::new();
         let mut found = None;
         while let Some(c) = list.pop() {
-            if now.saturating_sub(c.since) > IDLE_TIMEOUT.as_nanos() as u64 {
+            if c.expired(now) {
                 // The rest are older still.
                 list.clear();
                 break;
@@ -158,10 +164,7 @@ impl IdleList {
             return;
         }
         let mut list = self.list.lock().unwrap_or_else(|e| e.into_inner());
-        let expired = list
-            .iter()
-            .take_while(|c| now.saturating_sub(c.since) > IDLE_TIMEOUT.as_nanos() as u64)
-            .count();
+        let expired = list.iter().take_while(|c| c.expired(now)).count();
         let surplus = (list.len() - expired + 1).saturating_sub(self.max);
         list.drain(..expired + surplus);
         list.push(IdleConnection {

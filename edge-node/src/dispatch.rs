@@ -29,7 +29,6 @@
 //! response headers; an attempt without an answer counts at least `timeouts.connect`, so
 //! that `ewma` does not favour a target that fails fast.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -37,11 +36,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::Empty;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 
-use crate::auth::Consumer;
 use crate::body::{self, ClientBody};
 use crate::client::{self, Connection};
 use crate::endpoint::{self, InFlight};
@@ -54,15 +52,10 @@ use crate::upstream::UpstreamPool;
 #[derive(Debug)]
 pub struct Dispatch<'a> {
     pub pool: &'a UpstreamPool,
-    /// How many leading bytes of the path `strip_prefix` drops.
-    pub strip_len: Option<usize>,
-    pub remote: SocketAddr,
-    pub request_id: &'a HeaderValue,
-    pub consumer: Option<&'a Consumer>,
-    /// The protocol the client asked to upgrade to, if any.
-    pub upgrade: Option<&'a HeaderValue>,
     /// Request header transforms, applied to each attempt.
     pub policies: &'a Policies,
+    /// How each attempt's request is built.
+    pub forward: Forward<'a>,
 }
 
 /// Whether a request may be sent again: an idempotent method and no body to resend.
@@ -92,7 +85,7 @@ pub async fn send<B: ClientBody>(
     d: &Dispatch<'_>,
 ) -> Result<Response<Tracked<Incoming>>, ProxyError> {
     let pool = d.pool;
-    let key = pool.balancer.hash_key(req.headers(), d.remote.ip());
+    let key = pool.balancer.hash_key(req.headers(), d.forward.remote.ip());
     if pool.retries == 0 || !replayable(&req) {
         let i = pool
             .balancer
@@ -125,25 +118,8 @@ async fn attempt<B: ClientBody>(
 ) -> Result<Response<Tracked<Incoming>>, SendError> {
     let pool = d.pool;
     let target = &pool.targets[i];
-    let not_sent = |error| SendError { error, unsent: false };
-    if !target.is_supported() {
-        return Err(not_sent(ProxyError::Upstream(format!(
-            "the edge cannot reach {} (unsupported scheme)",
-            target.url
-        ))));
-    }
-    let mut upstream_req = forward::upstream_request(
-        req,
-        &Forward {
-            target,
-            strip_len: d.strip_len,
-            remote: d.remote,
-            request_id: d.request_id,
-            consumer: d.consumer,
-            upgrade: d.upgrade,
-        },
-    )
-    .map_err(not_sent)?;
+    let mut upstream_req = forward::upstream_request(req, target, &d.forward)
+        .map_err(|error| SendError { error, unsent: false })?;
     d.policies.apply_request(upstream_req.headers_mut());
     // Whether the whole request went out: only then is a missing answer the target's fault.
     let sent = Arc::new(AtomicBool::new(upstream_req.body().is_end_stream()));
@@ -176,7 +152,7 @@ async fn attempt<B: ClientBody>(
                 failed(d, i, now);
             }
             tracing::warn!(
-                request_id = d.request_id.to_str().unwrap_or_default(),
+                request_id = d.forward.request_id.to_str().unwrap_or_default(),
                 tenant = %pool.tenant,
                 upstream = %pool.name,
                 target = %target.url,

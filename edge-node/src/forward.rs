@@ -147,10 +147,10 @@ fn forwarded_for(previous: Option<&HeaderValue>, client: IpAddr) -> Option<Heade
     HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
 }
 
-/// What the proxy phase needs besides the request.
-#[derive(Debug)]
+/// What the proxy phase needs besides the request and its target: what earlier phases
+/// learned about the client's request.
+#[derive(Debug, Clone, Copy)]
 pub struct Forward<'a> {
-    pub target: &'a Target,
     /// How many leading bytes of the path `strip_prefix` drops.
     pub strip_len: Option<usize>,
     pub remote: SocketAddr,
@@ -219,6 +219,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<&str> {
 /// Builds the upstream request.
 pub fn upstream_request<B: ClientBody>(
     req: Request<B>,
+    target: &Target,
     f: &Forward<'_>,
 ) -> Result<Request<Body>, ProxyError> {
     let (mut parts, incoming) = req.into_parts();
@@ -234,7 +235,7 @@ pub fn upstream_request<B: ClientBody>(
         None => "http",
     };
 
-    parts.uri = origin_form(&parts.uri, &f.target.base_path, f.strip_len)?;
+    parts.uri = origin_form(&parts.uri, &target.base_path, f.strip_len)?;
     // Upstreams are spoken to in HTTP/1.1 whatever the client used.
     parts.version = Version::HTTP_11;
 

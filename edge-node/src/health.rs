@@ -26,9 +26,10 @@ use tokio::time::MissedTickBehavior;
 use tollgate_proto::model::{HealthCheck, Upstream};
 
 use crate::body;
+use crate::client::HttpClient;
 use crate::client::{self, Destination};
 use crate::endpoint::Endpoint;
-use crate::upstream::{HttpClient, Target};
+use crate::upstream::Target;
 
 /// Most bytes of a check's answer read (so the connection can be reused); the rest is
 /// dropped with the connection.

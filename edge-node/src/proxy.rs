@@ -33,7 +33,7 @@ use hyper::body::Incoming;
 use crate::body::{Body, ClientBody};
 use crate::dispatch::{self, Dispatch};
 use crate::error::{Fault, ProxyError};
-use crate::forward;
+use crate::forward::{self, Forward};
 use crate::router::RequestInfo;
 use crate::server::Handler;
 use crate::snapshot::Backend;
@@ -127,12 +127,14 @@ impl Proxy {
         };
         let dispatch = Dispatch {
             pool,
-            strip_len,
-            remote,
-            request_id,
-            consumer: consumer.as_ref(),
-            upgrade: upgrade.as_ref(),
             policies: &service.policies,
+            forward: Forward {
+                strip_len,
+                remote,
+                request_id,
+                consumer: consumer.as_ref(),
+                upgrade: upgrade.as_ref(),
+            },
         };
         // Only a size policy wraps the body (it then fails with BodyTooLarge past the limit
         // while streaming); otherwise the client's body goes on as it is.

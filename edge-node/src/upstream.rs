@@ -14,8 +14,7 @@ use http::HeaderValue;
 use tollgate_proto::model::{Upstream, UpstreamTls};
 
 use crate::balance::Balancer;
-use crate::client::Destination;
-pub use crate::client::HttpClient;
+use crate::client::{Destination, HttpClient};
 use crate::connector;
 use crate::endpoint::Registry;
 
@@ -64,7 +63,6 @@ impl Clients {
 #[derive(Debug)]
 pub struct Target {
     pub url: String,
-    pub scheme: Scheme,
     /// Path of the target URL without a trailing `/` (often empty), prefixed to every
     /// forwarded path.
     pub base_path: String,
@@ -95,7 +93,7 @@ impl Target {
         }
         let dest = Destination {
             connect_uri: http::Uri::builder()
-                .scheme(scheme.clone())
+                .scheme(scheme)
                 .authority(authority.clone())
                 .path_and_query("/")
                 .build()
@@ -105,15 +103,9 @@ impl Target {
         };
         Ok(Target {
             url: url.to_string(),
-            scheme,
             base_path: uri.path().trim_end_matches('/').to_string(),
             dest,
         })
-    }
-
-    /// Whether the edge can reach this target: http, and https (`connector.rs`).
-    pub fn is_supported(&self) -> bool {
-        self.scheme == Scheme::HTTP || self.scheme == Scheme::HTTPS
     }
 }
 
@@ -205,7 +197,7 @@ mod tests {
         assert_eq!(t.base_path, "/api");
         assert_eq!(t.dest.host, "127.0.0.1:9001");
         assert_eq!(t.dest.connect_uri, "http://127.0.0.1:9001/");
-        assert!(t.is_supported());
+        assert_eq!(t.dest.connect_uri.scheme_str(), Some("http"));
 
         let mut bad = u.clone();
         bad.targets[1].url = "ftp://x".into();

@@ -1,8 +1,9 @@
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -53,18 +54,25 @@ fn pool(targets: &[SocketAddr], retries: u32) -> UpstreamPool {
     UpstreamPool::compile(&spec, &mut Clients::default()).unwrap()
 }
 
-async fn call(pool: &UpstreamPool, req: Request<Full<Bytes>>) -> Result<StatusCode, ProxyError> {
-    let rid = HeaderValue::from_static("rid");
-    let policies = Policies::default();
-    let d = Dispatch {
+/// What the proxy would pass for a plain request from 10.0.0.1 to `pool`.
+fn dispatch(pool: &UpstreamPool) -> Dispatch<'_> {
+    static REQUEST_ID: HeaderValue = HeaderValue::from_static("rid");
+    static POLICIES: std::sync::LazyLock<Policies> = std::sync::LazyLock::new(Policies::default);
+    Dispatch {
         pool,
-        strip_len: None,
-        remote: "10.0.0.1:5000".parse().unwrap(),
-        request_id: &rid,
-        consumer: None,
-        upgrade: None,
-        policies: &policies,
-    };
+        policies: &POLICIES,
+        forward: Forward {
+            strip_len: None,
+            remote: "10.0.0.1:5000".parse().unwrap(),
+            request_id: &REQUEST_ID,
+            consumer: None,
+            upgrade: None,
+        },
+    }
+}
+
+async fn call(pool: &UpstreamPool, req: Request<Full<Bytes>>) -> Result<StatusCode, ProxyError> {
+    let d = dispatch(pool);
     let resp = send(req, &d).await?;
     let status = resp.status();
     resp.into_body().collect().await.unwrap();
@@ -173,17 +181,7 @@ async fn all_targets_ejected_is_no_healthy_upstream() {
 async fn requests_count_in_flight_until_the_answer_body_ends() {
     let live = upstream(200, Arc::new(AtomicUsize::new(0))).await;
     let p = pool(&[live], 0);
-    let rid = HeaderValue::from_static("rid");
-    let policies = Policies::default();
-    let d = Dispatch {
-        pool: &p,
-        strip_len: None,
-        remote: "10.0.0.1:5000".parse().unwrap(),
-        request_id: &rid,
-        consumer: None,
-        upgrade: None,
-        policies: &policies,
-    };
+    let d = dispatch(&p);
     let resp = send(request(Method::GET, b""), &d).await.unwrap();
     assert_eq!(p.balancer.endpoint(0).in_flight(), 1);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -211,17 +209,7 @@ async fn a_timeout_while_the_client_still_uploads_is_not_the_targets_fault() {
     );
     let spec = Document::parse(&doc).unwrap().upstreams.remove(0);
     let p = UpstreamPool::compile(&spec, &mut Clients::default()).unwrap();
-    let rid = HeaderValue::from_static("rid");
-    let policies = Policies::default();
-    let d = Dispatch {
-        pool: &p,
-        strip_len: None,
-        remote: "10.0.0.1:5000".parse().unwrap(),
-        request_id: &rid,
-        consumer: None,
-        upgrade: None,
-        policies: &policies,
-    };
+    let d = dispatch(&p);
     // A body that never ends (a client trickling its upload).
     let trickle =
         http_body_util::StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>());
@@ -295,17 +283,7 @@ async fn connections_are_reused_only_after_the_whole_exchange() {
         "a finished exchange gives its connection back"
     );
 
-    let rid = HeaderValue::from_static("rid");
-    let policies = Policies::default();
-    let d = Dispatch {
-        pool: &p,
-        strip_len: None,
-        remote: "10.0.0.1:5000".parse().unwrap(),
-        request_id: &rid,
-        consumer: None,
-        upgrade: None,
-        policies: &policies,
-    };
+    let d = dispatch(&p);
     // A body that never ends, answered before it does.
     let trickle =
         http_body_util::StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>());
