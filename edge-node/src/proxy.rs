@@ -201,7 +201,6 @@ impl Proxy {
     }
 }
 
-/// Most request headers the proxy accepts.
 /// Most request headers the proxy accepts (hyper itself refuses more than 100 on HTTP/1.1,
 /// with a bare 431).
 pub const MAX_HEADERS: usize = 64;

@@ -17,16 +17,12 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tollgate_edge::{start, EdgeOptions, RunningEdge};
+use tollgate_edge::{start, RunningEdge};
 use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
 use tollgate_proto::model::{ApiKey, Document, Spec};
-use tollgate_proto::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
-use tollgate_proto::v1::{edge_message::Msg, ConfigPush, EdgeMessage, Resource};
-use tonic::{Status, Streaming};
+use tollgate_proto::v1::{edge_message::Msg, ConfigPush, Resource};
 
-use common::resource;
+use common::{fake_cp, options, resource};
 
 const VERSION: u64 = 7;
 
@@ -74,58 +70,6 @@ fn snapshot(resources: Vec<Resource>) -> Vec<ConfigPush> {
         .collect()
 }
 
-struct FakeCp {
-    pushes: Vec<ConfigPush>,
-    seen: mpsc::UnboundedSender<EdgeMessage>,
-}
-
-#[tonic::async_trait]
-impl ConfigStream for FakeCp {
-    type StreamStream = ReceiverStream<Result<ConfigPush, Status>>;
-
-    async fn stream(
-        &self,
-        request: tonic::Request<Streaming<EdgeMessage>>,
-    ) -> Result<tonic::Response<Self::StreamStream>, Status> {
-        // The edge presents its join token like the real control plane expects it.
-        let auth = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if auth != Some("Bearer tge_join") {
-            return Err(Status::unauthenticated("no join token"));
-        }
-        let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
-        let pushes = self.pushes.clone();
-        let seen = self.seen.clone();
-        tokio::spawn(async move {
-            if let Ok(Some(hello)) = inbound.message().await {
-                let _ = seen.send(hello);
-                for p in pushes {
-                    let _ = tx.send(Ok(p)).await;
-                }
-            }
-            while let Ok(Some(m)) = inbound.message().await {
-                let _ = seen.send(m);
-            }
-        });
-        Ok(tonic::Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-async fn fake_cp(pushes: Vec<ConfigPush>) -> (SocketAddr, mpsc::UnboundedReceiver<EdgeMessage>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (seen, events) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(ConfigStreamServer::new(FakeCp { pushes, seen }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    (addr, events)
-}
-
 /// Answers with the headers it received, as JSON.
 async fn echo_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -153,22 +97,6 @@ async fn echo_upstream() -> SocketAddr {
         }
     });
     addr
-}
-
-fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
-    EdgeOptions {
-        node_id: "edge-test".into(),
-        control_planes: vec![format!("http://{cp}")],
-        listen: "127.0.0.1:0".parse().unwrap(),
-        admin: "127.0.0.1:0".parse().unwrap(),
-        peer: "127.0.0.1:7900".parse().unwrap(),
-        data_dir: data_dir.to_path_buf(),
-        join_token: Some("tge_join".into()),
-        max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
-        tls_listen: None,
-        cluster_tls: None,
-        body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
-    }
 }
 
 struct Answer {

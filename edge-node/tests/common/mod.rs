@@ -1,5 +1,5 @@
 //! Shared by the edge's integration tests: a fake control plane (a tonic `ConfigStream`
-//! server pushing one snapshot), a started edge serving a YAML config, scriptable loopback
+//! server pushing given config pushes and reporting what the edge sends), a started edge serving a YAML config, scriptable loopback
 //! upstreams, and a small HTTP client. Every wait is bounded.
 
 #![allow(dead_code)]
@@ -41,9 +41,14 @@ pub fn resource(spec: &Spec) -> Resource {
     }
 }
 
-/// A control plane that answers every stream with one snapshot of `resources`.
+/// The join token the fake control plane expects, as the real one expects an edge token.
+pub const JOIN_TOKEN: &str = "tge_join";
+
+/// A control plane that answers every stream with `pushes`, after the edge's hello, and
+/// reports every message the edge sends.
 struct FakeCp {
-    resources: Vec<Resource>,
+    pushes: Vec<ConfigPush>,
+    seen: mpsc::UnboundedSender<EdgeMessage>,
 }
 
 #[tonic::async_trait]
@@ -54,44 +59,76 @@ impl ConfigStream for FakeCp {
         &self,
         request: tonic::Request<Streaming<EdgeMessage>>,
     ) -> Result<tonic::Response<Self::StreamStream>, Status> {
+        let auth = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if auth != Some(&format!("Bearer {JOIN_TOKEN}")) {
+            return Err(Status::unauthenticated("no join token"));
+        }
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(4);
-        let push = ConfigPush {
-            nonce: "snap".into(),
-            version: VERSION,
-            snapshot: true,
-            chunk: 0,
-            chunks: 1,
-            checksum: tollgate_proto::stream::checksum(&self.resources, &[]),
-            upserts: self.resources.clone(),
-            ..Default::default()
-        };
+        let (tx, rx) = mpsc::channel(16);
+        let pushes = self.pushes.clone();
+        let seen = self.seen.clone();
         tokio::spawn(async move {
-            if let Ok(Some(_hello)) = inbound.message().await {
-                let _ = tx.send(Ok(push)).await;
+            if let Ok(Some(hello)) = inbound.message().await {
+                let _ = seen.send(hello);
+                for p in pushes {
+                    let _ = tx.send(Ok(p)).await;
+                }
             }
-            // Keep the stream open while the edge talks (ACKs).
-            while let Ok(Some(_)) = inbound.message().await {}
+            // Keep the stream open while the edge talks (ACKs, NACKs).
+            while let Ok(Some(m)) = inbound.message().await {
+                let _ = seen.send(m);
+            }
         });
         Ok(tonic::Response::new(ReceiverStream::new(rx)))
     }
 }
 
-async fn fake_cp(yaml: &str) -> SocketAddr {
-    let resources = Document::parse(yaml)
-        .unwrap()
-        .into_specs()
-        .iter()
-        .map(resource)
-        .collect();
+/// Starts a fake control plane pushing `pushes` to every edge that connects; the receiver
+/// gets what the edges send.
+pub async fn fake_cp(pushes: Vec<ConfigPush>) -> (SocketAddr, mpsc::UnboundedReceiver<EdgeMessage>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let (seen, events) = mpsc::unbounded_channel();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(ConfigStreamServer::new(FakeCp { resources }))
+            .add_service(ConfigStreamServer::new(FakeCp { pushes, seen }))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    addr
+    (addr, events)
+}
+
+/// `resources` as one snapshot push of version [`VERSION`].
+pub fn one_snapshot(resources: Vec<Resource>) -> ConfigPush {
+    ConfigPush {
+        nonce: "snap".into(),
+        version: VERSION,
+        snapshot: true,
+        chunk: 0,
+        chunks: 1,
+        checksum: tollgate_proto::stream::checksum(&resources, &[]),
+        upserts: resources,
+        ..Default::default()
+    }
+}
+
+/// Options for a test edge joining the control plane at `cp`, on ephemeral ports.
+pub fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
+    EdgeOptions {
+        node_id: "edge-test".into(),
+        control_planes: vec![format!("http://{cp}")],
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        peer: "127.0.0.1:7900".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        join_token: Some(JOIN_TOKEN.into()),
+        max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
+        tls_listen: None,
+        cluster_tls: None,
+        body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
+    }
 }
 
 /// A running edge serving one config, and its data directory.
@@ -103,23 +140,15 @@ pub struct TestEdge {
 impl TestEdge {
     /// Starts an edge whose control plane serves `yaml`; returns once the config is loaded.
     pub async fn start(yaml: &str) -> TestEdge {
-        let cp = fake_cp(yaml).await;
+        let resources = Document::parse(yaml)
+            .unwrap()
+            .into_specs()
+            .iter()
+            .map(resource)
+            .collect();
+        let (cp, _edge_messages) = fake_cp(vec![one_snapshot(resources)]).await;
         let data_dir = tempfile::tempdir().unwrap();
-        let edge = start(EdgeOptions {
-            node_id: "edge-test".into(),
-            control_planes: vec![format!("http://{cp}")],
-            listen: "127.0.0.1:0".parse().unwrap(),
-            admin: "127.0.0.1:0".parse().unwrap(),
-            peer: "127.0.0.1:7900".parse().unwrap(),
-            data_dir: data_dir.path().to_path_buf(),
-            join_token: None,
-            max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
-            tls_listen: None,
-            cluster_tls: None,
-            body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
-        })
-        .await
-        .unwrap();
+        let edge = start(options(cp, data_dir.path())).await.unwrap();
         for _ in 0..200 {
             if edge.config_version() == Some(VERSION) {
                 return TestEdge {
