@@ -38,10 +38,10 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::{Method, Request, Response};
 use http_body_util::Empty;
-use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{self, ClientBody};
-use crate::client::{self, Connection};
+use crate::client::{self, Connection, UpstreamBody};
 use crate::endpoint::{self, InFlight};
 use crate::error::{Fault, ProxyError};
 use crate::forward::{self, Forward, SendError};
@@ -83,7 +83,7 @@ fn replay(parts: &http::request::Parts) -> Request<Empty<Bytes>> {
 pub async fn send<B: ClientBody>(
     req: Request<B>,
     d: &Dispatch<'_>,
-) -> Result<Response<Tracked<Incoming>>, ProxyError> {
+) -> Result<Response<Tracked<UpstreamBody>>, ProxyError> {
     let pool = d.pool;
     let key = pool.balancer.hash_key(req.headers(), d.forward.remote.ip());
     if pool.retries == 0 || !replayable(&req) {
@@ -115,7 +115,7 @@ async fn attempt<B: ClientBody>(
     req: Request<B>,
     i: usize,
     d: &Dispatch<'_>,
-) -> Result<Response<Tracked<Incoming>>, SendError> {
+) -> Result<Response<Tracked<UpstreamBody>>, SendError> {
     let pool = d.pool;
     let target = &pool.targets[i];
     let mut upstream_req = forward::upstream_request(req, target, &d.forward)

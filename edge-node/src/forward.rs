@@ -10,15 +10,15 @@
 //! copied between them until either side closes.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::auth::Consumer;
 use crate::body::{self, Body, ClientBody};
-use crate::client::{ClientError, Connection};
+use crate::client::{ClientError, Connection, UpstreamBody};
 use crate::endpoint::Endpoint;
 use crate::error::ProxyError;
 use crate::request_id;
@@ -312,9 +312,9 @@ impl From<SendError> for ProxyError {
 pub async fn send(
     pool: &UpstreamPool,
     target: &Target,
-    endpoint: &Endpoint,
+    endpoint: &Arc<Endpoint>,
     req: Request<Body>,
-) -> Result<(Response<Incoming>, Option<Connection>), SendError> {
+) -> Result<(Response<UpstreamBody>, Option<Connection>), SendError> {
     let sent = pool.client.send(&target.dest, endpoint, req);
     match tokio::time::timeout(pool.request_timeout, sent).await {
         Err(_) => Err(SendError {
