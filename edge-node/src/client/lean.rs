@@ -199,9 +199,10 @@ async fn exchange(
     let mut answered = false;
     loop {
         // (Nothing to parse before the first read.)
-        let head = match conn.buf.is_empty() {
-            true => None,
-            false => parse_head(&mut conn.buf, head_only).map_err(Failure::Failed)?,
+        let head = if conn.buf.is_empty() {
+            None
+        } else {
+            parse_head(&mut conn.buf, head_only).map_err(Failure::Failed)?
         };
         if let Some(head) = head {
             if head.status.is_informational() {
