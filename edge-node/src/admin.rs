@@ -5,7 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use serde_json::json;
 
@@ -56,6 +58,10 @@ impl Admin {
 
 impl Handler for Admin {
     async fn handle(&self, _remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        self.answer(req.method(), req.uri().path())
+    }
+
+    async fn handle_bodiless(&self, _remote: SocketAddr, req: Request<Empty<Bytes>>) -> Response<Body> {
         self.answer(req.method(), req.uri().path())
     }
 }

@@ -21,7 +21,8 @@
 //! credentials, and a preflight (which carries none) never needs one. The cors grant is
 //! added to every answer after that phase, errors included, so a browser can read a 401.
 
-use http_body_util::Limited;
+use bytes::Bytes;
+use http_body_util::{Empty, Limited};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,6 +160,10 @@ impl Handler for Proxy {
         let timeout = self.body_read_timeout;
         self.answer(remote, req.map(|b| StallGuard::new(b, timeout)))
             .await
+    }
+
+    async fn handle_bodiless(&self, remote: SocketAddr, req: Request<Empty<Bytes>>) -> Response<Body> {
+        self.answer(remote, req).await
     }
 }
 

@@ -23,7 +23,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,6 +37,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 use crate::tls::ClientTls;
+
+mod lean;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +66,13 @@ pub trait Handler: Clone + Send + Sync + 'static {
         &self,
         remote: SocketAddr,
         req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+
+    /// Answers a bodiless HTTP/1.1 request read by the lean loop (`server/lean.rs`).
+    fn handle_bodiless(
+        &self,
+        remote: SocketAddr,
+        req: Request<Empty<Bytes>>,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 
@@ -118,6 +129,7 @@ pub async fn serve<H: Handler>(
             _ = signalled(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        let lean_handler = handler.clone();
         let handler = handler.clone();
         let over_tls = tls.is_some();
         let service = service_fn(move |mut req: Request<Incoming>| {
@@ -152,13 +164,20 @@ pub async fn serve<H: Handler>(
             });
             continue;
         }
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        // Plaintext: the lean loop serves what it can; hyper takes over the rest. The watcher
+        // is taken now, so a drain waits for this connection whoever serves it.
+        let conn_shutdown = shutdown.clone();
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _slot = slot;
-            if let Err(e) = conn.await {
+            let conn = lean::Conn::new(stream);
+            let lean::End::HandOver(io) =
+                lean::serve(conn, remote, &lean_handler, HEADER_READ_TIMEOUT, conn_shutdown).await
+            else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
             }
         });

@@ -287,7 +287,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
     };
     let head = buf.split_to(len).freeze();
     let status = StatusCode::from_u16(code).map_err(|_| broken(format!("invalid status {code}")))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    // Room for the fields the proxy adds to the answer (the request id and the like): a map
+    // that grows rehashes.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     // What the fields say about framing, noted as they go by (no lookups afterwards).
     let mut fields = Fields::default();
     for &(name_at, name_len, value_at, value_len) in &spans[..count] {
