@@ -20,10 +20,9 @@
 //! Only the unknown-`kid` JWKS refetch (bounded, `jwks.rs`) and introspection cache misses
 //! wait on the network here; everything else reads the snapshot.
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName};
-use tollgate_proto::keys::{parse_key, sha256_hex};
+use tollgate_proto::keys::{parse_key, sha256_hex_matches};
 use tollgate_proto::model::AuthKind;
 
 use crate::error::ProxyError;
@@ -176,8 +175,7 @@ fn api_key(
         tracing::debug!(key_id = id, "unknown api key");
         return Err(ProxyError::InvalidCredential);
     };
-    let presented = sha256_hex(key.as_bytes());
-    if verify_slices_are_equal(presented.as_bytes(), stored.sha256.as_bytes()).is_err() {
+    if !sha256_hex_matches(key.as_bytes(), stored.sha256.as_bytes()) {
         tracing::debug!(key_id = id, "api key hash mismatch");
         return Err(ProxyError::InvalidCredential);
     }

@@ -58,8 +58,8 @@ pub struct Snapshot {
     pub router: Router<Arc<ServiceEntry>>,
     /// By key id.
     api_keys: HashMap<String, KeyEntry>,
-    /// tenant -> subscription name (`app:service`) -> status.
-    subscriptions: HashMap<String, HashMap<String, Option<SubscriptionStatus>>>,
+    /// tenant -> service -> app -> status (looked up per request without building a key).
+    subscriptions: HashMap<String, HashMap<String, HashMap<String, Option<SubscriptionStatus>>>>,
     /// tenant -> app names.
     apps: HashMap<String, HashSet<String>>,
     /// JWT issuers by tenant and `iss`.
@@ -97,7 +97,7 @@ impl Snapshot {
             .collect();
         let mut router = RouterBuilder::default();
         let mut api_keys = HashMap::new();
-        let mut subscriptions: HashMap<String, HashMap<String, _>> = HashMap::new();
+        let mut subscriptions: HashMap<String, HashMap<String, HashMap<String, _>>> = HashMap::new();
         let mut apps: HashMap<String, HashSet<String>> = HashMap::new();
         let mut issuers = Issuers::default();
         let mut introspectors = Introspectors::default();
@@ -145,7 +145,9 @@ impl Snapshot {
                     subscriptions
                         .entry(sub.tenant.clone())
                         .or_default()
-                        .insert(sub.id(), sub.status);
+                        .entry(sub.service.clone())
+                        .or_default()
+                        .insert(sub.app.clone(), sub.status);
                 }
                 _ => {}
             }
@@ -185,8 +187,11 @@ impl Snapshot {
     /// The status of `app`'s subscription to `service`: `None` when there is none. A stored
     /// subscription without a status counts as the service's approval mode says.
     pub fn subscription(&self, service: &ServiceEntry, app: &str) -> Option<SubscriptionStatus> {
-        let id = format!("{app}:{}", service.name);
-        let status = *self.subscriptions.get(&service.tenant)?.get(&id)?;
+        let status = *self
+            .subscriptions
+            .get(&service.tenant)?
+            .get(&service.name)?
+            .get(app)?;
         Some(status.unwrap_or(match service.approval {
             Approval::Auto => SubscriptionStatus::Approved,
             Approval::Manual => SubscriptionStatus::Pending,

@@ -15,13 +15,26 @@ const SECRET_LEN: usize = 64;
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
+    hex_digits(bytes).map(char::from).collect()
+}
+
+/// The lowercase hex digits of `bytes`, two per byte, without building a string.
+fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 0xf) as usize] as char);
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[(b >> 4) as usize], DIGITS[(b & 0xf) as usize]])
+}
+
+/// Whether `hex` is the lowercase hex SHA-256 of `data`, compared in constant time (the
+/// digest is not turned into a string: this runs per request).
+pub fn sha256_hex_matches(data: &[u8], hex: &[u8]) -> bool {
+    let digest = digest::digest(&digest::SHA256, data);
+    let mut expected = [0u8; 64];
+    for (slot, d) in expected.iter_mut().zip(hex_digits(digest.as_ref())) {
+        *slot = d;
     }
-    out
+    aws_lc_rs::constant_time::verify_slices_are_equal(&expected, hex).is_ok()
 }
 
 /// Hex SHA-256 of `data`.
@@ -49,13 +62,28 @@ pub fn parse_key(key: &str) -> Option<&str> {
         return None;
     }
     let body_len = key.len() - CHECK_LEN;
-    let want = &sha256_hex(&key.as_bytes()[..body_len])[..CHECK_LEN];
-    (want == &key[body_len..]).then_some(id)
+    let digest = digest::digest(&digest::SHA256, &key.as_bytes()[..body_len]);
+    let matches = hex_digits(&digest.as_ref()[..CHECK_LEN / 2]).eq(key[body_len..].bytes());
+    matches.then_some(id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_hashes_are_checked_without_building_strings() {
+        let key = format_key(&[9; 6], &[3; 32]);
+        let stored = sha256_hex(key.as_bytes());
+        assert!(sha256_hex_matches(key.as_bytes(), stored.as_bytes()));
+        assert!(!sha256_hex_matches(b"another key", stored.as_bytes()));
+        assert!(!sha256_hex_matches(key.as_bytes(), &stored.as_bytes()[..63]));
+        assert!(!sha256_hex_matches(
+            key.as_bytes(),
+            stored.to_uppercase().as_bytes()
+        ));
+        assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+    }
 
     #[test]
     fn keys_round_trip_and_checksum_catches_typos() {
