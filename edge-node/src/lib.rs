@@ -61,6 +61,7 @@ mod sync;
 mod testutil;
 mod tls;
 mod upstream;
+mod wire;
 
 /// For `benches/router.rs` only (criterion benches can reach only public items): not part
 /// of the edge's API, hidden from the docs, and free to change at any time.

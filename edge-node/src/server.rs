@@ -8,12 +8,19 @@
 //! streams reset by the edge for the client's errors; past either, GOAWAY and close. Request
 //! bodies that stall are cut by the proxy (`stall.rs`).
 //!
+//! A plaintext connection starts on the lean loop (`server/lean.rs`), which serves bodiless
+//! HTTP/1.1 requests itself and hands the connection, with every byte it read, to hyper at
+//! the first request it does not take (a body, an upgrade, h2, anything unusual or
+//! malformed).
+//!
 //! A listener given a TLS acceptor (`--tls-listen`) runs the handshake first, in the
-//! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves the same way; its
+//! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves through hyper; its
 //! requests carry the [`ClientTls`] extension.
 //!
 //! ```text
-//!  accept ─> spawn([TLS handshake ≤ 10 s ─>] conn watched by GracefulShutdown) ... shutdown
+//!  accept ─> spawn(lean loop ─first request it does not take─> hyper)      (plaintext)
+//!         └> spawn(TLS handshake ≤ 10 s ─> hyper)                          (TLS)
+//!  every connection is watched by GracefulShutdown ... shutdown
 //!    └─ stop accepting ─> ask every connection to finish ─> wait (<= drain) ─> done
 //! ```
 

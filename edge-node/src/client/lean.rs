@@ -42,6 +42,7 @@ use tokio::net::TcpStream;
 use super::{ClientError, Destination, HttpClient, Pooled, UpstreamBody};
 use crate::body::{Body, BoxError};
 use crate::endpoint::{self, Endpoint};
+use crate::wire::{self, Span};
 
 /// Longest answer head accepted (status line and header fields).
 const MAX_HEAD: usize = 64 * 1024;
@@ -52,8 +53,6 @@ const MAX_TRAILERS: usize = 32;
 const MAX_TRAILER_BYTES: usize = 16 * 1024;
 /// Longest chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// Room made in the read buffer before each read.
-const READ_SIZE: usize = 8 * 1024;
 /// Body pieces up to this size are copied out of the read buffer, which then stays whole
 /// (and is reused in place) for the next answer; larger ones are split off it.
 const COPY_MAX: usize = 4 * 1024;
@@ -95,10 +94,7 @@ impl Pooled for Conn {
 impl Conn {
     /// Reads what the socket has into the buffer; `Ok(0)` at its end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        wire::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -149,7 +145,7 @@ async fn connect(client: &HttpClient, dest: &Destination) -> Result<Conn, Client
     match client.open(dest).await? {
         MaybeHttpsStream::Http(io) => Ok(Conn {
             io: io.into_inner(),
-            buf: BytesMut::with_capacity(READ_SIZE),
+            buf: BytesMut::with_capacity(wire::READ_SIZE),
             client: client.id,
             reused: false,
         }),
@@ -257,7 +253,7 @@ enum Framing {
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, ClientError> {
     // Where each field's name and value lie in the head (the head is frozen into one shared
     // buffer below, and the values point into it).
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut spans = [Span::default(); MAX_HEADERS];
     let (len, code, minor, count) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
@@ -268,15 +264,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(broken(format!("invalid answer head: {e}"))),
         };
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (span, field) in spans.iter_mut().zip(resp.headers.iter()) {
-            *span = (
-                offset(field.name.as_bytes()),
-                field.name.len() as u32,
-                offset(field.value),
-                field.value.len() as u32,
-            );
+            *span = Span::of(buf, field);
         }
         (
             len,
@@ -292,11 +281,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
     let mut headers = HeaderMap::with_capacity(count + 4);
     // What the fields say about framing, noted as they go by (no lookups afterwards).
     let mut fields = Fields::default();
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-        let name = &head[name_at as usize..(name_at + name_len) as usize];
-        let name = HeaderName::from_bytes(name).map_err(broken)?;
-        let value = head.slice(value_at as usize..(value_at + value_len) as usize);
-        let value = HeaderValue::from_maybe_shared(value).map_err(broken)?;
+    for span in &spans[..count] {
+        let name = HeaderName::from_bytes(span.name(&head)).map_err(broken)?;
+        let value = HeaderValue::from_maybe_shared(span.value(&head)).map_err(broken)?;
         if name == TRANSFER_ENCODING {
             fields.transfer_encoding = true;
         } else if name == CONTENT_LENGTH {

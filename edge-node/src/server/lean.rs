@@ -39,13 +39,12 @@ use tokio::sync::watch;
 
 use super::{signalled, Handler};
 use crate::body::{Body, BoxError};
+use crate::wire::{self, Span};
 
 /// Longest request head the lean loop reads before it hands the connection to hyper.
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header fields the lean loop takes (more: hyper's, which allows 100).
 pub const MAX_FIELDS: usize = 64;
-/// Room made in the read buffer before each read.
-const READ_SIZE: usize = 8 * 1024;
 /// Answer bodies are gathered into the write buffer up to this size before a write.
 const GATHER_MAX: usize = 16 * 1024;
 
@@ -80,16 +79,13 @@ impl Conn {
     pub fn new(io: TcpStream) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(READ_SIZE),
+            buf: BytesMut::with_capacity(wire::READ_SIZE),
             out: Vec::with_capacity(1024),
         }
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < READ_SIZE / 2 {
-            self.buf.reserve(READ_SIZE);
-        }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+        wire::poll_fill(&mut self.io, &mut self.buf, cx)
     }
 
     async fn fill(&mut self) -> io::Result<usize> {
@@ -154,7 +150,7 @@ pub async fn serve<H: Handler>(
 fn parse(buf: &mut BytesMut) -> Next {
     // Where the target and each field lie in the head (frozen into one shared buffer below;
     // the values point into it).
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_FIELDS];
+    let mut spans = [Span::default(); MAX_FIELDS];
     let (len, method, target, count) = {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
@@ -180,24 +176,16 @@ fn parse(buf: &mut BytesMut) -> Next {
         let Ok(method) = Method::from_bytes(method.as_bytes()) else {
             return Next::HandOver;
         };
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         for (span, field) in spans.iter_mut().zip(req.headers.iter()) {
-            *span = (
-                offset(field.name.as_bytes()),
-                field.name.len() as u32,
-                offset(field.value),
-                field.value.len() as u32,
-            );
+            *span = Span::of(buf, field);
         }
-        let target = (offset(path.as_bytes()), path.len() as u32);
+        let target = wire::range(buf, path.as_bytes());
         (len, method, target, req.headers.len())
     };
     // Checked before the head leaves the buffer: a request for hyper must reach it whole.
     let mut close = false;
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-        let name = &buf[name_at as usize..(name_at + name_len) as usize];
-        let value = &buf[value_at as usize..(value_at + value_len) as usize];
+    for span in &spans[..count] {
+        let (name, value) = (span.name(buf), span.value_bytes(buf));
         let is = |h: &HeaderName| name.eq_ignore_ascii_case(h.as_str().as_bytes());
         if is(&TRANSFER_ENCODING) || is(&UPGRADE) || is(&EXPECT) {
             return Next::HandOver;
@@ -224,18 +212,15 @@ fn parse(buf: &mut BytesMut) -> Next {
         *buf = whole;
         Next::HandOver
     };
-    let (target_at, target_len) = target;
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(target_at as usize..(target_at + target_len) as usize))
-    else {
+    let Ok(uri) = Uri::from_maybe_shared(wire::slice(&head, target)) else {
         return give_back(buf);
     };
     // Room for the fields the proxy adds (forwarding headers, the request id): a map that
     // grows rehashes.
     let mut headers = HeaderMap::with_capacity(count + 8);
-    for &(name_at, name_len, value_at, value_len) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name_at as usize..(name_at + name_len) as usize]);
-        let value =
-            HeaderValue::from_maybe_shared(head.slice(value_at as usize..(value_at + value_len) as usize));
+    for span in &spans[..count] {
+        let name = HeaderName::from_bytes(span.name(&head));
+        let value = HeaderValue::from_maybe_shared(span.value(&head));
         let (Ok(name), Ok(value)) = (name, value) else {
             return give_back(buf);
         };
