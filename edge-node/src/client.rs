@@ -173,7 +173,9 @@ impl<C: Pooled> Pool<C> {
     }
 
     /// Keeps `conn` for the next request, dropping the oldest ones when expired or past the
-    /// cap.
+    /// cap, and the oldest one when the upstream closed it: under traffic, connections the
+    /// upstream closed while idle are swept one per request instead of waiting out their
+    /// expiry (newer ones are met by `take`).
     fn put(&self, conn: C, now: u64) {
         if conn.is_closed() {
             return;
@@ -182,6 +184,9 @@ impl<C: Pooled> Pool<C> {
         let expired = list.iter().take_while(|c| c.expired(now)).count();
         let surplus = (list.len() - expired + 1).saturating_sub(self.max);
         list.drain(..expired + surplus);
+        if list.first().is_some_and(|c| c.conn.is_closed()) {
+            list.remove(0);
+        }
         list.push(Idle { conn, since: now });
     }
 

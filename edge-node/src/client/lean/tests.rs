@@ -335,3 +335,28 @@ fn chunk_size_lines() {
         assert!(chunk_size(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
     }
 }
+
+#[tokio::test]
+async fn the_oldest_idle_connection_is_swept_once_the_upstream_closed_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let idle_conn = |io| Conn {
+        io,
+        buf: BytesMut::new(),
+        client: 1,
+        reused: true,
+    };
+    let older = TcpStream::connect(addr).await.unwrap();
+    let (older_peer, _) = listener.accept().await.unwrap();
+    let newer = TcpStream::connect(addr).await.unwrap();
+    let (_newer_peer, _) = listener.accept().await.unwrap();
+    let idle = crate::client::IdleList::default();
+    let now = endpoint::now();
+    idle.lean.put(idle_conn(older), now);
+    // The upstream closes the older one while it is idle.
+    drop(older_peer);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    idle.lean.put(idle_conn(newer), now + 1);
+    assert_eq!(idle.len(), 1, "the closed connection was kept");
+    assert!(idle.lean.take(1, now + 2).is_some(), "the open one was lost");
+}
