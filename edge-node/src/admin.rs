@@ -5,13 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::error::{error_body, json_response};
 use crate::server::Handler;
 use crate::state::Shared;
@@ -57,11 +54,7 @@ impl Admin {
 }
 
 impl Handler for Admin {
-    async fn handle(&self, _remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-        self.answer(req.method(), req.uri().path())
-    }
-
-    async fn handle_bodiless(&self, _remote: SocketAddr, req: Request<Empty<Bytes>>) -> Response<Body> {
+    async fn handle<B: ClientBody + Unpin>(&self, _remote: SocketAddr, req: Request<B>) -> Response<Body> {
         self.answer(req.method(), req.uri().path())
     }
 }

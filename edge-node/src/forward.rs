@@ -25,6 +25,7 @@ use crate::request_id;
 use crate::router::stripped_path;
 use crate::tls::ClientTls;
 use crate::upstream::{Target, UpstreamPool};
+use crate::wire;
 
 /// Header names the edge writes on every forwarded request. Constants, because a name given
 /// as `&str` is parsed and validated again on every use.
@@ -84,8 +85,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
+            .flat_map(|v| wire::list(v.as_bytes()))
             .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
@@ -169,9 +169,7 @@ pub fn upgrade_requested<B>(req: &Request<B>) -> Option<HeaderValue> {
         .headers()
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .any(|v| wire::has_token(v.as_bytes(), "upgrade"));
     wants.then(|| req.headers().get(UPGRADE).cloned()).flatten()
 }
 

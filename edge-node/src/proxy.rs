@@ -21,15 +21,13 @@
 //! credentials, and a preflight (which carries none) never needs one. The cors grant is
 //! added to every answer after that phase, errors included, so a browser can read a 401.
 
-use bytes::Bytes;
-use http_body_util::{Empty, Limited};
+use http_body_util::Limited;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
-use hyper::body::Incoming;
 
 use crate::body::{Body, ClientBody};
 use crate::dispatch::{self, Dispatch};
@@ -156,14 +154,10 @@ impl Proxy {
 }
 
 impl Handler for Proxy {
-    async fn handle(&self, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    async fn handle<B: ClientBody + Unpin>(&self, remote: SocketAddr, req: Request<B>) -> Response<Body> {
         let timeout = self.body_read_timeout;
         self.answer(remote, req.map(|b| StallGuard::new(b, timeout)))
             .await
-    }
-
-    async fn handle_bodiless(&self, remote: SocketAddr, req: Request<Empty<Bytes>>) -> Response<Body> {
-        self.answer(remote, req).await
     }
 }
 

@@ -30,9 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
-use crate::body::Body;
+use crate::body::{Body, ClientBody};
 use crate::tls::ClientTls;
 
 mod lean;
@@ -67,19 +65,13 @@ const MAX_H2_LOCAL_ERROR_RESETS: usize = 256;
 /// How long a client may take to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Answers the requests of one listener.
+/// Answers the requests of one listener, whoever read them: hyper (`Incoming` bodies) or the
+/// lean loop (`server/lean.rs`, bodiless requests).
 pub trait Handler: Clone + Send + Sync + 'static {
-    fn handle(
+    fn handle<B: ClientBody + Unpin>(
         &self,
         remote: SocketAddr,
-        req: Request<Incoming>,
-    ) -> impl Future<Output = Response<Body>> + Send;
-
-    /// Answers a bodiless HTTP/1.1 request read by the lean loop (`server/lean.rs`).
-    fn handle_bodiless(
-        &self,
-        remote: SocketAddr,
-        req: Request<Empty<Bytes>>,
+        req: Request<B>,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
 

@@ -1,7 +1,8 @@
-//! What the lean HTTP/1.1 paths share (`client/lean.rs` towards upstreams, `server/lean.rs`
-//! towards clients): reading a plain TCP connection into a buffer, and noting where a parsed
-//! head's fields lie in that buffer, so that the head can become one shared buffer that the
-//! header values point into.
+//! HTTP/1.1 wire helpers. The lean paths (`client/lean.rs` towards upstreams,
+//! `server/lean.rs` towards clients) read a plain TCP connection into a buffer and note where
+//! a parsed head's fields lie in that buffer, so that the head can become one shared buffer
+//! that the header values point into; header lists (`Connection`, `Transfer-Encoding`) and
+//! `Content-Length` are read the same way everywhere.
 
 use std::io;
 use std::pin::Pin;
@@ -19,6 +20,34 @@ pub fn poll_fill(io: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -
         buf.reserve(READ_SIZE);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
+}
+
+/// [`poll_fill`] as a future.
+pub async fn fill(io: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_fill(io, buf, cx)).await
+}
+
+/// The elements of a comma-separated header list (RFC 9110 §5.6.1), trimmed, empty ones
+/// skipped.
+pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// Whether `token` is an element of the list `value` (case-insensitive).
+pub fn has_token(value: &[u8], token: &str) -> bool {
+    list(value).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// A `Content-Length` value: decimal digits only, at most 18 of them (no sign, no spaces,
+/// no overflow).
+pub fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// Where a header field's name and value lie in the buffer it was parsed from (heads are

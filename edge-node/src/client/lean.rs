@@ -25,7 +25,6 @@
 //! closed it as the request went out) is dropped and the request goes on the next one: this
 //! is safe because only idempotent requests without a body take this path.
 
-use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -88,17 +87,6 @@ impl Pooled for Conn {
     fn is_closed(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         !self.buf.is_empty() || self.io.poll_read_ready(&mut cx).is_ready()
-    }
-}
-
-impl Conn {
-    /// Reads what the socket has into the buffer; `Ok(0)` at its end.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        wire::poll_fill(&mut self.io, &mut self.buf, cx)
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
     }
 }
 
@@ -216,7 +204,7 @@ async fn exchange(
             return Err(Failure::Failed(broken("the answer's head is larger than 64 KiB")));
         }
         let nothing_yet = !answered && conn.buf.is_empty();
-        match conn.fill().await {
+        match wire::fill(&mut conn.io, &mut conn.buf).await {
             Ok(0) if nothing_yet => {
                 return Err(stale_or(&conn, broken("the connection closed before any answer")))
             }
@@ -237,16 +225,9 @@ struct Head {
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
-    framing: Framing,
+    /// How its body is read.
+    body: State,
     reusable: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Empty,
-    Length(u64),
-    Chunked,
-    UntilClose,
 }
 
 /// Parses a complete head off the front of `buf`; `None` while it is incomplete.
@@ -289,7 +270,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
         } else if name == CONTENT_LENGTH {
             fields.content_length = true;
         } else if name == CONNECTION {
-            fields.close |= has_token(&value, "close");
+            fields.close |= wire::has_token(value.as_bytes(), "close");
         }
         headers.append(name, value);
     }
@@ -298,19 +279,17 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Head>, Clien
     } else {
         Version::HTTP_11
     };
-    let (framing, mut reusable) = framing(status, &headers, &fields, head_only)?;
+    let (body, mut reusable) = framing(status, &headers, &fields, head_only)?;
     reusable &= version == Version::HTTP_11 && !fields.close;
     Ok(Some(Head {
         status,
         version,
         headers,
-        framing,
+        body,
         reusable,
     }))
 }
 
-/// How the body of an answer with `status` and `headers` is framed, and whether the
-/// connection can carry another request after it.
 /// Which framing fields an answer head has, and whether it says `Connection: close`.
 #[derive(Default)]
 struct Fields {
@@ -319,84 +298,62 @@ struct Fields {
     close: bool,
 }
 
+/// How the body of an answer with `status` and `headers` is read, and whether the
+/// connection can carry another request after it.
 fn framing(
     status: StatusCode,
     headers: &HeaderMap,
     fields: &Fields,
     head_only: bool,
-) -> Result<(Framing, bool), ClientError> {
+) -> Result<(State, bool), ClientError> {
     if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Empty, true));
+        return Ok((State::Done, true));
     }
     if fields.transfer_encoding {
         let mut codings = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(|c| c.trim_ascii())
-            .filter(|c| !c.is_empty())
+            .flat_map(|v| wire::list(v.as_bytes()))
             .peekable();
         while let Some(coding) = codings.next() {
             let chunked = coding.eq_ignore_ascii_case(b"chunked");
             match (chunked, codings.peek().is_none()) {
                 // The last coding: chunked frames the body.
-                (true, true) => return Ok((Framing::Chunked, !fields.content_length)),
+                (true, true) => return Ok((State::Chunked(Chunk::Size), !fields.content_length)),
                 (true, false) => return Err(broken("chunked is not the last transfer coding")),
                 _ => {}
             }
         }
-        return Ok((Framing::UntilClose, false));
+        return Ok((State::UntilClose, false));
     }
     if fields.content_length {
         let mut length = None;
         for value in headers
             .get_all(CONTENT_LENGTH)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .flat_map(|v| wire::list(v.as_bytes()))
         {
-            let n = parse_length(value.trim_ascii()).ok_or_else(|| broken("invalid Content-Length"))?;
+            let n = wire::parse_length(value).ok_or_else(|| broken("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(broken("Content-Length values differ"));
             }
             length = Some(n);
         }
         return Ok(match length {
-            Some(0) => (Framing::Empty, true),
-            Some(n) => (Framing::Length(n), true),
+            Some(0) => (State::Done, true),
+            Some(n) => (State::Length(n), true),
             None => return Err(broken("invalid Content-Length")),
         });
     }
-    Ok((Framing::UntilClose, false))
-}
-
-/// Decimal digits only, at most 18 of them (no sign, no spaces, no overflow).
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Whether `token` is one of the comma-separated tokens of `value` (case-insensitive).
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    Ok((State::UntilClose, false))
 }
 
 impl Head {
     fn into_response(self, mut conn: Conn, endpoint: &Arc<Endpoint>) -> Response<UpstreamBody> {
         conn.reused = true;
-        let state = match self.framing {
-            Framing::Empty => State::Done,
-            Framing::Length(n) => State::Length(n),
-            Framing::Chunked => State::Chunked(Chunk::Size),
-            Framing::UntilClose => State::UntilClose,
-        };
         let mut body = LeanBody {
             conn: Some(conn),
-            state,
+            state: self.body,
             home: self.reusable.then(|| endpoint.clone()),
         };
         if body.state == State::Done {
@@ -530,7 +487,7 @@ impl hyper::body::Body for LeanBody {
                 State::UntilClose => true,
                 State::Length(_) => false,
             };
-            match ready!(conn.poll_fill(cx)) {
+            match ready!(wire::poll_fill(&mut conn.io, &mut conn.buf, cx)) {
                 Ok(0) if at_end => {
                     this.home = None;
                     this.finish();

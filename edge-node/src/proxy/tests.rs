@@ -21,7 +21,7 @@ async fn echo_upstream() -> SocketAddr {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let headers: BTreeMap<String, String> = req
                         .headers()
                         .iter()

@@ -7,7 +7,7 @@
 //! a slot it copies it into, and writes the answer through its dispatcher state machine; for
 //! the proxy's short requests that is about a quarter of the edge's instructions per request
 //! (BENCHMARKS.md). The lean loop parses the head with httparse (the header values share one
-//! buffer), calls [`Handler::handle_bodiless`], and writes the answer's head and, when the
+//! buffer), calls the [`Handler`] with a bodiless request, and writes the answer's head and, when the
 //! body is already there, its first bytes in one write.
 //!
 //! **Handing over.** A request head the lean loop does not take (a body, an upgrade,
@@ -84,14 +84,6 @@ impl Conn {
         }
     }
 
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        wire::poll_fill(&mut self.io, &mut self.buf, cx)
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        std::future::poll_fn(|cx| self.poll_fill(cx)).await
-    }
-
     fn hand_over(self) -> End {
         End::HandOver(Prefixed {
             prefix: self.buf.freeze(),
@@ -128,7 +120,7 @@ pub async fn serve<H: Handler>(
             }
             tokio::select! {
                 biased;
-                read = conn.fill() => match read {
+                read = wire::fill(&mut conn.io, &mut conn.buf) => match read {
                     Ok(0) | Err(_) => return End::Closed,
                     Ok(_) => {}
                 },
@@ -137,7 +129,7 @@ pub async fn serve<H: Handler>(
             }
         };
         let head_only = req.method() == Method::HEAD;
-        let resp = handler.handle_bodiless(remote, req).await;
+        let resp = handler.handle(remote, req).await;
         let close = close || *shutdown.borrow();
         if write(&mut conn, resp, head_only, close).await.is_err() || close {
             let _ = conn.io.shutdown().await;
@@ -194,13 +186,10 @@ fn parse(buf: &mut BytesMut) -> Next {
             return Next::HandOver;
         }
         if is(&CONNECTION) {
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    return Next::HandOver;
-                }
+            if wire::has_token(value, "upgrade") {
+                return Next::HandOver;
             }
+            close |= wire::has_token(value, "close");
         }
     }
     let head = buf.split_to(len).freeze();
@@ -271,10 +260,8 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    let bodiless = head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let never_a_body =
+        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let mut declared = None;
     for (name, value) in &parts.headers {
         if *name == TRANSFER_ENCODING || *name == CONNECTION {
@@ -282,10 +269,7 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
             continue;
         }
         if *name == CONTENT_LENGTH {
-            let n = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or("invalid Content-Length in the answer")?;
+            let n = wire::parse_length(value.as_bytes()).ok_or("invalid Content-Length in the answer")?;
             if declared.replace(n).is_some_and(|d| d != n) {
                 return Err("Content-Length values differ in the answer".into());
             }
@@ -296,14 +280,12 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
         out.extend_from_slice(b"\r\n");
     }
     // A HEAD answer says the length of the body it leaves out, as hyper does.
-    let never_a_body =
-        status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let length = declared.or(body.size_hint().exact());
     if let (None, Some(n), false) = (declared, length, never_a_body) {
         let _ = write!(out, "content-length: {n}\r\n");
     }
     let framing = match length {
-        _ if bodiless => Framing::None,
+        _ if head_only || never_a_body => Framing::None,
         Some(n) => Framing::Length(n),
         None => {
             out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -320,8 +302,7 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
     }
     out.extend_from_slice(b"\r\n");
     if framing == Framing::None || framing == Framing::Length(0) {
-        conn.io.write_all(&conn.out).await?;
-        return Ok(());
+        return Ok(flush(conn).await?);
     }
     let mut left = match framing {
         Framing::Length(n) => n,
@@ -334,10 +315,7 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
         let frame = match polled {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                if !conn.out.is_empty() {
-                    conn.io.write_all(&conn.out).await?;
-                    conn.out.clear();
-                }
+                flush(conn).await?;
                 std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
         };
@@ -375,6 +353,11 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
         Framing::Chunked => conn.out.extend_from_slice(b"0\r\n\r\n"),
         _ => {}
     }
+    Ok(flush(conn).await?)
+}
+
+/// Writes what is gathered.
+async fn flush(conn: &mut Conn) -> io::Result<()> {
     if !conn.out.is_empty() {
         conn.io.write_all(&conn.out).await?;
         conn.out.clear();
@@ -388,10 +371,7 @@ async fn push(conn: &mut Conn, data: &Bytes) -> io::Result<()> {
         conn.out.extend_from_slice(data);
         return Ok(());
     }
-    if !conn.out.is_empty() {
-        conn.io.write_all(&conn.out).await?;
-        conn.out.clear();
-    }
+    flush(conn).await?;
     conn.io.write_all(data).await
 }
 
