@@ -24,42 +24,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-mod admin;
-mod auth;
-mod authorize;
-mod balance;
 mod body;
-mod client;
-mod cluster_tls;
 mod config;
-mod connector;
-mod cors;
-mod dispatch;
-mod endpoint;
 mod error;
-mod forward;
-mod health;
 mod http_date;
-mod idp;
-mod introspect;
-mod ipfilter;
-mod jwks;
-mod jwt;
-mod lkg;
-mod normalize;
-mod policy;
+mod listen;
+mod phases;
 mod proxy;
 mod request_id;
-mod router;
-mod server;
-mod snapshot;
 mod stall;
-mod state;
-mod stream;
-mod sync;
 #[cfg(test)]
 mod testutil;
-mod tls;
 mod upstream;
 mod wire;
 
@@ -70,7 +45,7 @@ pub mod bench_support {
     use http::{HeaderMap, Method};
     use tollgate_proto::model::Route;
 
-    use crate::router::{RequestInfo, Router, RouterBuilder};
+    use crate::phases::router::{RequestInfo, Router, RouterBuilder};
 
     /// A compiled routing table whose targets are route indexes.
     #[derive(Debug)]
@@ -105,10 +80,13 @@ pub mod bench_support {
     }
 }
 
-pub use cluster_tls::ClusterTlsFiles;
-use config::ConfigState;
-use snapshot::Snapshot;
-use state::Shared;
+pub use config::cluster_tls::ClusterTlsFiles;
+use config::resources::ConfigState;
+use config::snapshot::Snapshot;
+use config::state::Shared;
+use config::{cluster_tls, lkg, stream, sync};
+use listen::{admin, tls};
+use listen as server;
 use upstream::Clients;
 
 /// Default proxy address.

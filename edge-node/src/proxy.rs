@@ -30,15 +30,16 @@ use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 
 use crate::body::{Body, ClientBody};
-use crate::dispatch::{self, Dispatch};
+use crate::upstream::dispatch::{self, Dispatch};
 use crate::error::{Fault, ProxyError};
-use crate::forward::{self, Forward};
-use crate::router::RequestInfo;
-use crate::server::Handler;
-use crate::snapshot::Backend;
+use crate::upstream::forward::{self, Forward};
+use crate::phases::router::RequestInfo;
+use crate::listen::Handler;
+use crate::config::snapshot::Backend;
 use crate::stall::StallGuard;
-use crate::state::Shared;
-use crate::{auth, authorize, cors, normalize, request_id};
+use crate::config::state::Shared;
+use crate::phases::{auth, authorize, cors, normalize};
+use crate::request_id;
 
 #[derive(Clone)]
 pub struct Proxy {

@@ -7,8 +7,8 @@ use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
 use tollgate_proto::model::{ApiKey, Document, Spec};
 use tollgate_proto::v1;
 
-use crate::config::ConfigState;
-use crate::snapshot::Snapshot;
+use crate::config::resources::ConfigState;
+use crate::config::snapshot::Snapshot;
 use crate::upstream::Clients;
 
 /// A tenant `acme` with upstream `be`, service `orders` (`/orders`, api_key), app `mobile`

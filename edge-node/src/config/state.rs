@@ -1,0 +1,30 @@
+//! State shared between the config stream (the one writer) and the listeners (readers): the
+//! current compiled config, swapped whole. Readers never lock.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use crate::config::snapshot::Snapshot;
+
+#[derive(Debug, Default)]
+pub struct Shared {
+    config: ArcSwapOption<Snapshot>,
+}
+
+impl Shared {
+    /// The current config; `None` until a complete one is loaded.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.config.load_full()
+    }
+
+    /// Replaces the config for every later request (in-flight ones keep theirs).
+    pub fn install(&self, snapshot: Arc<Snapshot>) {
+        self.config.store(Some(snapshot));
+    }
+
+    /// The version of the current config, if any.
+    pub fn version(&self) -> Option<u64> {
+        self.config.load().as_ref().map(|s| s.version)
+    }
+}

@@ -1,0 +1,195 @@
+//! Accept loops for the edge's HTTP listeners (proxy and admin): HTTP/1.1 and h2 on one
+//! port, upgrades (WebSocket), a header-read timeout, limits on header size and count
+//! (hyper answers 431), a cap on open connections (past it, accepting waits), and a graceful
+//! drain bounded in time.
+//!
+//! HTTP/2 rapid reset (CVE-2023-44487) is bounded per connection: at most 256 concurrent
+//! streams, at most 20 streams reset by the client before they are served, at most 256
+//! streams reset by the edge for the client's errors; past either, GOAWAY and close. Request
+//! bodies that stall are cut by the proxy (`stall.rs`).
+//!
+//! A plaintext connection starts on the lean loop (`server/lean.rs`), which serves bodiless
+//! HTTP/1.1 requests itself and hands the connection, with every byte it read, to hyper at
+//! the first request it does not take (a body, an upgrade, h2, anything unusual or
+//! malformed).
+//!
+//! A listener given a TLS acceptor (`--tls-listen`) runs the handshake first, in the
+//! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves through hyper; its
+//! requests carry the [`ClientTls`] extension.
+//!
+//! ```text
+//!  accept ─> spawn(lean loop ─first request it does not take─> hyper)      (plaintext)
+//!         └> spawn(TLS handshake ≤ 10 s ─> hyper)                          (TLS)
+//!  every connection is watched by GracefulShutdown ... shutdown
+//!    └─ stop accepting ─> ask every connection to finish ─> wait (<= drain) ─> done
+//! ```
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::body::{Body, ClientBody};
+use crate::listen::tls::ClientTls;
+
+pub mod admin;
+mod lean;
+pub mod tls;
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Hard limits on a request head, past which hyper itself answers 431 (with no body). The
+/// proxy answers 431 with a JSON error well before them (`proxy::MAX_HEADERS`,
+/// `proxy::MAX_HEADER_BYTES`).
+const HEAD_BUFFER_BYTES: usize = 128 * 1024;
+// The header count is left at hyper's default (100): setting any cap makes hyper 1.12 allocate
+// two header arrays per request instead of using its stack arrays.
+/// Most concurrent h2 streams per connection.
+const MAX_H2_STREAMS: u32 = 256;
+/// HTTP/2 rapid reset (CVE-2023-44487): streams the client opens and resets before they are
+/// served are counted; past this many pending at once, the connection gets GOAWAY
+/// (ENHANCE_YOUR_CALM) and closes.
+const MAX_H2_PENDING_RESETS: usize = 20;
+/// Streams the edge itself resets because of the client's errors, per connection, before
+/// GOAWAY (the same attack made through malformed frames, RUSTSEC-2024-0003).
+const MAX_H2_LOCAL_ERROR_RESETS: usize = 256;
+/// How long a client may take to complete the TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Answers the requests of one listener, whoever read them: hyper (`Incoming` bodies) or the
+/// lean loop (`server/lean.rs`, bodiless requests).
+pub trait Handler: Clone + Send + Sync + 'static {
+    fn handle<B: ClientBody + Unpin>(
+        &self,
+        remote: SocketAddr,
+        req: Request<B>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// Resolves once `shutdown` says so (or its sender is gone).
+pub async fn signalled(shutdown: &mut watch::Receiver<bool>) {
+    // An error means the sender was dropped, which is a shutdown too.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Serves `listener` until `shutdown`, then drains for at most `drain`. At most
+/// `max_connections` are open at once. With `tls`, connections are TLS.
+pub async fn serve<H: Handler>(
+    name: &'static str,
+    listener: TcpListener,
+    handler: H,
+    mut shutdown: watch::Receiver<bool>,
+    drain: Duration,
+    max_connections: usize,
+    tls: Option<TlsAcceptor>,
+) {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HEAD_BUFFER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(HEAD_BUFFER_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+        .max_local_error_reset_streams(MAX_H2_LOCAL_ERROR_RESETS)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        // Past the cap, wait for a connection to close before accepting another (the kernel's
+        // backlog holds newcomers meanwhile).
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = signalled(&mut shutdown) => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = signalled(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let lean_handler = handler.clone();
+        let handler = handler.clone();
+        let over_tls = tls.is_some();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let handler = handler.clone();
+            if over_tls {
+                req.extensions_mut().insert(ClientTls);
+            }
+            async move { Ok::<_, Infallible>(handler.handle(remote, req).await) }
+        });
+        if let Some(acceptor) = &tls {
+            // The handshake runs in the connection's task, so a slow client never holds up
+            // accepting; the watcher is taken now, so a drain waits for this connection too.
+            let (acceptor, builder, watcher) = (acceptor.clone(), builder.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = name, %remote, error = %e, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(listener = name, %remote, "tls handshake timed out");
+                        return;
+                    }
+                };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
+                }
+            });
+            continue;
+        }
+        // Plaintext: the lean loop serves what it can; hyper takes over the rest. The watcher
+        // is taken now, so a drain waits for this connection whoever serves it.
+        let conn_shutdown = shutdown.clone();
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = lean::Conn::new(stream);
+            let lean::End::HandOver(io) =
+                lean::serve(conn, remote, &lean_handler, HEADER_READ_TIMEOUT, conn_shutdown).await
+            else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::debug!(listener = name, "draining connections");
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(
+            listener = name,
+            ?drain,
+            "connections still open after the drain period; closing them"
+        );
+    }
+}
