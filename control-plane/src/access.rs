@@ -1,6 +1,6 @@
 //! Who may do what in the admin API. One function per kind of operation, each given the
 //! caller's token and the tenant the operation touches; every refusal is a
-//! `PermissionDenied` naming the role and the tenant.
+//! [`AdminError::PermissionDenied`] naming the role and the tenant.
 //!
 //! | role             | read          | config write             | keys | subscriptions | secrets, tokens | cluster, audit      |
 //! |------------------|---------------|--------------------------|------|---------------|-----------------|---------------------|
@@ -10,18 +10,20 @@
 //! | viewer [T]       | T (or all)    | -                        | -    | -             | -               | -                   |
 //! | edge             | -             | -                        | -    | -             | -               | -                   |
 
+use crate::error::AdminError;
+use crate::state::{AdminToken, Role};
 use tollgate_proto::model::SubscriptionStatus;
 use tollgate_proto::{Kind, Spec};
-use tonic::Status;
 
-use crate::state::{AdminToken, Role};
-
-fn denied(t: &AdminToken, what: &str) -> Status {
+fn denied(t: &AdminToken, what: &str) -> AdminError {
     let who = match &t.tenant {
         Some(tenant) => format!("a {} token of tenant {tenant}", t.role.as_str()),
         None => format!("a {} token", t.role.as_str()),
     };
-    Status::permission_denied(format!("{who} cannot {what}"))
+    AdminError::PermissionDenied {
+        who,
+        what: what.to_string(),
+    }
 }
 
 /// Whether `t` is limited to a tenant other than `tenant`.
@@ -30,7 +32,7 @@ fn other_tenant(t: &AdminToken, tenant: &str) -> bool {
 }
 
 /// The tenant reads are limited to, if any (`None`: every tenant).
-pub fn read_scope(t: &AdminToken) -> Result<Option<&str>, Status> {
+pub fn read_scope(t: &AdminToken) -> Result<Option<&str>, AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(None),
         Role::TenantAdmin | Role::TenantDeveloper | Role::Viewer => Ok(t.tenant.as_deref()),
@@ -39,7 +41,7 @@ pub fn read_scope(t: &AdminToken) -> Result<Option<&str>, Status> {
 }
 
 /// Reading what belongs to `tenant` (empty: cluster-wide things).
-pub fn read(t: &AdminToken, tenant: &str) -> Result<(), Status> {
+pub fn read(t: &AdminToken, tenant: &str) -> Result<(), AdminError> {
     match read_scope(t)? {
         Some(own) if !tenant.is_empty() && own != tenant => Err(denied(t, &format!("read tenant {tenant}"))),
         _ => Ok(()),
@@ -47,7 +49,7 @@ pub fn read(t: &AdminToken, tenant: &str) -> Result<(), Status> {
 }
 
 /// Writing `specs` from a document (with `prune` when asked).
-pub fn write_specs(t: &AdminToken, specs: &[Spec], prune: bool) -> Result<(), Status> {
+pub fn write_specs(t: &AdminToken, specs: &[Spec], prune: bool) -> Result<(), AdminError> {
     match t.role {
         Role::ClusterAdmin => return Ok(()),
         Role::TenantAdmin | Role::TenantDeveloper => {}
@@ -84,7 +86,7 @@ pub fn write_specs(t: &AdminToken, specs: &[Spec], prune: bool) -> Result<(), St
 }
 
 /// Deleting one resource of `kind` in `tenant`.
-pub fn delete(t: &AdminToken, kind: Kind, tenant: &str) -> Result<(), Status> {
+pub fn delete(t: &AdminToken, kind: Kind, tenant: &str) -> Result<(), AdminError> {
     let ok = match t.role {
         Role::ClusterAdmin => true,
         Role::TenantAdmin => !other_tenant(t, tenant) && kind != Kind::Tenant,
@@ -99,7 +101,7 @@ pub fn delete(t: &AdminToken, kind: Kind, tenant: &str) -> Result<(), Status> {
 }
 
 /// Creating or revoking API keys of `tenant`'s apps.
-pub fn manage_keys(t: &AdminToken, tenant: &str) -> Result<(), Status> {
+pub fn manage_keys(t: &AdminToken, tenant: &str) -> Result<(), AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(()),
         Role::TenantAdmin | Role::TenantDeveloper if !other_tenant(t, tenant) => Ok(()),
@@ -108,7 +110,7 @@ pub fn manage_keys(t: &AdminToken, tenant: &str) -> Result<(), Status> {
 }
 
 /// Approving or rejecting subscriptions, managing secrets: tenant admins and up.
-pub fn administer(t: &AdminToken, tenant: &str, what: &str) -> Result<(), Status> {
+pub fn administer(t: &AdminToken, tenant: &str, what: &str) -> Result<(), AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(()),
         Role::TenantAdmin if !other_tenant(t, tenant) => Ok(()),
@@ -118,7 +120,7 @@ pub fn administer(t: &AdminToken, tenant: &str, what: &str) -> Result<(), Status
 
 /// Creating a token of `role` for `tenant`: cluster admins any; tenant admins their
 /// tenant's non-admin-of-cluster roles.
-pub fn create_token(t: &AdminToken, role: Role, tenant: Option<&str>) -> Result<(), Status> {
+pub fn create_token(t: &AdminToken, role: Role, tenant: Option<&str>) -> Result<(), AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(()),
         Role::TenantAdmin
@@ -133,7 +135,7 @@ pub fn create_token(t: &AdminToken, role: Role, tenant: Option<&str>) -> Result<
 }
 
 /// Listing or revoking `other`.
-pub fn manage_token(t: &AdminToken, other: &AdminToken) -> Result<(), Status> {
+pub fn manage_token(t: &AdminToken, other: &AdminToken) -> Result<(), AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(()),
         Role::TenantAdmin
@@ -146,7 +148,7 @@ pub fn manage_token(t: &AdminToken, other: &AdminToken) -> Result<(), Status> {
 }
 
 /// Membership changes and cluster-wide status.
-pub fn cluster(t: &AdminToken) -> Result<(), Status> {
+pub fn cluster(t: &AdminToken) -> Result<(), AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(()),
         _ => Err(denied(t, "manage the cluster")),
@@ -154,7 +156,7 @@ pub fn cluster(t: &AdminToken) -> Result<(), Status> {
 }
 
 /// The tenant an audit listing is limited to (`None`: all).
-pub fn audit_scope(t: &AdminToken) -> Result<Option<&str>, Status> {
+pub fn audit_scope(t: &AdminToken) -> Result<Option<&str>, AdminError> {
     match t.role {
         Role::ClusterAdmin => Ok(None),
         Role::TenantAdmin => Ok(t.tenant.as_deref()),

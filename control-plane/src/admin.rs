@@ -2,7 +2,8 @@
 //!
 //! Each call is answered by the leader: a follower forwards it unchanged (token included) and
 //! relays the answer, so operators may talk to any node. Writes become one [`Command`] in the
-//! Raft log; reads wait for [`Node::linearizable`] first.
+//! Raft log; reads wait for [`Node::linearizable`] first. The leader's side of each call
+//! fails with an [`AdminError`], turned into a gRPC status in one place (`error.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,9 +19,11 @@ use tollgate_proto::{Document, Kind, Spec};
 use tonic::{Request, Response, Status};
 
 use crate::access;
-use crate::node::{command_status, forwarded, now_ms, retryable, Node, Route, LEADER_WAIT};
+use crate::error::AdminError;
+use crate::forward::{forwarded, retryable};
+use crate::node::{now_ms, Node, Route, LEADER_WAIT};
 use crate::secrets::{random_bytes, random_token, write_private};
-use crate::state::{Actor, AdminToken, Change as StateChange, Command, Outcome, Role};
+use crate::state::{Actor, AdminToken, Change as StateChange, Command, CommandError, Outcome, Role};
 
 /// Roles that may use the admin API at all (what each may do is `access`'s business).
 const ADMIN_ROLES: [Role; 4] = [
@@ -59,6 +62,7 @@ macro_rules! lead {
                         .$local(&token, $req.get_ref().clone())
                         .await
                         .map(Response::new)
+                        .map_err(Status::from)
                 }
             };
             match result {
@@ -71,21 +75,17 @@ macro_rules! lead {
     }};
 }
 
-fn invalid(field: &str, e: String) -> Status {
-    Status::invalid_argument(format!("{field}: {e}"))
-}
-
-fn parse_kind(kind: &str) -> Result<Kind, Status> {
+fn parse_kind(kind: &str) -> Result<Kind, AdminError> {
     Kind::parse(kind).ok_or_else(|| {
         let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        Status::invalid_argument(format!("unknown kind {kind:?}: use one of {}", kinds.join(", ")))
+        AdminError::InvalidArgument(format!("unknown kind {kind:?}: use one of {}", kinds.join(", ")))
     })
 }
 
-fn parse_document(text: &str) -> Result<Vec<Spec>, Status> {
+fn parse_document(text: &str) -> Result<Vec<Spec>, AdminError> {
     Document::parse(text)
         .map(Document::into_specs)
-        .map_err(Status::invalid_argument)
+        .map_err(AdminError::InvalidArgument)
 }
 
 fn to_yaml(spec: &Spec) -> String {
@@ -194,7 +194,8 @@ impl Admin for AdminService {
             let token = self.node.authorize(&req, &ADMIN_ROLES)?;
             return self
                 .export_from_state(&token, req.into_inner().tenant)
-                .map(Response::new);
+                .map(Response::new)
+                .map_err(Status::from);
         }
         lead!(self, req, export, export_local)
     }
@@ -268,7 +269,7 @@ impl Admin for AdminService {
         &self,
         _req: Request<ClusterInitRequest>,
     ) -> Result<Response<ClusterInitResponse>, Status> {
-        self.init().await.map(Response::new)
+        self.init().await.map(Response::new).map_err(Status::from)
     }
 
     async fn add_node(
@@ -296,14 +297,14 @@ impl Admin for AdminService {
             .authorize(&req, &ADMIN_ROLES)
             .and_then(|t| access::cluster(&t));
         if let Err(denied) = authorized {
-            let unknown_token = denied.code() == tonic::Code::Unauthenticated;
+            let unknown_token = matches!(denied, AdminError::Unauthenticated(_));
             if !unknown_token || req.get_ref().local || self.node.role() == "leader" {
-                return Err(denied);
+                return Err(denied.into());
             }
             let deadline = Instant::now() + Duration::from_secs(1);
             return match self.node.route(&req, deadline).await {
                 Ok(Route::Forward(mut client)) => client.cluster_status(forwarded(&req)).await,
-                _ => Err(denied),
+                _ => Err(denied.into()),
             };
         }
         let local = req.get_ref().local;
@@ -319,7 +320,7 @@ impl Admin for AdminService {
 
 /// The leader's side of each call: checks what the caller's token allows, then acts.
 impl AdminService {
-    async fn apply_local(&self, t: &AdminToken, r: ApplyRequest) -> Result<ApplyResponse, Status> {
+    async fn apply_local(&self, t: &AdminToken, r: ApplyRequest) -> Result<ApplyResponse, AdminError> {
         let specs = parse_document(&r.document)?;
         access::write_specs(t, &specs, r.prune)?;
         let cmd = Command::Apply {
@@ -332,7 +333,7 @@ impl AdminService {
         ))
     }
 
-    async fn diff_local(&self, t: &AdminToken, r: ApplyRequest) -> Result<ApplyResponse, Status> {
+    async fn diff_local(&self, t: &AdminToken, r: ApplyRequest) -> Result<ApplyResponse, AdminError> {
         let specs = parse_document(&r.document)?;
         access::write_specs(t, &specs, r.prune)?;
         self.node.linearizable().await?;
@@ -340,30 +341,30 @@ impl AdminService {
             specs,
             prune: r.prune,
         };
-        let out = self.node.sm.read(|s| s.dry_run(&cmd)).map_err(command_status)?;
+        let out = self.node.sm.read(|s| s.dry_run(&cmd))?;
         Ok(apply_response(out, true))
     }
 
-    async fn export_local(&self, t: &AdminToken, r: ExportRequest) -> Result<ExportResponse, Status> {
+    async fn export_local(&self, t: &AdminToken, r: ExportRequest) -> Result<ExportResponse, AdminError> {
         self.node.linearizable().await?;
         self.export_from_state(t, r.tenant)
     }
 
     /// The export a token may see: its tenant's, when it is bound to one.
-    fn export_from_state(&self, t: &AdminToken, tenant: String) -> Result<ExportResponse, Status> {
+    fn export_from_state(&self, t: &AdminToken, tenant: String) -> Result<ExportResponse, AdminError> {
         access::read(t, &tenant)?;
         let scope = access::read_scope(t)?
             .map(str::to_string)
             .or((!tenant.is_empty()).then_some(tenant));
         let (version, doc) = self.node.sm.read(|s| (s.version, s.export(scope.as_deref())));
-        let document_json = serde_json::to_string(&doc).map_err(|e| Status::internal(e.to_string()))?;
+        let document_json = serde_json::to_string(&doc).map_err(AdminError::internal)?;
         Ok(ExportResponse {
             version,
             document_json,
         })
     }
 
-    async fn get_local(&self, t: &AdminToken, r: GetRequest) -> Result<GetResponse, Status> {
+    async fn get_local(&self, t: &AdminToken, r: GetRequest) -> Result<GetResponse, AdminError> {
         let kind = parse_kind(&r.kind)?;
         access::read(t, &r.tenant)?;
         let scope = access::read_scope(t)?.map(str::to_string);
@@ -389,13 +390,15 @@ impl AdminService {
             } else {
                 format!(" in tenant {}", r.tenant)
             };
-            return Err(Status::not_found(format!("{kind} {}{where_} not found", r.name)));
+            return Err(AdminError::not_found(format!("{kind} {}{where_}", r.name)));
         }
         Ok(GetResponse { version, resources })
     }
 
-    async fn delete_local(&self, t: &AdminToken, r: DeleteRequest) -> Result<ApplyResponse, Status> {
-        let key = r.key.ok_or_else(|| Status::invalid_argument("key is required"))?;
+    async fn delete_local(&self, t: &AdminToken, r: DeleteRequest) -> Result<ApplyResponse, AdminError> {
+        let key = r
+            .key
+            .ok_or_else(|| AdminError::InvalidArgument("key is required".into()))?;
         let kind = parse_kind(&key.kind)?;
         let tenant = if kind == Kind::Tenant {
             String::new()
@@ -403,7 +406,9 @@ impl AdminService {
             key.tenant
         };
         if kind != Kind::Tenant && tenant.is_empty() {
-            return Err(Status::invalid_argument("tenant is required (--tenant)"));
+            return Err(AdminError::InvalidArgument(
+                "tenant is required (--tenant)".into(),
+            ));
         }
         access::delete(t, kind, if kind == Kind::Tenant { &key.name } else { &tenant })?;
         let cmd = Command::Delete {
@@ -420,17 +425,17 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: CreateKeyRequest,
-    ) -> Result<CreateKeyResponse, Status> {
-        check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
-        check_name(&r.app).map_err(|e| invalid("app", e))?;
+    ) -> Result<CreateKeyResponse, AdminError> {
+        check_name(&r.tenant).map_err(|e| AdminError::invalid("tenant", e))?;
+        check_name(&r.app).map_err(|e| AdminError::invalid("app", e))?;
         access::manage_keys(t, &r.tenant)?;
         if r.label.len() > 200 {
-            return Err(invalid("label", "must be at most 200 characters".into()));
+            return Err(AdminError::invalid("label", "must be at most 200 characters"));
         }
         let mut id_bytes = [0u8; 6];
         let mut secret = [0u8; 32];
-        random_bytes(&mut id_bytes).map_err(internal)?;
-        random_bytes(&mut secret).map_err(internal)?;
+        random_bytes(&mut id_bytes).map_err(AdminError::internal)?;
+        random_bytes(&mut secret).map_err(AdminError::internal)?;
         let key = format_key(&id_bytes, &secret);
         let id = parse_key(&key).expect("freshly formatted keys parse").to_string();
         let record = ApiKey {
@@ -452,7 +457,11 @@ impl AdminService {
         })
     }
 
-    async fn revoke_key_local(&self, t: &AdminToken, r: RevokeKeyRequest) -> Result<ApplyResponse, Status> {
+    async fn revoke_key_local(
+        &self,
+        t: &AdminToken,
+        r: RevokeKeyRequest,
+    ) -> Result<ApplyResponse, AdminError> {
         access::manage_keys(t, &r.tenant)?;
         // Accept the whole key as well as its id.
         let id = parse_key(&r.id).map(str::to_string).unwrap_or(r.id);
@@ -467,16 +476,19 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: DecideSubscriptionRequest,
-    ) -> Result<ApplyResponse, Status> {
+    ) -> Result<ApplyResponse, AdminError> {
         access::administer(t, &r.tenant, "decide subscriptions")?;
         let status = SubscriptionStatus::parse(&r.status).ok_or_else(|| {
-            invalid(
+            AdminError::invalid(
                 "status",
                 format!("{:?}: use approved, rejected or pending", r.status),
             )
         })?;
         if !r.id.contains(':') {
-            return Err(invalid("id", format!("{:?}: write <app>:<service>", r.id)));
+            return Err(AdminError::invalid(
+                "id",
+                format!("{:?}: write <app>:<service>", r.id),
+            ));
         }
         let cmd = Command::SetSubscriptionStatus {
             tenant: r.tenant,
@@ -489,17 +501,24 @@ impl AdminService {
         ))
     }
 
-    async fn set_secret_local(&self, t: &AdminToken, r: SetSecretRequest) -> Result<ApplyResponse, Status> {
-        check_name(&r.tenant).map_err(|e| invalid("tenant", e))?;
-        check_name(&r.name).map_err(|e| invalid("name", e))?;
+    async fn set_secret_local(
+        &self,
+        t: &AdminToken,
+        r: SetSecretRequest,
+    ) -> Result<ApplyResponse, AdminError> {
+        check_name(&r.tenant).map_err(|e| AdminError::invalid("tenant", e))?;
+        check_name(&r.name).map_err(|e| AdminError::invalid("name", e))?;
         access::administer(t, &r.tenant, "set secrets")?;
         if r.value.is_empty() || r.value.len() > MAX_SECRET_BYTES {
-            return Err(invalid("value", format!("must be 1 to {MAX_SECRET_BYTES} bytes")));
+            return Err(AdminError::invalid(
+                "value",
+                format!("must be 1 to {MAX_SECRET_BYTES} bytes"),
+            ));
         }
         let key = &self.node.master_key;
         let cluster_key = self.node.sm.read(|s| s.master_key_id.clone());
         if cluster_key.as_deref().is_some_and(|k| k != key.id()) {
-            return Err(Status::failed_precondition(format!(
+            return Err(AdminError::FailedPrecondition(format!(
                 "this node's master key ({}) is not the cluster's ({}); give every node the same --master-key-file",
                 key.id(),
                 cluster_key.unwrap_or_default()
@@ -507,7 +526,7 @@ impl AdminService {
         }
         let record = key
             .seal(&r.tenant, &r.name, &r.value, now_ms())
-            .map_err(internal)?;
+            .map_err(AdminError::internal)?;
         Ok(apply_response(
             self.node
                 .write(Command::PutSecret(record), Some(Actor::of(t)))
@@ -520,7 +539,7 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: DeleteSecretRequest,
-    ) -> Result<ApplyResponse, Status> {
+    ) -> Result<ApplyResponse, AdminError> {
         access::administer(t, &r.tenant, "delete secrets")?;
         let cmd = Command::DeleteSecret {
             tenant: r.tenant,
@@ -536,25 +555,26 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: CreateTokenRequest,
-    ) -> Result<CreateTokenResponse, Status> {
+    ) -> Result<CreateTokenResponse, AdminError> {
         let roles: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
-        let role = Role::parse(&r.role)
-            .ok_or_else(|| invalid("role", format!("{:?}: use one of {}", r.role, roles.join(", "))))?;
+        let role = Role::parse(&r.role).ok_or_else(|| {
+            AdminError::invalid("role", format!("{:?}: use one of {}", r.role, roles.join(", ")))
+        })?;
         let tenant = (!r.tenant.is_empty()).then_some(r.tenant);
         match (&tenant, role) {
             (None, role) if role.needs_tenant() => {
-                return Err(invalid(
+                return Err(AdminError::invalid(
                     "tenant",
                     format!("a {} token needs --tenant", role.as_str()),
                 ))
             }
             (Some(_), Role::ClusterAdmin | Role::Edge) => {
-                return Err(invalid(
+                return Err(AdminError::invalid(
                     "tenant",
                     format!("a {} token is not bound to a tenant", role.as_str()),
                 ))
             }
-            (Some(tn), _) => check_name(tn).map_err(|e| invalid("tenant", e))?,
+            (Some(tn), _) => check_name(tn).map_err(|e| AdminError::invalid("tenant", e))?,
             _ => {}
         }
         if let Some(tn) = &tenant {
@@ -563,12 +583,12 @@ impl AdminService {
                     .contains_key(&tollgate_proto::ResourceKey::new(Kind::Tenant, "", tn.as_str()))
             });
             if !exists {
-                return Err(Status::not_found(format!("tenant {tn} not found")));
+                return Err(AdminError::not_found(format!("tenant {tn}")));
             }
         }
         access::create_token(t, role, tenant.as_deref())?;
         if r.label.len() > 200 {
-            return Err(invalid("label", "must be at most 200 characters".into()));
+            return Err(AdminError::invalid("label", "must be at most 200 characters"));
         }
         let (token, record) = mint_token(role, tenant, r.label)?;
         let id = record.id.clone();
@@ -587,12 +607,12 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: RevokeTokenRequest,
-    ) -> Result<ApplyResponse, Status> {
+    ) -> Result<ApplyResponse, AdminError> {
         let other = self
             .node
             .sm
             .read(|s| s.admin_tokens.values().find(|x| x.id == r.id).cloned());
-        let other = other.ok_or_else(|| Status::not_found(format!("token {} not found", r.id)))?;
+        let other = other.ok_or_else(|| AdminError::not_found(format!("token {}", r.id)))?;
         access::manage_token(t, &other)?;
         let cmd = Command::RevokeAdminToken { id: r.id };
         Ok(apply_response(
@@ -605,7 +625,7 @@ impl AdminService {
         &self,
         t: &AdminToken,
         _r: ListTokensRequest,
-    ) -> Result<ListTokensResponse, Status> {
+    ) -> Result<ListTokensResponse, AdminError> {
         access::audit_scope(t)?;
         self.node.linearizable().await?;
         let mut tokens: Vec<TokenInfo> = self.node.sm.read(|s| {
@@ -629,14 +649,14 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: ListAuditRequest,
-    ) -> Result<ListAuditResponse, Status> {
+    ) -> Result<ListAuditResponse, AdminError> {
         let scope = access::audit_scope(t)?.map(str::to_string);
         if let Some(own) = &scope {
             if !r.tenant.is_empty() && &r.tenant != own {
-                return Err(Status::permission_denied(format!(
-                    "a tenant-admin token of tenant {own} cannot read tenant {}",
-                    r.tenant
-                )));
+                return Err(AdminError::PermissionDenied {
+                    who: format!("a tenant-admin token of tenant {own}"),
+                    what: format!("read tenant {}", r.tenant),
+                });
             }
         }
         let tenant = scope.or((!r.tenant.is_empty()).then_some(r.tenant));
@@ -657,7 +677,7 @@ impl AdminService {
     /// `cluster init`: makes this node a one-node cluster and mints the bootstrap token.
     /// Allowed only while the cluster has no token, so a node that crashed half-way through
     /// init can finish it; never once an operator holds a token.
-    async fn init(&self) -> Result<ClusterInitResponse, Status> {
+    async fn init(&self) -> Result<ClusterInitResponse, AdminError> {
         let node = &self.node;
         if !node.is_initialized().await {
             let members = BTreeMap::from([(
@@ -669,7 +689,7 @@ impl AdminService {
             node.raft
                 .initialize(members)
                 .await
-                .map_err(|e| Status::failed_precondition(format!("cannot initialize: {e}")))?;
+                .map_err(|e| AdminError::FailedPrecondition(format!("cannot initialize: {e}")))?;
         } else {
             let sole_member = {
                 let m = node.raft.metrics().borrow().membership_config.clone();
@@ -678,14 +698,14 @@ impl AdminService {
             };
             let has_tokens = node.sm.read(|s| !s.admin_tokens.is_empty());
             if has_tokens || !sole_member {
-                return Err(Status::failed_precondition("cluster is already initialized"));
+                return Err(already_initialized());
             }
         }
         node.raft
             .wait(Some(Duration::from_secs(10)))
             .current_leader(node.id, "become leader after init")
             .await
-            .map_err(|e| Status::unavailable(format!("no leader after init: {e}")))?;
+            .map_err(|e| AdminError::Unavailable(format!("no leader after init: {e}")))?;
         let (admin_token, record) = mint_token(Role::ClusterAdmin, None, "bootstrap".into())?;
         node.write(
             Command::Bootstrap {
@@ -695,13 +715,13 @@ impl AdminService {
             None,
         )
         .await
-        .map_err(|s| match s.code() {
-            tonic::Code::Aborted => Status::failed_precondition("cluster is already initialized"),
-            _ => s,
+        .map_err(|e| match e {
+            AdminError::Rejected(CommandError::Conflict(_)) => already_initialized(),
+            e => e,
         })?;
         let path = node.data_dir.join("admin.token");
         write_private(&path, format!("{admin_token}\n").as_bytes())
-            .map_err(|e| Status::internal(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| AdminError::Internal(format!("writing {}: {e}", path.display())))?;
         tracing::info!(node = node.id, path = %path.display(), "cluster initialized; bootstrap admin token written");
         Ok(ClusterInitResponse {
             admin_token,
@@ -713,22 +733,27 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: AddNodeRequest,
-    ) -> Result<ClusterStatusResponse, Status> {
+    ) -> Result<ClusterStatusResponse, AdminError> {
         access::cluster(t)?;
         if r.node_id == 0 {
-            return Err(invalid("node_id", "must be above zero".into()));
+            return Err(AdminError::invalid("node_id", "must be above zero"));
         }
-        check_peer_addr(&r.addr).map_err(|e| invalid("addr", e))?;
+        check_peer_addr(&r.addr).map_err(|e| AdminError::invalid("addr", e))?;
         crate::raft::probe(&self.node.channels, &self.node.credential, &r.addr, r.node_id)
             .await
-            .map_err(Status::failed_precondition)?;
+            .map_err(AdminError::FailedPrecondition)?;
         let raft = &self.node.raft;
         let learner = raft.add_learner(r.node_id, BasicNode { addr: r.addr.clone() }, true);
         match tokio::time::timeout(ADD_NODE_TIMEOUT, learner).await {
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Status::unavailable(format!("adding node {} as learner: {e}", r.node_id))),
+            Ok(Err(e)) => {
+                return Err(AdminError::Unavailable(format!(
+                    "adding node {} as learner: {e}",
+                    r.node_id
+                )))
+            }
             Err(_) => {
-                return Err(Status::deadline_exceeded(format!(
+                return Err(AdminError::Timeout(format!(
                     "node {} at {} did not catch up within {ADD_NODE_TIMEOUT:?}: is it running, and does it share the cluster's master key file?",
                     r.node_id, r.addr
                 )))
@@ -737,7 +762,9 @@ impl AdminService {
         if !r.learner_only {
             raft.change_membership(ChangeMembers::AddVoterIds([r.node_id].into()), false)
                 .await
-                .map_err(|e| Status::unavailable(format!("promoting node {} to voter: {e}", r.node_id)))?;
+                .map_err(|e| {
+                    AdminError::Unavailable(format!("promoting node {} to voter: {e}", r.node_id))
+                })?;
         }
         tracing::info!(node = r.node_id, addr = %r.addr, "node added");
         Ok(crate::status::cluster_status(&self.node, None).await)
@@ -747,7 +774,7 @@ impl AdminService {
         &self,
         t: &AdminToken,
         r: RemoveNodeRequest,
-    ) -> Result<ClusterStatusResponse, Status> {
+    ) -> Result<ClusterStatusResponse, AdminError> {
         access::cluster(t)?;
         let id = r.node_id;
         let (is_voter, known) = {
@@ -756,7 +783,7 @@ impl AdminService {
             (m.voter_ids().any(|v| v == id), known)
         };
         if !known {
-            return Err(Status::not_found(format!("node {id} is not a member")));
+            return Err(AdminError::NotMember(id));
         }
         let change = if is_voter {
             ChangeMembers::RemoveVoters([id].into())
@@ -767,7 +794,7 @@ impl AdminService {
             .raft
             .change_membership(change, false)
             .await
-            .map_err(|e| Status::failed_precondition(format!("removing node {id}: {e}")))?;
+            .map_err(|e| AdminError::FailedPrecondition(format!("removing node {id}: {e}")))?;
         tracing::info!(node = id, "node removed");
         Ok(crate::status::cluster_status(&self.node, None).await)
     }
@@ -776,17 +803,17 @@ impl AdminService {
 /// How long `add-node` waits for the new node to catch up as a learner.
 const ADD_NODE_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn internal(e: impl std::fmt::Display) -> Status {
-    Status::internal(e.to_string())
+fn already_initialized() -> AdminError {
+    AdminError::FailedPrecondition("cluster is already initialized".into())
 }
 
 /// A fresh random token and its stored form.
-fn mint_token(role: Role, tenant: Option<String>, label: String) -> Result<(String, AdminToken), Status> {
+fn mint_token(role: Role, tenant: Option<String>, label: String) -> Result<(String, AdminToken), AdminError> {
     let prefix = match role {
         Role::Edge => "tge_",
         _ => "tga_",
     };
-    let token = random_token(prefix).map_err(internal)?;
+    let token = random_token(prefix).map_err(AdminError::internal)?;
     let sha256 = sha256_hex(token.as_bytes());
     let record = AdminToken {
         id: sha256[..12].to_string(),

@@ -17,10 +17,14 @@
 
 pub mod access;
 pub mod admin;
+pub mod edges;
+pub mod error;
+pub mod forward;
 pub mod http;
 pub mod mtls;
 pub mod node;
 pub mod raft;
+pub mod raft_types;
 pub mod secrets;
 pub mod state;
 pub mod status;
@@ -129,7 +133,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
     if let Some(url) = &opts.join {
         mtls::endpoint(url, channels.tls()).map_err(|e| anyhow::anyhow!("--join: {e}"))?;
     }
-    let raft = raft::Raft::new(
+    let raft = raft_types::Raft::new(
         opts.node_id,
         Arc::new(raft::config().validate()?),
         raft::Network::new(channels.clone(), &credential),

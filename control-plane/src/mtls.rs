@@ -21,9 +21,9 @@
 
 use std::future::Future;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,8 +31,6 @@ use arc_swap::ArcSwap;
 use hyper_util::rt::TokioIo;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore, ServerConfig};
@@ -41,6 +39,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
+pub use tollgate_tls::{certificates, private_key, provider, roots, TlsError, TlsFiles};
+use tollgate_tls::{read, verify_client, Pems};
 use tonic::codegen::http::Uri;
 use tonic::codegen::Service;
 use tonic::transport::{Channel, Endpoint};
@@ -50,132 +50,6 @@ pub const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Longest TLS handshake the listener waits for.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const ALPN_H2: &[u8] = b"h2";
-
-/// The process's one rustls crypto provider (aws-lc-rs).
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path}: {reason}")]
-    File { path: String, reason: String },
-    #[error("{0}")]
-    Identity(String),
-}
-
-fn file_error(path: &Path, reason: impl std::fmt::Display) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// Where this node's certificate (PEM, leaf first), its private key (PEM) and the cluster
-/// CA (PEM; several certificates are all trusted, for a CA rotation) are.
-#[derive(Clone, Debug)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub ca: PathBuf,
-}
-
-impl TlsFiles {
-    /// All three or none (`--tls-cert`, `--tls-key`, `--tls-ca`).
-    pub fn from_flags(
-        cert: Option<PathBuf>,
-        key: Option<PathBuf>,
-        ca: Option<PathBuf>,
-    ) -> Result<Option<TlsFiles>, String> {
-        match (cert, key, ca) {
-            (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsFiles { cert, key, ca })),
-            (None, None, None) => Ok(None),
-            (cert, key, ca) => {
-                let missing: Vec<&str> = [
-                    ("--tls-cert", cert.is_none()),
-                    ("--tls-key", key.is_none()),
-                    ("--tls-ca", ca.is_none()),
-                ]
-                .into_iter()
-                .filter_map(|(flag, missing)| missing.then_some(flag))
-                .collect();
-                Err(format!(
-                    "mTLS needs --tls-cert, --tls-key and --tls-ca together (missing {})",
-                    missing.join(", ")
-                ))
-            }
-        }
-    }
-
-    fn read(&self) -> Result<Pems, TlsError> {
-        let read = |p: &Path| {
-            std::fs::read(p).map_err(|source| TlsError::Read {
-                path: p.display().to_string(),
-                source,
-            })
-        };
-        Ok(Pems {
-            cert: read(&self.cert)?,
-            key: read(&self.key)?,
-            ca: read(&self.ca)?,
-        })
-    }
-}
-
-/// One version of the three files.
-struct Pems {
-    cert: Vec<u8>,
-    key: Vec<u8>,
-    ca: Vec<u8>,
-}
-
-impl Pems {
-    fn fingerprint(&self) -> Vec<u8> {
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        for part in [&self.cert, &self.key, &self.ca] {
-            ctx.update(&(part.len() as u64).to_le_bytes());
-            ctx.update(part);
-        }
-        ctx.finish().as_ref().to_vec()
-    }
-}
-
-/// The trust roots in a PEM file: every certificate in it.
-pub fn roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let mut roots = RootCertStore::empty();
-    for (i, der) in certificates(pem, path)?.into_iter().enumerate() {
-        roots
-            .add(der)
-            .map_err(|e| file_error(path, format!("certificate {i} cannot be a trust root: {e}")))?;
-    }
-    Ok(Arc::new(roots))
-}
-
-/// The certificates in a PEM file, at least one.
-pub fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, format!("not PEM certificates: {e}")))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no PEM certificate in it"));
-    }
-    Ok(certs)
-}
-
-/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1). Errors never quote the key.
-pub fn private_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(pem)
-        .map_err(|e| file_error(path, format!("no usable PEM private key: {e}")))
-}
 
 /// A client config trusting `roots` only, presenting `identity` (certificate chain and key)
 /// when given, offering ALPN h2.
@@ -199,12 +73,6 @@ pub fn client_config_from_files(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TlsError> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
-            path: p.display().to_string(),
-            source,
-        })
-    };
     let roots = roots(&read(ca)?, ca)?;
     let identity = match identity {
         Some((cert, key)) => Some((certificates(&read(cert)?, cert)?, private_key(&read(key)?, key)?)),
@@ -218,14 +86,8 @@ pub fn client_config_from_files(
 pub fn check_client_certificate(ca_pem: &[u8], cert_pem: &[u8]) -> Result<(), String> {
     let roots = roots(ca_pem, Path::new("CA")).map_err(|e| e.to_string())?;
     let chain = certificates(cert_pem, Path::new("certificate")).map_err(|e| e.to_string())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let (leaf, intermediates) = chain.split_first().expect("certificates() returns at least one");
-    verifier
-        .verify_client_cert(leaf, intermediates, UnixTime::now())
-        .map(|_| ())
-        .map_err(|e| explain_certificate(&e))
+    // The CA holds at least one certificate, so the verifier builds.
+    verify_client(&roots, &chain).map_err(|e| explain_certificate(&e))
 }
 
 /// Server and client configs built from one version of the files, checked against each
@@ -245,7 +107,7 @@ impl Identity {
         let (leaf, intermediates) = chain.split_first().expect("certificates() returns at least one");
         let as_server = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| file_error(&files.ca, e))?;
+            .map_err(|e| TlsError::file(&files.ca, e))?;
         as_server
             .verify_server_cert(leaf, intermediates, name, &[], now)
             .map_err(|e| {
@@ -256,18 +118,18 @@ impl Identity {
                     explain_certificate(&e)
                 ))
             })?;
+        // The server config's verifier; built before the check so that a failure to build it
+        // is reported as before, naming the CA file.
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| file_error(&files.ca, e))?;
-        client_verifier
-            .verify_client_cert(leaf, intermediates, now)
-            .map_err(|e| {
-                TlsError::Identity(format!(
-                    "{}: peers would refuse it as a client certificate: {}",
-                    files.cert.display(),
-                    explain_certificate(&e)
-                ))
-            })?;
+            .map_err(|e| TlsError::file(&files.ca, e))?;
+        verify_client(&roots, &chain).map_err(|e| {
+            TlsError::Identity(format!(
+                "{}: peers would refuse it as a client certificate: {}",
+                files.cert.display(),
+                explain_certificate(&e)
+            ))
+        })?;
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Identity(e.to_string()))?

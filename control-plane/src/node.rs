@@ -9,22 +9,19 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
 use tollgate_proto::keys::sha256_hex;
 use tollgate_proto::v1::admin_client::AdminClient;
-use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
-use tonic::Status;
 
 type GrpcRequest<T> = tonic::Request<T>;
 
-use crate::raft::{Channels, NodeId, Raft, MAX_MESSAGE_BYTES};
+use crate::edges::EdgeRegistry;
+use crate::error::AdminError;
+use crate::forward::is_forwarded;
+use crate::raft::{Channels, MAX_MESSAGE_BYTES};
+use crate::raft_types::{NodeId, Raft};
 use crate::secrets::MasterKey;
-use crate::state::{Actor, AdminToken, Command, CommandError, Outcome, Request, Role};
+use crate::state::{Actor, AdminToken, Command, Outcome, Request, Role};
 use crate::store::StateMachineStore;
-use crate::stream::EdgeRegistry;
 
-/// Metadata set on calls a node forwards to the leader, so they are never forwarded twice.
-const FORWARDED: &str = "x-tollgate-forwarded";
-/// Metadata on an error that guarantees the call changed nothing, so it may be retried.
-const NOT_APPLIED: &str = "x-tollgate-not-applied";
 /// How long a call waits for a leader (an election, a failover) before giving up.
 pub const LEADER_WAIT: Duration = Duration::from_secs(5);
 
@@ -55,37 +52,8 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Maps a command's rejection to a gRPC status (the admin API's one error mapping).
-pub fn command_status(e: CommandError) -> Status {
-    match e {
-        CommandError::Invalid(_) => Status::invalid_argument(e.to_string()),
-        CommandError::Conflict(_) => Status::aborted(e.to_string()),
-        CommandError::NotFound(_) => Status::not_found(e.to_string()),
-    }
-}
-
-/// An `Unavailable` status for a call that surely changed nothing (retried by [`Node`]'s
-/// callers while a new leader is elected).
-pub fn not_applied(message: &str) -> Status {
-    let mut s = Status::unavailable(format!("{message}; retry"));
-    s.metadata_mut()
-        .insert(NOT_APPLIED, MetadataValue::from_static("1"));
-    s
-}
-
-/// Whether a failed call may be sent again: it surely changed nothing.
-pub fn retryable(s: &Status) -> bool {
-    if s.metadata().contains_key(NOT_APPLIED) {
-        return true;
-    }
-    // A forward that never reached the leader (it just died): nothing was sent.
-    let text = format!("{s:?}");
-    s.code() == tonic::Code::Unavailable
-        && (text.contains("tcp connect error") || text.contains("Connection refused"))
-}
-
-fn raft_status<E: std::fmt::Display>(e: E) -> Status {
-    Status::unavailable(format!("raft: {e}"))
+fn raft_unavailable<E: std::fmt::Display>(e: E) -> AdminError {
+    AdminError::Unavailable(format!("raft: {e}"))
 }
 
 impl Node {
@@ -97,32 +65,34 @@ impl Node {
 
     /// The token of a call, checked against this node's state: it must exist and have one
     /// of `roles`.
-    pub fn authorize<T>(&self, req: &GrpcRequest<T>, roles: &[Role]) -> Result<AdminToken, Status> {
+    pub fn authorize<T>(&self, req: &GrpcRequest<T>, roles: &[Role]) -> Result<AdminToken, AdminError> {
         let token = req
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| Status::unauthenticated("missing token: pass --token or set TOLLGATE_TOKEN"))?;
+            .ok_or(AdminError::Unauthenticated(
+                "missing token: pass --token or set TOLLGATE_TOKEN",
+            ))?;
         let hash = sha256_hex(token.as_bytes());
         let found = self.sm.read(|s| s.has_admin_token(&hash).cloned());
         match found {
             Some(t) if roles.contains(&t.role) => Ok(t),
-            Some(t) => Err(Status::permission_denied(format!(
-                "a {} token cannot do this",
-                t.role.as_str()
-            ))),
-            None => Err(Status::unauthenticated("invalid token")),
+            Some(t) => Err(AdminError::PermissionDenied {
+                who: format!("a {} token", t.role.as_str()),
+                what: "do this".into(),
+            }),
+            None => Err(AdminError::Unauthenticated("invalid token")),
         }
     }
 
     /// Decides whether this node answers `req` or forwards it to the leader, waiting for an
     /// election in progress to finish.
-    pub async fn route<T>(&self, req: &GrpcRequest<T>, deadline: Instant) -> Result<Route, Status> {
+    pub async fn route<T>(&self, req: &GrpcRequest<T>, deadline: Instant) -> Result<Route, AdminError> {
         if !self.is_initialized().await {
-            return Err(Status::failed_precondition(
-                "cluster not initialized: run `tollgate cluster init` on one node",
+            return Err(AdminError::FailedPrecondition(
+                "cluster not initialized: run `tollgate cluster init` on one node".into(),
             ));
         }
         let mut metrics = self.raft.metrics();
@@ -141,13 +111,13 @@ impl Node {
             match (leader, addr) {
                 (Some(l), _) if l == self.id => return Ok(Route::Local),
                 (Some(_), Some(addr)) => {
-                    if req.metadata().contains_key(FORWARDED) {
-                        return Err(not_applied("leadership is moving"));
+                    if is_forwarded(req) {
+                        return Err(AdminError::NotApplied("leadership is moving"));
                     }
                     let channel = self
                         .channels
                         .get(&addr)
-                        .map_err(|e| Status::unavailable(format!("leader at {addr}: {e}")))?;
+                        .map_err(|e| AdminError::Unavailable(format!("leader at {addr}: {e}")))?;
                     let client = AdminClient::new(channel)
                         .max_decoding_message_size(MAX_MESSAGE_BYTES)
                         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -157,8 +127,8 @@ impl Node {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(Status::unavailable(
-                    "no control-plane leader; is a quorum of nodes up?",
+                return Err(AdminError::Unavailable(
+                    "no control-plane leader; is a quorum of nodes up?".into(),
                 ));
             }
             let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), metrics.changed()).await;
@@ -181,7 +151,7 @@ impl Node {
     }
 
     /// Commits `cmd`, asked for by `actor`, through Raft (this node must be the leader).
-    pub async fn write(&self, cmd: Command, actor: Option<Actor>) -> Result<Outcome, Status> {
+    pub async fn write(&self, cmd: Command, actor: Option<Actor>) -> Result<Outcome, AdminError> {
         let req = Request {
             command: cmd,
             actor,
@@ -190,28 +160,28 @@ impl Node {
         match self.raft.client_write(req).await {
             Ok(resp) => match resp.data.result {
                 Some(Ok(outcome)) => Ok(outcome),
-                Some(Err(e)) => Err(command_status(e)),
-                None => Err(Status::internal("command produced no result")),
+                Some(Err(e)) => Err(e.into()),
+                None => Err(AdminError::Internal("command produced no result".into())),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Err(not_applied("leadership changed"))
+                Err(AdminError::NotApplied("leadership changed"))
             }
-            Err(e) => Err(raft_status(e)),
+            Err(e) => Err(raft_unavailable(e)),
         }
     }
 
     /// Waits until this node (the leader) has applied everything committed before now, so a
     /// read after it sees every acknowledged write.
-    pub async fn linearizable(&self) -> Result<(), Status> {
+    pub async fn linearizable(&self) -> Result<(), AdminError> {
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                Err(not_applied("leadership changed"))
+                Err(AdminError::NotApplied("leadership changed"))
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                Err(Status::unavailable(format!("cannot confirm leadership: {e}")))
+                Err(AdminError::Unavailable(format!("cannot confirm leadership: {e}")))
             }
-            Err(e) => Err(raft_status(e)),
+            Err(e) => Err(raft_unavailable(e)),
         }
     }
 
@@ -224,13 +194,4 @@ impl Node {
             ServerState::Shutdown => "shutdown",
         }
     }
-}
-
-/// A copy of `req` for the leader, with its metadata, marked as forwarded.
-pub fn forwarded<T: Clone>(req: &GrpcRequest<T>) -> GrpcRequest<T> {
-    let mut copy = GrpcRequest::new(req.get_ref().clone());
-    *copy.metadata_mut() = req.metadata().clone();
-    copy.metadata_mut()
-        .insert(FORWARDED, MetadataValue::from_static("1"));
-    copy
 }

@@ -1,4 +1,4 @@
-//! Raft wiring: the type config, the gRPC transport between control-plane nodes, and the
+//! Raft wiring: the timing config, the gRPC transport between control-plane nodes, and the
 //! internal Raft service that receives it (laid out like openraft's raft-kv-memstore-grpc
 //! example: the internal service is apart from the public admin API).
 //!
@@ -11,7 +11,6 @@
 //! and operators hold, so it proves "inside the cluster", and the credential proves "member".
 
 use std::collections::HashMap;
-use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,24 +30,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use crate::mtls::Connector;
-use crate::state::{CommandResponse, Request as LogRequest};
-
-pub type NodeId = u64;
-
-openraft::declare_raft_types!(
-    /// Tollgate's Raft types: commands in, command responses out, nodes known by gRPC address.
-    pub TypeConfig:
-        D = LogRequest,
-        R = CommandResponse,
-        NodeId = NodeId,
-        Node = BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
-);
-
-pub type Raft = openraft::Raft<TypeConfig>;
+use crate::mtls::{self, Connector};
+use crate::raft_types::{NodeId, Raft, TypeConfig};
+use crate::store::SNAPSHOT_EVERY;
 
 /// Raft timing for control planes on one LAN (or loopback): a leader is replaced within about
 /// a second of dying.
@@ -62,7 +46,7 @@ pub fn config() -> openraft::Config {
         // Chunks and batches well under the gRPC message limit (MAX_MESSAGE_BYTES).
         snapshot_max_chunk_size: 1024 * 1024,
         max_payload_entries: 64,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(crate::store::SNAPSHOT_EVERY),
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY),
         max_in_snapshot_log_to_keep: 500,
         ..Default::default()
     }
@@ -79,7 +63,7 @@ pub fn channel(addr: &str, tls: Option<&Connector>) -> Result<Channel, tonic::tr
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true);
-    Ok(crate::mtls::connect_lazy(endpoint, tls))
+    Ok(mtls::connect_lazy(endpoint, tls))
 }
 
 /// Channels to peers by address, shared by Raft replication, call forwarding, the status
@@ -347,7 +331,7 @@ pub async fn probe(
         tonic::Code::PermissionDenied => format!(
             "node at {addr} refused this cluster's credential: it must use the same master key file as the cluster"
         ),
-        _ => match crate::mtls::tls_failure(&s) {
+        _ => match mtls::tls_failure(&s) {
             Some(reason) => format!("node at {addr}: mTLS failed: {reason}"),
             None => format!("node at {addr} did not answer: {}", s.message()),
         },

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use tollgate_proto::keys::{hex, sha256_hex};
+use tollgate_proto::keys::{hex, sha256_hex, unhex};
 use tollgate_proto::model::SecretRecord;
 
 #[derive(Debug, thiserror::Error)]
@@ -99,13 +99,10 @@ impl MasterKey {
 
     fn parse(path: &Path, text: &str) -> Result<Self, SecretError> {
         let text = text.trim();
-        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(SecretError::Malformed(path.display().to_string()));
+        match unhex(text) {
+            Some(raw) if raw.len() == 32 => Self::from_bytes(&raw),
+            _ => Err(SecretError::Malformed(path.display().to_string())),
         }
-        let raw: Vec<u8> = (0..32)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("checked hex"))
-            .collect();
-        Self::from_bytes(&raw)
     }
 
     fn from_bytes(raw: &[u8]) -> Result<Self, SecretError> {

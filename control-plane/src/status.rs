@@ -10,7 +10,7 @@ use tollgate_proto::v1::{ClusterStatusRequest, ClusterStatusResponse, CpNodeStat
 use tonic::metadata::MetadataValue;
 use tonic::Request;
 
-use crate::node::Node;
+use crate::node::{now_ms, Node};
 
 const PEER_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -31,7 +31,7 @@ pub fn local_status(node: &Node) -> ClusterStatusResponse {
             applied_index: applied,
             voter,
         }],
-        edges: node.edges.list(node.id),
+        edges: node.edges.list(node.id, now_ms()),
     }
 }
 

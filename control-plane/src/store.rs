@@ -32,7 +32,7 @@ use openraft::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::raft::{NodeId, TypeConfig};
+use crate::raft_types::{NodeId, TypeConfig};
 use crate::state::{CommandResponse, ConfigState};
 
 /// Entries between two snapshots.

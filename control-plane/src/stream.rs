@@ -27,9 +27,8 @@
 //! (memory, and its owner-only last-known-good file); the Raft log, snapshots and
 //! `get`/`export` hold only the sealed secret.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -48,8 +47,6 @@ use crate::state::{ConfigState, Role, Stored};
 
 /// Most resource bytes (JSON) in one push; far below the gRPC message limit.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
-/// Most edges one node remembers; disconnected ones are forgotten first.
-const MAX_EDGES: usize = 10_000;
 /// Most bytes kept of an edge-supplied text (NACK reasons).
 const MAX_REPORT_BYTES: usize = 2048;
 /// How long an edge may take to answer a push before the stream is dropped.
@@ -57,61 +54,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an edge that is ahead of this node waits for it to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
-
-/// What this node knows of the edges that talk to it.
-#[derive(Default)]
-pub struct EdgeRegistry {
-    edges: Mutex<BTreeMap<String, EdgeStatus>>,
-}
-
-impl EdgeRegistry {
-    /// Notes contact from an edge. Returns false when the registry is full of connected
-    /// edges (the new edge is refused).
-    fn update(&self, node_id: &str, f: impl FnOnce(&mut EdgeStatus)) -> bool {
-        let mut edges = self.edges.lock().expect("edge registry poisoned");
-        if !edges.contains_key(node_id) && edges.len() >= MAX_EDGES {
-            let oldest = edges
-                .values()
-                .filter(|e| !e.connected)
-                .min_by_key(|e| e.last_contact_ms)
-                .map(|e| e.node_id.clone());
-            match oldest {
-                Some(id) => {
-                    edges.remove(&id);
-                }
-                None => return false,
-            }
-        }
-        let e = edges.entry(node_id.to_string()).or_insert_with(|| EdgeStatus {
-            node_id: node_id.to_string(),
-            ..Default::default()
-        });
-        e.last_contact_ms = now_ms();
-        f(e);
-        true
-    }
-
-    /// The edges this node has seen, as reported by `cluster status`.
-    pub fn list(&self, cp_node: u64) -> Vec<EdgeStatus> {
-        let edges = self.edges.lock().expect("edge registry poisoned");
-        edges
-            .values()
-            .map(|e| {
-                let mut e = e.clone();
-                e.cp_node = cp_node;
-                if e.connected {
-                    e.last_contact_ms = now_ms();
-                }
-                e
-            })
-            .collect()
-    }
-
-    pub fn connected(&self) -> usize {
-        let edges = self.edges.lock().expect("edge registry poisoned");
-        edges.values().filter(|e| e.connected).count()
-    }
-}
 
 pub struct StreamService {
     node: Arc<Node>,
@@ -348,7 +290,7 @@ impl ConfigStream for StreamService {
             }
         }
         let id = hello.node_id.clone();
-        let registered = self.node.edges.update(&id, |e| {
+        let registered = self.node.edges.update(&id, now_ms(), |e| {
             e.connected = true;
             e.applied_version = want;
             e.capabilities = hello.capabilities.clone();
@@ -363,7 +305,7 @@ impl ConfigStream for StreamService {
         tokio::spawn(async move {
             tracing::info!(edge = %id, last_version = want, "edge connected");
             let end = session(&node, &hello, &mut inbound, &tx).await;
-            node.edges.update(&id, |e| e.connected = false);
+            node.edges.update(&id, now_ms(), |e| e.connected = false);
             tracing::info!(edge = %id, reason = %end, "edge disconnected");
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -410,7 +352,7 @@ async fn session(
                         acked = a.version;
                         force_snapshot = false;
                         refused = None;
-                        node.edges.update(id, |e| e.applied_version = a.version);
+                        node.edges.update(id, now_ms(), |e| e.applied_version = a.version);
                         break;
                     }
                     Some(Msg::Nack(n)) if n.nonce == nonce => {
@@ -423,15 +365,16 @@ async fn session(
                             .join("; ");
                         let reason = bounded(&reason);
                         tracing::warn!(edge = %id, version, reason = %reason, "edge refused config");
-                        node.edges
-                            .update(id, |e| e.last_nack = format!("version {version}: {reason}"));
+                        node.edges.update(id, now_ms(), |e| {
+                            e.last_nack = format!("version {version}: {reason}")
+                        });
                         refused = Some(version);
                         force_snapshot = false;
                         break;
                     }
                     // A stale answer to an earlier push: note the contact and keep waiting.
                     _ => {
-                        node.edges.update(id, |_| {});
+                        node.edges.update(id, now_ms(), |_| {});
                     }
                 }
             }
@@ -445,7 +388,7 @@ async fn session(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(_)) => {
-                    node.edges.update(id, |_| {});
+                    node.edges.update(id, now_ms(), |_| {});
                 }
                 Ok(None) => return "stream closed".into(),
                 Err(e) => return format!("stream error: {}", e.message()),

@@ -69,97 +69,84 @@ pub enum ProxyError {
     HeadersTooLarge,
 }
 
+/// How an error is answered and reported: one row per [`ProxyError`] variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    pub status: StatusCode,
+    /// The stable machine-readable code (contract: clients match on it).
+    pub code: &'static str,
+    pub fault: Fault,
+    /// Whether the same request could succeed if tried again (on another target or later).
+    pub retryable: bool,
+}
+
+const fn class(status: StatusCode, code: &'static str, fault: Fault, retryable: bool) -> Class {
+    Class {
+        status,
+        code,
+        fault,
+        retryable,
+    }
+}
+
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    /// The one table: status, code, whose fault, retryable.
+    pub fn class(&self) -> Class {
+        use Fault::{Client, Gateway, Upstream};
+        use StatusCode as S;
         match self {
-            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::MissingCredential
-            | ProxyError::InvalidCredential
-            | ProxyError::InvalidToken(_)
-            | ProxyError::TokenExpired
-            | ProxyError::JwksUnavailable => StatusCode::UNAUTHORIZED,
-            ProxyError::IntrospectionUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::NotSubscribed
-            | ProxyError::SubscriptionPending
-            | ProxyError::ApiRetired
-            | ProxyError::IpDenied
-            | ProxyError::CorsDenied => StatusCode::FORBIDDEN,
-            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            ProxyError::BadRequest(_) => class(S::BAD_REQUEST, "bad_request", Client, false),
+            ProxyError::NoRoute => class(S::NOT_FOUND, "no_route", Client, false),
+            ProxyError::MissingCredential => class(S::UNAUTHORIZED, "missing_credential", Client, false),
+            ProxyError::InvalidCredential => class(S::UNAUTHORIZED, "invalid_credential", Client, false),
+            ProxyError::InvalidToken(_) => class(S::UNAUTHORIZED, "invalid_token", Client, false),
+            ProxyError::TokenExpired => class(S::UNAUTHORIZED, "token_expired", Client, false),
+            ProxyError::JwksUnavailable => class(S::UNAUTHORIZED, "jwks_unavailable", Upstream, true),
+            ProxyError::IntrospectionUnavailable => class(
+                S::SERVICE_UNAVAILABLE,
+                "introspection_unavailable",
+                Upstream,
+                true,
+            ),
+            ProxyError::NotSubscribed => class(S::FORBIDDEN, "not_subscribed", Client, false),
+            ProxyError::SubscriptionPending => class(S::FORBIDDEN, "subscription_pending", Client, false),
+            ProxyError::ApiRetired => class(S::FORBIDDEN, "api_retired", Client, false),
+            ProxyError::IpDenied => class(S::FORBIDDEN, "ip_denied", Client, false),
+            ProxyError::CorsDenied => class(S::FORBIDDEN, "cors_denied", Client, false),
+            ProxyError::BodyTimeout => class(S::REQUEST_TIMEOUT, "body_timeout", Client, false),
+            ProxyError::NotReady => class(S::SERVICE_UNAVAILABLE, "not_ready", Gateway, true),
+            ProxyError::NoHealthyUpstream => {
+                class(S::SERVICE_UNAVAILABLE, "no_healthy_upstream", Gateway, true)
             }
-            ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NotImplemented(_) => class(S::SERVICE_UNAVAILABLE, "not_implemented", Gateway, false),
+            ProxyError::Upstream(_) => class(S::BAD_GATEWAY, "upstream_error", Upstream, true),
+            ProxyError::UpstreamTimeout => class(S::GATEWAY_TIMEOUT, "upstream_timeout", Upstream, true),
+            ProxyError::BodyTooLarge => class(S::PAYLOAD_TOO_LARGE, "body_too_large", Client, false),
+            ProxyError::HeadersTooLarge => class(
+                S::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                Client,
+                false,
+            ),
         }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.class().status
     }
 
     /// The stable machine-readable code (contract: clients match on it).
     pub fn code(&self) -> &'static str {
-        match self {
-            ProxyError::BadRequest(_) => "bad_request",
-            ProxyError::NoRoute => "no_route",
-            ProxyError::MissingCredential => "missing_credential",
-            ProxyError::InvalidCredential => "invalid_credential",
-            ProxyError::InvalidToken(_) => "invalid_token",
-            ProxyError::TokenExpired => "token_expired",
-            ProxyError::JwksUnavailable => "jwks_unavailable",
-            ProxyError::IntrospectionUnavailable => "introspection_unavailable",
-            ProxyError::NotSubscribed => "not_subscribed",
-            ProxyError::SubscriptionPending => "subscription_pending",
-            ProxyError::ApiRetired => "api_retired",
-            ProxyError::NotReady => "not_ready",
-            ProxyError::NoHealthyUpstream => "no_healthy_upstream",
-            ProxyError::NotImplemented(_) => "not_implemented",
-            ProxyError::Upstream(_) => "upstream_error",
-            ProxyError::UpstreamTimeout => "upstream_timeout",
-            ProxyError::BodyTooLarge => "body_too_large",
-            ProxyError::IpDenied => "ip_denied",
-            ProxyError::CorsDenied => "cors_denied",
-            ProxyError::BodyTimeout => "body_timeout",
-            ProxyError::HeadersTooLarge => "headers_too_large",
-        }
+        self.class().code
     }
 
     pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::BadRequest(_)
-            | ProxyError::NoRoute
-            | ProxyError::MissingCredential
-            | ProxyError::InvalidCredential
-            | ProxyError::InvalidToken(_)
-            | ProxyError::TokenExpired
-            | ProxyError::NotSubscribed
-            | ProxyError::SubscriptionPending
-            | ProxyError::ApiRetired
-            | ProxyError::IpDenied
-            | ProxyError::CorsDenied
-            | ProxyError::BodyTimeout
-            | ProxyError::BodyTooLarge
-            | ProxyError::HeadersTooLarge => Fault::Client,
-            ProxyError::Upstream(_)
-            | ProxyError::UpstreamTimeout
-            | ProxyError::JwksUnavailable
-            | ProxyError::IntrospectionUnavailable => Fault::Upstream,
-            ProxyError::NotReady | ProxyError::NoHealthyUpstream | ProxyError::NotImplemented(_) => {
-                Fault::Gateway
-            }
-        }
+        self.class().fault
     }
 
     /// Whether the same request could succeed if tried again (on another target or later).
     pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Upstream(_)
-                | ProxyError::UpstreamTimeout
-                | ProxyError::JwksUnavailable
-                | ProxyError::IntrospectionUnavailable
-                | ProxyError::NotReady
-                | ProxyError::NoHealthyUpstream
-        )
+        self.class().retryable
     }
 
     /// The message shown to the client: upstream details stay in the logs.
@@ -174,6 +161,19 @@ impl ProxyError {
     pub fn to_response(&self) -> Response<Body> {
         json_response(self.status(), &error_body(self.code(), &self.client_message()))
     }
+}
+
+/// `e` and every error under it, `: `-separated: the detail for a log line, each cause
+/// once (an error that returns its cause from `source()` does not print it itself).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// `{"error": {"code": ..., "message": ...}}`
@@ -209,5 +209,66 @@ mod tests {
         assert_eq!(ProxyError::NoRoute.status(), StatusCode::NOT_FOUND);
         assert_eq!(ProxyError::SubscriptionPending.code(), "subscription_pending");
         assert_eq!(ProxyError::UpstreamTimeout.fault(), Fault::Upstream);
+    }
+
+    #[test]
+    fn the_table_is_consistent() {
+        let all = [
+            ProxyError::BadRequest("x"),
+            ProxyError::NoRoute,
+            ProxyError::MissingCredential,
+            ProxyError::InvalidCredential,
+            ProxyError::InvalidToken("x"),
+            ProxyError::TokenExpired,
+            ProxyError::JwksUnavailable,
+            ProxyError::IntrospectionUnavailable,
+            ProxyError::NotSubscribed,
+            ProxyError::SubscriptionPending,
+            ProxyError::ApiRetired,
+            ProxyError::IpDenied,
+            ProxyError::CorsDenied,
+            ProxyError::BodyTimeout,
+            ProxyError::NotReady,
+            ProxyError::NoHealthyUpstream,
+            ProxyError::NotImplemented("x"),
+            ProxyError::Upstream("x".into()),
+            ProxyError::UpstreamTimeout,
+            ProxyError::BodyTooLarge,
+            ProxyError::HeadersTooLarge,
+        ];
+        let mut codes = std::collections::HashSet::new();
+        for e in &all {
+            let c = e.class();
+            assert!(codes.insert(c.code), "{} twice", c.code);
+            // The client's own mistakes are 4xx and never worth retrying as they are.
+            if c.fault == Fault::Client {
+                assert!(c.status.is_client_error() && !c.retryable, "{e:?}");
+            }
+            if c.status.is_server_error() {
+                assert_ne!(c.fault, Fault::Client, "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_prints_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let outer = ProxyErrorSource(io);
+        assert_eq!(chain(&outer), "cannot connect: refused");
+    }
+
+    #[derive(Debug)]
+    struct ProxyErrorSource(std::io::Error);
+
+    impl std::fmt::Display for ProxyErrorSource {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("cannot connect")
+        }
+    }
+
+    impl std::error::Error for ProxyErrorSource {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 }

@@ -24,10 +24,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+mod admin;
 mod body;
+mod clock;
 mod config;
+mod consumer;
 mod error;
-mod http_date;
 mod listen;
 mod phases;
 mod proxy;
@@ -82,12 +84,12 @@ pub mod bench_support {
 
 pub use config::cluster_tls::ClusterTlsFiles;
 use config::resources::ConfigState;
+use config::snapshot::Retained;
 use config::snapshot::Snapshot;
 use config::state::Shared;
 use config::{cluster_tls, lkg, stream, sync};
-use listen::{admin, tls};
 use listen as server;
-use upstream::Clients;
+use listen::tls;
 
 /// Default proxy address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -203,23 +205,31 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot bind the {what} listener on {addr} (is the port already in use?)"))
 }
 
-/// Loads and compiles the last-known-good config; any problem is logged and the file
-/// ignored as a whole.
-async fn load_last_known_good(dir: &Path, clients: &mut Clients) -> Option<(Arc<ConfigState>, Snapshot)> {
+/// Loads and compiles the last-known-good config, on a blocking thread (it may be large);
+/// any problem is logged and the file ignored as a whole. `clients` goes there and back.
+async fn load_last_known_good(
+    dir: &Path,
+    clients: Retained,
+) -> (Retained, Option<(Arc<ConfigState>, Snapshot)>) {
     let owned = dir.to_path_buf();
-    let loaded = tokio::task::spawn_blocking(move || lkg::load(&owned)).await;
-    let state = match loaded {
-        Ok(Ok(Some(state))) => state,
-        Ok(Ok(None)) => {
+    let done = tokio::task::spawn_blocking(move || {
+        let mut clients = clients;
+        let loaded = compile_last_known_good(&owned, &mut clients);
+        (clients, loaded)
+    })
+    .await;
+    done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+fn compile_last_known_good(dir: &Path, clients: &mut Retained) -> Option<(Arc<ConfigState>, Snapshot)> {
+    let state = match lkg::load(dir) {
+        Ok(Some(state)) => state,
+        Ok(None) => {
             tracing::info!(data_dir = %dir.display(), "no last-known-good config; waiting for the control plane");
             return None;
         }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "ignoring the last-known-good config");
-            return None;
-        }
         Err(e) => {
-            tracing::warn!(error = %e, "reading the last-known-good config panicked");
+            tracing::warn!(error = %e, "ignoring the last-known-good config");
             return None;
         }
     };
@@ -274,8 +284,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     };
 
     let shared = Arc::new(Shared::default());
-    let mut clients = Clients::default();
-    let initial = match load_last_known_good(&opts.data_dir, &mut clients).await {
+    let (clients, loaded) = load_last_known_good(&opts.data_dir, Retained::default()).await;
+    let initial = match loaded {
         Some((state, snapshot)) => {
             shared.install(Arc::new(snapshot));
             Some(state)

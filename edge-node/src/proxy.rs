@@ -21,37 +21,30 @@
 //! credentials, and a preflight (which carries none) never needs one. The cors grant is
 //! added to every answer after that phase, errors included, so a browser can read a 401.
 
-use http_body_util::Limited;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
+use http::{Request, Response};
+use http_body_util::Limited;
 
 use crate::body::{Body, ClientBody};
-use crate::upstream::dispatch::{self, Dispatch};
-use crate::error::{Fault, ProxyError};
-use crate::upstream::forward::{self, Forward};
-use crate::phases::router::RequestInfo;
-use crate::listen::Handler;
-use crate::config::snapshot::Backend;
-use crate::stall::StallGuard;
 use crate::config::state::Shared;
-use crate::phases::{auth, authorize, cors, normalize};
+use crate::error::{Fault, ProxyError};
+use crate::listen::tls::ClientTls;
+use crate::listen::Handler;
+use crate::phases::ctx::RequestCtx;
+use crate::phases::service::Backend;
+use crate::phases::{auth, authorize, cors, normalize, route};
 use crate::request_id;
+use crate::stall::StallGuard;
+use crate::upstream::dispatch::{self, Dispatch};
+use crate::upstream::forward;
 
 #[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
     body_read_timeout: Duration,
-}
-
-/// What earlier phases learned that the answer needs, whatever it turns out to be.
-#[derive(Default)]
-struct Ctx {
-    /// The service's cors decision, applied to the answer (errors included).
-    cors: Option<cors::CorsReply>,
 }
 
 impl Proxy {
@@ -68,42 +61,21 @@ impl Proxy {
         self
     }
 
+    /// The phases, in order; the first refusal is the answer.
     async fn proxy<B: ClientBody>(
         &self,
-        remote: SocketAddr,
-        request_id: &HeaderValue,
+        ctx: &mut RequestCtx,
         req: Request<B>,
-        ctx: &mut Ctx,
     ) -> Result<Response<Body>, ProxyError> {
-        check_framing(req.headers())?;
-        let mut req = check_path(req)?;
+        normalize::check_framing(req.headers())?;
+        let mut req = normalize::check_path(req)?;
         let snapshot = self.shared.snapshot().ok_or(ProxyError::NotReady)?;
 
         let preflight = cors::Preflight::of(&req);
-        let (service, strip_len) = {
-            let route = |method: &Method| {
-                let info = RequestInfo {
-                    method,
-                    host: forward::request_host(&req),
-                    path: req.uri().path(),
-                    headers: req.headers(),
-                };
-                snapshot
-                    .router
-                    .route(&info)
-                    .map(|m| (m.target.clone(), m.strip_len))
-            };
-            // A preflight asks about the method it names: the service that would get that
-            // method answers it when it has a cors policy; otherwise OPTIONS routes as usual.
-            preflight
-                .as_ref()
-                .and_then(|p| route(&p.method))
-                .filter(|(s, _)| s.policies.cors.is_some())
-                .or_else(|| route(req.method()))
-                .ok_or(ProxyError::NoRoute)?
-        };
+        route::route(ctx, &snapshot.router, &req, preflight.as_ref())?;
+        let service = ctx.route()?.service.clone();
 
-        service.policies.check_ip(remote, req.headers())?;
+        service.policies.check_ip(ctx.remote, req.headers())?;
         if let Some(policy) = &service.policies.cors {
             if let Some(p) = &preflight {
                 return policy.preflight(p);
@@ -112,14 +84,13 @@ impl Proxy {
         }
 
         authorize::check_lifecycle(&service)?;
-        let consumer = auth::authenticate(&snapshot, &service, req.headers()).await?;
-        if let Some(c) = &consumer {
-            authorize::check_subscription(&snapshot, &service, c)?;
-        }
+        auth::authenticate(ctx, &snapshot.credentials, req.headers()).await?;
+        authorize::check_subscription(ctx, &snapshot.subscriptions)?;
 
         service.policies.check_request_size(req.headers())?;
-        let upgrade = forward::upgrade_requested(&req);
-        let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        ctx.upgrade = forward::upgrade_requested(&req);
+        ctx.client_tls = req.extensions().get::<ClientTls>().is_some();
+        let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
         let pool = match &service.backend {
             Backend::Upstream(pool) => pool,
@@ -127,14 +98,8 @@ impl Proxy {
         };
         let dispatch = Dispatch {
             pool,
-            policies: &service.policies,
-            forward: Forward {
-                strip_len,
-                remote,
-                request_id,
-                consumer: consumer.as_ref(),
-                upgrade: upgrade.as_ref(),
-            },
+            headers: &service.policies,
+            forward: ctx.forward()?,
         };
         // Only a size policy wraps the body (it then fails with BodyTooLarge past the limit
         // while streaming); otherwise the client's body goes on as it is.
@@ -144,7 +109,7 @@ impl Proxy {
         };
         let mut resp = match client_upgrade {
             Some(client) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                forward::splice_upgrade(client, resp, request_id)
+                forward::splice_upgrade(client, resp, &ctx.request_id)
             }
             _ => forward::downstream_response(resp),
         };
@@ -165,21 +130,22 @@ impl Handler for Proxy {
 impl Proxy {
     /// Answers one request (any body type, so tests need no sockets).
     pub async fn answer<B: ClientBody>(&self, remote: SocketAddr, req: Request<B>) -> Response<Body> {
-        let started = Instant::now();
         let request_id = request_id::from_headers(req.headers());
-        let method = req.method().clone();
-        let uri = req.uri().clone();
-        let mut ctx = Ctx::default();
-        let mut resp = match self.proxy(remote, &request_id, req, &mut ctx).await {
+        let mut ctx = RequestCtx::new(request_id, remote, req.method().clone(), req.uri().clone());
+        let mut resp = match self.proxy(&mut ctx, req).await {
             Ok(resp) => resp,
             Err(e) => {
-                let id = request_id.to_str().unwrap_or_default();
+                let (id, method, path) = (
+                    ctx.request_id.to_str().unwrap_or_default(),
+                    &ctx.method,
+                    ctx.uri.path(),
+                );
                 match e.fault() {
                     Fault::Client => {
-                        tracing::debug!(request_id = id, %method, path = uri.path(), code = e.code(), "request refused")
+                        tracing::debug!(request_id = id, %method, path, code = e.code(), "request refused")
                     }
                     Fault::Upstream | Fault::Gateway => {
-                        tracing::warn!(request_id = id, %method, path = uri.path(), code = e.code(), retryable = e.retryable(), error = %e, "request failed")
+                        tracing::warn!(request_id = id, %method, path, code = e.code(), retryable = e.retryable(), error = %e, "request failed")
                     }
                 }
                 e.to_response()
@@ -189,80 +155,16 @@ impl Proxy {
             cors.apply(resp.headers_mut());
         }
         tracing::debug!(
-            request_id = request_id.to_str().unwrap_or_default(),
-            %method,
-            path = uri.path(),
+            request_id = ctx.request_id.to_str().unwrap_or_default(),
+            method = %ctx.method,
+            path = ctx.uri.path(),
             status = resp.status().as_u16(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
+            elapsed_ms = ctx.started.elapsed().as_millis() as u64,
             "request answered"
         );
-        resp.headers_mut().insert(request_id::HEADER, request_id);
+        resp.headers_mut().insert(request_id::HEADER, ctx.request_id);
         resp
     }
-}
-
-/// Most request headers the proxy accepts (hyper itself refuses more than 100 on HTTP/1.1,
-/// with a bare 431).
-pub const MAX_HEADERS: usize = 64;
-/// Most bytes of request headers (names and values) the proxy accepts.
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// Refuses ambiguous framing (request smuggling): Content-Length with Transfer-Encoding, or
-/// Content-Length more than once; heads past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`]; and
-/// control characters (NUL, CR, LF...; tab is allowed) in header values (CVE-2019-9900).
-/// Both HTTP parsers refuse those already (hyper's h1 answers 400, h2 resets the stream);
-/// this holds whatever the request came from.
-fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
-    if headers.len() > MAX_HEADERS {
-        return Err(ProxyError::HeadersTooLarge);
-    }
-    let (mut bytes, mut lengths, mut chunked) = (0, 0, false);
-    for (k, v) in headers {
-        bytes += k.as_str().len() + v.len();
-        // No early exit: the compiler can then check many bytes at once.
-        let control = v.as_bytes().iter().fold(false, |found, &b| {
-            found | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
-        });
-        if control {
-            return Err(ProxyError::BadRequest("control characters in a header value"));
-        }
-        // Standard names compare as enum values.
-        lengths += usize::from(*k == CONTENT_LENGTH);
-        chunked |= *k == TRANSFER_ENCODING;
-    }
-    if bytes > MAX_HEADER_BYTES {
-        return Err(ProxyError::HeadersTooLarge);
-    }
-    if lengths > 0 && chunked {
-        return Err(ProxyError::BadRequest(
-            "content-length and transfer-encoding together",
-        ));
-    }
-    if lengths > 1 {
-        return Err(ProxyError::BadRequest("content-length more than once"));
-    }
-    Ok(())
-}
-
-/// Normalizes the path by the path rule (module doc), or refuses it; the request carries
-/// the normalized path from here on, to the router and to the upstream.
-fn check_path<B>(mut req: Request<B>) -> Result<Request<B>, ProxyError> {
-    let normalized = match normalize::normalize_path(req.uri().path()).map_err(ProxyError::BadRequest)? {
-        std::borrow::Cow::Borrowed(_) => None,
-        std::borrow::Cow::Owned(p) => Some(p),
-    };
-    let Some(path) = normalized else {
-        return Ok(req);
-    };
-    let mut parts = std::mem::take(req.uri_mut()).into_parts();
-    let pq = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let unusable = || ProxyError::BadRequest("the request path cannot be normalized");
-    parts.path_and_query = Some(pq.parse().map_err(|_| unusable())?);
-    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| unusable())?;
-    Ok(req)
 }
 
 #[cfg(test)]

@@ -40,17 +40,11 @@ pub fn generate() -> HeaderValue {
         u64::from_be_bytes(bytes)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&prefix.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
     let mut out = [0u8; 32];
-    let digits = b"0123456789abcdef";
-    for (i, b) in prefix
-        .to_be_bytes()
-        .iter()
-        .chain(n.to_be_bytes().iter())
-        .enumerate()
-    {
-        out[2 * i] = digits[(b >> 4) as usize];
-        out[2 * i + 1] = digits[(b & 0xf) as usize];
-    }
+    hex::encode_to_slice(raw, &mut out).expect("16 bytes are 32 hex digits");
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 

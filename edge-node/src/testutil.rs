@@ -8,8 +8,8 @@ use tollgate_proto::model::{ApiKey, Document, Spec};
 use tollgate_proto::v1;
 
 use crate::config::resources::ConfigState;
+use crate::config::snapshot::Retained;
 use crate::config::snapshot::Snapshot;
-use crate::upstream::Clients;
 
 /// A tenant `acme` with upstream `be`, service `orders` (`/orders`, api_key), app `mobile`
 /// with an approved subscription, and an open service `open` (`/open`).
@@ -60,7 +60,7 @@ pub fn api_key(tenant: &str, app: &str, seed: u8) -> (String, v1::Resource) {
 
 pub fn compile(version: u64, resources: Vec<v1::Resource>) -> Arc<Snapshot> {
     let state = ConfigState::from_resources(version, resources).unwrap();
-    Arc::new(Snapshot::compile(&state, &mut Clients::default()).unwrap())
+    Arc::new(Snapshot::compile(&state, &mut Retained::default()).unwrap())
 }
 
 /// A loopback HTTP/1.1 server answering every request with `handler(parts, body).await`;

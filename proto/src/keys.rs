@@ -15,15 +15,13 @@ const SECRET_LEN: usize = 64;
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    hex_digits(bytes).map(char::from).collect()
+    hex::encode(bytes)
 }
 
-/// The lowercase hex digits of `bytes`, two per byte, without building a string.
-fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    bytes
-        .iter()
-        .flat_map(|b| [DIGITS[(b >> 4) as usize], DIGITS[(b & 0xf) as usize]])
+/// The bytes of an even-length hex string (either case); `None` for anything else, signs
+/// and spaces included.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s).ok()
 }
 
 /// Whether `hex` is the lowercase hex SHA-256 of `data`, compared in constant time (the
@@ -31,9 +29,7 @@ fn hex_digits(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
 pub fn sha256_hex_matches(data: &[u8], hex: &[u8]) -> bool {
     let digest = digest::digest(&digest::SHA256, data);
     let mut expected = [0u8; 64];
-    for (slot, d) in expected.iter_mut().zip(hex_digits(digest.as_ref())) {
-        *slot = d;
-    }
+    hex::encode_to_slice(digest.as_ref(), &mut expected).expect("a SHA-256 is 64 hex digits");
     aws_lc_rs::constant_time::verify_slices_are_equal(&expected, hex).is_ok()
 }
 
@@ -63,8 +59,10 @@ pub fn parse_key(key: &str) -> Option<&str> {
     }
     let body_len = key.len() - CHECK_LEN;
     let digest = digest::digest(&digest::SHA256, &key.as_bytes()[..body_len]);
-    let matches = hex_digits(&digest.as_ref()[..CHECK_LEN / 2]).eq(key[body_len..].bytes());
-    matches.then_some(id)
+    let mut check = [0u8; CHECK_LEN];
+    hex::encode_to_slice(&digest.as_ref()[..CHECK_LEN / 2], &mut check)
+        .expect("three bytes are six hex digits");
+    (check == key.as_bytes()[body_len..]).then_some(id)
 }
 
 #[cfg(test)]
@@ -83,6 +81,10 @@ mod tests {
             stored.to_uppercase().as_bytes()
         ));
         assert_eq!(hex(&[0x00, 0xab, 0xff]), "00abff");
+        assert_eq!(unhex("00abFF"), Some(vec![0x00, 0xab, 0xff]));
+        // `u8::from_str_radix` would take "+f"; a hex key never has a sign.
+        assert_eq!(unhex("+f"), None);
+        assert_eq!(unhex("abc"), None);
     }
 
     #[test]

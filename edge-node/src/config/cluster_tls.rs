@@ -12,28 +12,16 @@
 //! the next reconnection on; the open stream keeps the connection it has. The handshake
 //! itself is tonic's (rustls, aws-lc-rs, ALPN h2).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
-use rustls::sign::CertifiedKey;
-use rustls::RootCertStore;
+use tollgate_tls::Pems;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::listen::tls::provider;
+/// Where the edge's certificate and key and the cluster CA are (PEM files).
+pub use tollgate_tls::TlsFiles as ClusterTlsFiles;
 
 /// Longest TLS handshake with a control plane.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where the edge's certificate and key and the cluster CA are (PEM files).
-#[derive(Clone, Debug)]
-pub struct ClusterTlsFiles {
-    pub ca: PathBuf,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
 
 /// The edge's client identity towards the control plane, re-read before each connection.
 #[derive(Clone)]
@@ -57,10 +45,10 @@ impl std::fmt::Debug for ClusterTls {
 impl ClusterTls {
     /// Reads and checks the files; an error names the file and what is wrong with it.
     pub fn load(files: ClusterTlsFiles) -> Result<ClusterTls, String> {
-        let pems = read(&files)?;
+        let pems = files.read().map_err(|e| e.to_string())?;
         let current = build(&files, &pems)?;
         Ok(ClusterTls {
-            fingerprint: fingerprint(&pems),
+            fingerprint: pems.fingerprint(),
             cert_pem: pems.cert,
             files,
             current,
@@ -70,9 +58,9 @@ impl ClusterTls {
     /// The config for the next connection: the files as they are now if they changed and
     /// check out, else the last good ones.
     pub fn config(&mut self) -> ClientTlsConfig {
-        match read(&self.files) {
+        match self.files.read() {
             Ok(pems) => {
-                let fp = fingerprint(&pems);
+                let fp = pems.fingerprint();
                 if fp != self.fingerprint {
                     // Remembered either way, so a refused version is reported once.
                     self.fingerprint = fp;
@@ -96,68 +84,12 @@ impl ClusterTls {
     }
 }
 
-struct Pems {
-    ca: Vec<u8>,
-    cert: Vec<u8>,
-    key: Vec<u8>,
-}
-
-fn read(files: &ClusterTlsFiles) -> Result<Pems, String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()));
-    Ok(Pems {
-        ca: read(&files.ca)?,
-        cert: read(&files.cert)?,
-        key: read(&files.key)?,
-    })
-}
-
-fn fingerprint(p: &Pems) -> Vec<u8> {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [&p.ca, &p.cert, &p.key] {
-        ctx.update(&(part.len() as u64).to_le_bytes());
-        ctx.update(part);
-    }
-    ctx.finish().as_ref().to_vec()
-}
-
-fn certificates(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate in it", path.display()));
-    }
-    Ok(certs)
-}
-
 /// Checks the files the way a handshake would use them, then builds tonic's config.
 fn build(files: &ClusterTlsFiles, p: &Pems) -> Result<ClientTlsConfig, String> {
-    let mut roots = RootCertStore::empty();
-    for (i, der) in certificates(&p.ca, &files.ca)?.into_iter().enumerate() {
-        roots.add(der).map_err(|e| {
-            format!(
-                "{}: certificate {i} cannot be a trust root: {e}",
-                files.ca.display()
-            )
-        })?;
-    }
-    let chain = certificates(&p.cert, &files.cert)?;
-    let key = PrivateKeyDer::from_pem_slice(&p.key)
-        .map_err(|e| format!("{}: no usable PEM private key: {e}", files.key.display()))?;
-    CertifiedKey::from_der(chain.clone(), key, &provider()).map_err(|e| {
-        format!(
-            "{} does not hold the key of {}: {e}",
-            files.key.display(),
-            files.cert.display()
-        )
-    })?;
+    let identity = p.identity(files).map_err(|e| e.to_string())?;
     // Not fatal: the control plane decides. Said here because its refusal reaches the edge
     // only as a closed connection.
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider())
-        .build()
-        .map_err(|e| format!("{}: {e}", files.ca.display()))?;
-    let (leaf, intermediates) = chain.split_first().expect("certificates() returns at least one");
-    if let Err(e) = verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
+    if let Err(e) = identity.verify_client() {
         tracing::warn!(cert = %files.cert.display(), ca = %files.ca.display(), error = %e, "this edge's certificate does not verify against the cluster CA; control planes will refuse it");
     }
     Ok(ClientTlsConfig::new()

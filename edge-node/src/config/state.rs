@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
+use rustls::sign::CertifiedKey;
+
 use crate::config::snapshot::Snapshot;
+use crate::listen::tls::CertSource;
 
 #[derive(Debug, Default)]
 pub struct Shared {
@@ -26,5 +29,16 @@ impl Shared {
     /// The version of the current config, if any.
     pub fn version(&self) -> Option<u64> {
         self.config.load().as_ref().map(|s| s.version)
+    }
+}
+
+impl CertSource for Shared {
+    fn certificate(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
+        self.config
+            .load()
+            .as_ref()?
+            .certificates
+            .lookup(server_name)
+            .cloned()
     }
 }

@@ -21,12 +21,12 @@ use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello};
 use tonic::transport::Endpoint;
 
 use crate::config::cluster_tls::ClusterTls;
-use crate::config::resources::ConfigState;
 use crate::config::lkg;
-use crate::listen::signalled;
+use crate::config::resources::ConfigState;
+use crate::config::snapshot::Retained;
 use crate::config::state::Shared;
 use crate::config::sync::{Applier, Outcome};
-use crate::upstream::Clients;
+use crate::listen::signalled;
 
 /// What this edge announces it can do.
 pub const CAPABILITIES: [&str; 3] = ["http1", "h2", "api_key"];
@@ -148,17 +148,35 @@ pub struct StreamClient {
     cfg: StreamConfig,
     shared: Arc<Shared>,
     applier: Applier,
-    clients: Clients,
+    clients: Retained,
 }
 
 impl StreamClient {
-    pub fn new(cfg: StreamConfig, shared: Arc<Shared>, applier: Applier, clients: Clients) -> Self {
+    pub fn new(cfg: StreamConfig, shared: Arc<Shared>, applier: Applier, clients: Retained) -> Self {
         Self {
             cfg,
             shared,
             applier,
             clients,
         }
+    }
+
+    /// Hands one push to the applier on a blocking thread: compiling a big config (a
+    /// 10k-route `RegexSet`, every key and certificate) must not stall a worker that serves
+    /// traffic. The applier and what outlives snapshots travel there and back.
+    async fn apply(&mut self, push: tollgate_proto::v1::ConfigPush) -> Outcome {
+        let mut applier = std::mem::replace(&mut self.applier, Applier::new(None));
+        let mut clients = std::mem::take(&mut self.clients);
+        let done = tokio::task::spawn_blocking(move || {
+            let outcome = applier.on_push(push, &mut clients);
+            (applier, clients, outcome)
+        })
+        .await;
+        // A panic while compiling is a bug; it ends the stream task as it did on a worker.
+        let (applier, clients, outcome) = done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        self.applier = applier;
+        self.clients = clients;
+        outcome
     }
 
     /// Runs until `shutdown`.
@@ -240,7 +258,7 @@ impl StreamClient {
             backoff.reset();
             let (nonce, version, snapshot) = (push.nonce.clone(), push.version, push.snapshot);
             tracing::debug!(nonce = %nonce, version, snapshot, chunk = push.chunk, "config push received");
-            match self.applier.on_push(push, &mut self.clients) {
+            match self.apply(push).await {
                 Outcome::Pending => {}
                 Outcome::Applied { ack, state, snapshot } => {
                     self.shared.install(snapshot);

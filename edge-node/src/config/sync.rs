@@ -20,8 +20,8 @@ use tollgate_proto::stream::checksum;
 use tollgate_proto::v1;
 
 use crate::config::resources::{ConfigState, ResourceError};
+use crate::config::snapshot::Retained;
 use crate::config::snapshot::Snapshot;
-use crate::upstream::Clients;
 
 /// What to do after a push.
 #[derive(Debug)]
@@ -90,7 +90,7 @@ impl Applier {
         self.pending = None;
     }
 
-    pub fn on_push(&mut self, push: v1::ConfigPush, clients: &mut Clients) -> Outcome {
+    pub fn on_push(&mut self, push: v1::ConfigPush, clients: &mut Retained) -> Outcome {
         let next = if push.snapshot {
             match self.collect_chunk(push) {
                 Ok(Some(next)) => next,

@@ -233,7 +233,7 @@ fn date() -> HeaderValue {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
-            let formatted = crate::http_date::format(now);
+            let formatted = httpdate::fmt_http_date(now);
             c.1 = HeaderValue::from_str(&formatted).unwrap_or(HeaderValue::from_static(""));
             c.0 = secs;
         }

@@ -43,15 +43,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::{Body, ClientBody};
 use crate::listen::tls::ClientTls;
 
-pub mod admin;
 mod lean;
 pub mod tls;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hard limits on a request head, past which hyper itself answers 431 (with no body). The
-/// proxy answers 431 with a JSON error well before them (`proxy::MAX_HEADERS`,
-/// `proxy::MAX_HEADER_BYTES`).
+/// proxy answers 431 with a JSON error well before them (`phases::normalize::MAX_HEADERS`,
+/// `phases::normalize::MAX_HEADER_BYTES`).
 const HEAD_BUFFER_BYTES: usize = 128 * 1024;
 // The header count is left at hyper's default (100): setting any cap makes hyper 1.12 allocate
 // two header arrays per request instead of using its stack arrays.
@@ -160,7 +159,7 @@ pub async fn serve<H: Handler>(
                 };
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
+                    tracing::debug!(listener = name, %remote, error = %crate::error::chain(&*e), "connection ended with an error");
                 }
             });
             continue;
@@ -179,7 +178,7 @@ pub async fn serve<H: Handler>(
             };
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(listener = name, %remote, error = %e, "connection ended with an error");
+                tracing::debug!(listener = name, %remote, error = %crate::error::chain(&*e), "connection ended with an error");
             }
         });
     }

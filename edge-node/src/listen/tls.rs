@@ -14,9 +14,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -26,21 +25,12 @@ use tokio_rustls::TlsAcceptor;
 use tollgate_proto::model::{Certificate, ResourceKey};
 use tollgate_proto::validate::{normalize_host, parse_pem_certificates};
 
-use crate::config::resources::ResourceError;
-use crate::config::state::Shared;
+use tollgate_tls::provider;
 
 /// Marks a request that arrived over TLS (a request extension set by the accept loop), so
 /// the upstream hears `x-forwarded-proto: https`.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientTls;
-
-/// The process's one rustls crypto provider (aws-lc-rs).
-pub fn provider() -> Arc<CryptoProvider> {
-    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
-}
 
 /// The certificates of one config, by host. Immutable once built.
 #[derive(Default)]
@@ -63,10 +53,10 @@ impl fmt::Debug for CertStore {
 impl CertStore {
     /// Parses every certificate with its private key; each one that does not parse, whose
     /// key does not match its certificate, or that claims a host another one claims, is
-    /// reported.
+    /// reported, with the resource it is about.
     pub fn compile<'a>(
         certs: impl IntoIterator<Item = &'a Certificate>,
-    ) -> Result<CertStore, Vec<ResourceError>> {
+    ) -> Result<CertStore, Vec<(ResourceKey, String)>> {
         let mut store = CertStore::default();
         let mut owners: HashMap<String, ResourceKey> = HashMap::new();
         let mut errors = Vec::new();
@@ -75,17 +65,14 @@ impl CertStore {
             let certified = match certified_key(cert) {
                 Ok(c) => Arc::new(c),
                 Err(m) => {
-                    errors.push(ResourceError::new(&key, m));
+                    errors.push((key, m));
                     continue;
                 }
             };
             for h in &cert.hosts {
                 let host = normalize_host(h);
                 if let Some(owner) = owners.get(&host) {
-                    errors.push(ResourceError::new(
-                        &key,
-                        format!("hosts: {h:?} is also claimed by {owner}"),
-                    ));
+                    errors.push((key.clone(), format!("hosts: {h:?} is also claimed by {owner}")));
                     continue;
                 }
                 owners.insert(host.clone(), key.clone());
@@ -152,22 +139,27 @@ fn certified_key(cert: &Certificate) -> Result<CertifiedKey, String> {
     Ok(certified)
 }
 
-/// Picks the certificate for each handshake from the snapshot being served.
-#[derive(Debug)]
-pub struct SniResolver {
-    shared: Arc<Shared>,
+/// Where the TLS listener finds the certificate for a server name: the config being
+/// served (`config::state::Shared`), or a fixed store in tests.
+pub trait CertSource: Send + Sync + std::fmt::Debug + 'static {
+    fn certificate(&self, server_name: &str) -> Option<Arc<CertifiedKey>>;
 }
 
-impl SniResolver {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+/// Picks the certificate for each handshake from the snapshot being served.
+#[derive(Debug)]
+pub struct SniResolver<S> {
+    source: Arc<S>,
+}
+
+impl<S: CertSource> SniResolver<S> {
+    pub fn new(source: Arc<S>) -> Self {
+        Self { source }
     }
 
     /// The certificate for `server_name` in the current config, if any.
     fn pick(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let name = server_name?;
-        let snapshot = self.shared.snapshot()?;
-        let found = snapshot.certificates.lookup(name).cloned();
+        let found = self.source.certificate(name);
         if found.is_none() {
             tracing::debug!(
                 sni = name,
@@ -178,7 +170,7 @@ impl SniResolver {
     }
 }
 
-impl ResolvesServerCert for SniResolver {
+impl<S: CertSource> ResolvesServerCert for SniResolver<S> {
     /// No SNI (a client connecting by IP address), no config yet, or no certificate for
     /// the name: `None` aborts the handshake.
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
@@ -188,12 +180,12 @@ impl ResolvesServerCert for SniResolver {
 
 /// The TLS listener's acceptor: TLS 1.2 and 1.3, certificates by SNI, ALPN `h2` then
 /// `http/1.1`.
-pub fn acceptor(shared: Arc<Shared>) -> TlsAcceptor {
+pub fn acceptor<S: CertSource>(source: Arc<S>) -> TlsAcceptor {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("aws-lc-rs supports the default protocol versions")
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(shared)));
+        .with_cert_resolver(Arc::new(SniResolver::new(source)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsAcceptor::from(Arc::new(config))
 }

@@ -20,7 +20,6 @@
 //! Only the unknown-`kid` JWKS refetch (bounded, `jwks.rs`) and introspection cache misses
 //! wait on the network here; everything else reads the snapshot.
 
-
 pub mod idp;
 pub mod introspect;
 pub mod jwks;
@@ -31,20 +30,84 @@ use http::{HeaderMap, HeaderName};
 use tollgate_proto::keys::{parse_key, sha256_hex_matches};
 use tollgate_proto::model::AuthKind;
 
+use std::collections::{HashMap, HashSet};
+
+use crate::consumer::Consumer;
 use crate::error::ProxyError;
-use introspect::Answer;
-use jwt::TokenError;
-use crate::config::snapshot::{ServiceEntry, Snapshot};
+use crate::phases::ctx::RequestCtx;
+use crate::phases::service::ServiceEntry;
+use idp::IdpClients;
+use introspect::{Answer, Introspector, Introspectors, TokenCaches};
+use jwks::KeySets;
+use jwt::{Issuer, Issuers, TokenError};
+use tollgate_proto::model::{JwtIssuer, Oauth2Introspection};
 
 pub const APIKEY_HEADER: &str = "apikey";
 
-/// The calling app, once authenticated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Consumer {
+/// What the edge keeps for identity providers across config swaps: their clients, live
+/// JWKS caches and introspection caches. Used only while compiling a config.
+#[derive(Default)]
+pub struct Idp {
+    clients: IdpClients,
+    key_sets: KeySets,
+    token_caches: TokenCaches,
+}
+
+impl Idp {
+    /// Compiles a JWT issuer, sharing its JWKS cache with live snapshots.
+    pub fn issuer(&mut self, j: &JwtIssuer) -> Result<Issuer, String> {
+        Issuer::compile(j, &mut self.clients, &mut self.key_sets)
+    }
+
+    /// Compiles an introspection endpoint, sharing its token cache with live snapshots.
+    pub fn introspector(&mut self, o: &Oauth2Introspection) -> Result<Introspector, String> {
+        Introspector::compile(o, &mut self.clients, &mut self.token_caches)
+    }
+}
+
+/// What proves a caller, from one config: API keys by id, apps by tenant, JWT issuers and
+/// introspection endpoints. Compiled with the snapshot, read by [`authenticate`].
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// By key id.
+    api_keys: HashMap<String, KeyEntry>,
+    /// tenant -> app names.
+    apps: HashMap<String, HashSet<String>>,
+    /// JWT issuers by tenant and `iss`.
+    pub issuers: Issuers,
+    /// OAuth2 introspection endpoints by tenant.
+    pub introspectors: Introspectors,
+}
+
+/// A stored API key (only its SHA-256 is known).
+#[derive(Debug)]
+pub struct KeyEntry {
     pub tenant: String,
     pub app: String,
-    /// The header that carried the credential (stripped before forwarding).
-    pub credential_header: HeaderName,
+    /// Lowercase hex SHA-256 of the whole key.
+    pub sha256: String,
+}
+
+impl Credentials {
+    pub fn add_app(&mut self, tenant: &str, app: &str) {
+        self.apps
+            .entry(tenant.to_string())
+            .or_default()
+            .insert(app.to_string());
+    }
+
+    pub fn add_key(&mut self, id: &str, key: KeyEntry) {
+        self.api_keys.insert(id.to_string(), key);
+    }
+
+    fn api_key(&self, id: &str) -> Option<&KeyEntry> {
+        self.api_keys.get(id)
+    }
+
+    /// Whether `app` is an app of `tenant`.
+    fn has_app(&self, tenant: &str, app: &str) -> bool {
+        self.apps.get(tenant).is_some_and(|apps| apps.contains(app))
+    }
 }
 
 /// The bearer token of `Authorization: Bearer <token>`, if that is the scheme.
@@ -54,9 +117,22 @@ fn bearer(headers: &HeaderMap) -> Option<&[u8]> {
     scheme.eq_ignore_ascii_case(b"bearer").then(|| token.trim_ascii())
 }
 
-/// Authenticates the request for `service`: `Ok(None)` for open services.
+/// Phase "authenticate": notes the caller in `ctx.consumer` (none for open services), or
+/// refuses the request.
 pub async fn authenticate(
-    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    creds: &Credentials,
+    headers: &HeaderMap,
+) -> Result<(), ProxyError> {
+    // Fields, not `ctx.route()`: the route stays borrowed while the consumer is written.
+    let service = &ctx.route.as_ref().ok_or(ProxyError::NoRoute)?.service;
+    ctx.consumer = consumer(creds, service, headers).await?;
+    Ok(())
+}
+
+/// Who calls `service`: `Ok(None)` for open services.
+async fn consumer(
+    creds: &Credentials,
     service: &ServiceEntry,
     headers: &HeaderMap,
 ) -> Result<Option<Consumer>, ProxyError> {
@@ -67,7 +143,7 @@ pub async fn authenticate(
     if allows(AuthKind::ApiKey) {
         if let Some(v) = headers.get(APIKEY_HEADER) {
             return api_key(
-                snapshot,
+                creds,
                 service,
                 HeaderName::from_static(APIKEY_HEADER),
                 v.as_bytes(),
@@ -87,22 +163,22 @@ pub async fn authenticate(
         return Err(ProxyError::MissingCredential);
     }
     if allows(AuthKind::ApiKey) && parse_key(token).is_some() {
-        return api_key(snapshot, service, AUTHORIZATION, raw).map(Some);
+        return api_key(creds, service, AUTHORIZATION, raw).map(Some);
     }
     // The token checks may fetch (JWKS, introspection): their futures are boxed, so that the
     // request's own future, moved on every request, stays small.
     let app = if allows(AuthKind::Jwt) && jwt::looks_like_jwt(token) {
-        Box::pin(jwt_app(snapshot, service, token)).await?
+        Box::pin(jwt_app(creds, service, token)).await?
     } else if allows(AuthKind::Oauth2) {
-        Box::pin(introspected_app(snapshot, service, token)).await?
+        Box::pin(introspected_app(creds, service, token)).await?
     } else if allows(AuthKind::ApiKey) {
-        return api_key(snapshot, service, AUTHORIZATION, raw).map(Some);
+        return api_key(creds, service, AUTHORIZATION, raw).map(Some);
     } else {
         return Err(ProxyError::InvalidToken(
             "this api does not accept this kind of token",
         ));
     };
-    if !snapshot.has_app(&service.tenant, &app) {
+    if !creds.has_app(&service.tenant, &app) {
         tracing::debug!(tenant = %service.tenant, app = %app, "token names no app of the tenant");
         return Err(ProxyError::InvalidToken(
             "the token's app is not an app of this api's tenant",
@@ -121,8 +197,8 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn jwt_app(snapshot: &Snapshot, service: &ServiceEntry, token: &str) -> Result<String, ProxyError> {
-    match snapshot.issuers.verify(&service.tenant, token, unix_now()).await {
+async fn jwt_app(creds: &Credentials, service: &ServiceEntry, token: &str) -> Result<String, ProxyError> {
+    match creds.issuers.verify(&service.tenant, token, unix_now()).await {
         Ok(v) => Ok(v.app),
         Err(e) => {
             tracing::debug!(tenant = %service.tenant, service = %service.name, reason = ?e, "jwt refused");
@@ -138,11 +214,11 @@ async fn jwt_app(snapshot: &Snapshot, service: &ServiceEntry, token: &str) -> Re
 /// Asks the tenant's introspection endpoints in turn; the first that says active wins.
 /// Fails closed: when none says active and one could not be asked, 503.
 async fn introspected_app(
-    snapshot: &Snapshot,
+    creds: &Credentials,
     service: &ServiceEntry,
     token: &str,
 ) -> Result<String, ProxyError> {
-    let endpoints = snapshot.introspectors.of(&service.tenant);
+    let endpoints = creds.introspectors.of(&service.tenant);
     if endpoints.is_empty() {
         tracing::warn!(tenant = %service.tenant, service = %service.name, "oauth2 service but the tenant has no oauth2_introspection");
         return Err(ProxyError::InvalidToken(
@@ -170,14 +246,14 @@ async fn introspected_app(
 
 /// Checks an API key presented in `header`.
 fn api_key(
-    snapshot: &Snapshot,
+    creds: &Credentials,
     service: &ServiceEntry,
     header: HeaderName,
     raw: &[u8],
 ) -> Result<Consumer, ProxyError> {
     let key = std::str::from_utf8(raw).map_err(|_| ProxyError::InvalidCredential)?;
     let id = parse_key(key).ok_or(ProxyError::InvalidCredential)?;
-    let Some(stored) = snapshot.api_key(id) else {
+    let Some(stored) = creds.api_key(id) else {
         tracing::debug!(key_id = id, "unknown api key");
         return Err(ProxyError::InvalidCredential);
     };

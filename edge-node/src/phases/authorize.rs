@@ -3,12 +3,40 @@
 //! authenticated app needs an approved subscription). Also the lifecycle headers of a
 //! deprecated API's answers.
 
-use http::{HeaderMap, HeaderValue};
-use tollgate_proto::model::{ServiceState, SubscriptionStatus};
+use std::collections::HashMap;
 
-use crate::phases::auth::Consumer;
+use http::{HeaderMap, HeaderValue};
+use tollgate_proto::model::{Approval, ServiceState, SubscriptionStatus};
+
 use crate::error::ProxyError;
-use crate::config::snapshot::{ServiceEntry, Snapshot};
+use crate::phases::ctx::RequestCtx;
+use crate::phases::service::ServiceEntry;
+
+/// Subscriptions of one config: tenant -> service -> app -> status (looked up per request
+/// without building a key).
+#[derive(Debug, Default)]
+pub struct Subscriptions(HashMap<String, HashMap<String, HashMap<String, Option<SubscriptionStatus>>>>);
+
+impl Subscriptions {
+    pub fn insert(&mut self, tenant: &str, service: &str, app: &str, status: Option<SubscriptionStatus>) {
+        self.0
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(service.to_string())
+            .or_default()
+            .insert(app.to_string(), status);
+    }
+
+    /// The status of `app`'s subscription to `service`: `None` when there is none. A stored
+    /// subscription without a status counts as the service's approval mode says.
+    pub fn status(&self, service: &ServiceEntry, app: &str) -> Option<SubscriptionStatus> {
+        let status = *self.0.get(&service.tenant)?.get(&service.name)?.get(app)?;
+        Some(status.unwrap_or(match service.approval {
+            Approval::Auto => SubscriptionStatus::Approved,
+            Approval::Manual => SubscriptionStatus::Pending,
+        }))
+    }
+}
 
 /// Refuses retired services.
 pub fn check_lifecycle(service: &ServiceEntry) -> Result<(), ProxyError> {
@@ -18,13 +46,13 @@ pub fn check_lifecycle(service: &ServiceEntry) -> Result<(), ProxyError> {
     }
 }
 
-/// Requires an approved subscription of the consumer's app to the service.
-pub fn check_subscription(
-    snapshot: &Snapshot,
-    service: &ServiceEntry,
-    consumer: &Consumer,
-) -> Result<(), ProxyError> {
-    match snapshot.subscription(service, &consumer.app) {
+/// Requires an approved subscription of the authenticated app to the service (open
+/// services, with no consumer, need none).
+pub fn check_subscription(ctx: &RequestCtx, subscriptions: &Subscriptions) -> Result<(), ProxyError> {
+    let Some(consumer) = &ctx.consumer else {
+        return Ok(());
+    };
+    match subscriptions.status(&ctx.route()?.service, &consumer.app) {
         Some(SubscriptionStatus::Approved) => Ok(()),
         Some(SubscriptionStatus::Pending) => Err(ProxyError::SubscriptionPending),
         Some(SubscriptionStatus::Rejected) | None => Err(ProxyError::NotSubscribed),

@@ -9,7 +9,10 @@
 pub mod auth;
 pub mod authorize;
 pub mod cors;
+pub mod ctx;
 pub mod ipfilter;
 pub mod normalize;
 pub mod policy;
+pub mod route;
 pub mod router;
+pub mod service;

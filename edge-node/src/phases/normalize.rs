@@ -1,4 +1,5 @@
-//! Request phase "normalize path", before routing: one canonical form of the path, so that
+//! Phase "normalize", before routing: framing checks (request smuggling, header limits,
+//! control characters), then the path rule: one canonical form of the path, so that
 //! the path the router matches is exactly the path the upstream receives and no spelling
 //! of a path can match one route and reach another (CVE-2019-9901, CVE-2021-29492).
 //!
@@ -16,6 +17,11 @@
 //! Refusals are 400 `bad_request`. Nothing else is changed.
 
 use std::borrow::Cow;
+
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, Request, Uri};
+
+use crate::error::ProxyError;
 
 /// Whether `b` is an RFC 3986 unreserved character.
 fn unreserved(b: u8) -> bool {
@@ -76,6 +82,70 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
         }
     }
     Ok(path)
+}
+
+/// Most request headers the proxy accepts (hyper itself refuses more than 100 on HTTP/1.1,
+/// with a bare 431).
+pub const MAX_HEADERS: usize = 64;
+/// Most bytes of request headers (names and values) the proxy accepts.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses ambiguous framing (request smuggling): Content-Length with Transfer-Encoding, or
+/// Content-Length more than once; heads past [`MAX_HEADERS`] or [`MAX_HEADER_BYTES`]; and
+/// control characters (NUL, CR, LF...; tab is allowed) in header values (CVE-2019-9900).
+/// Both HTTP parsers refuse those already (hyper's h1 answers 400, h2 resets the stream);
+/// this holds whatever the request came from.
+pub fn check_framing(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.len() > MAX_HEADERS {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    let (mut bytes, mut lengths, mut chunked) = (0, 0, false);
+    for (k, v) in headers {
+        bytes += k.as_str().len() + v.len();
+        // No early exit: the compiler can then check many bytes at once.
+        let control = v.as_bytes().iter().fold(false, |found, &b| {
+            found | ((b < 0x20) & (b != b'\t')) | (b == 0x7f)
+        });
+        if control {
+            return Err(ProxyError::BadRequest("control characters in a header value"));
+        }
+        // Standard names compare as enum values.
+        lengths += usize::from(*k == CONTENT_LENGTH);
+        chunked |= *k == TRANSFER_ENCODING;
+    }
+    if bytes > MAX_HEADER_BYTES {
+        return Err(ProxyError::HeadersTooLarge);
+    }
+    if lengths > 0 && chunked {
+        return Err(ProxyError::BadRequest(
+            "content-length and transfer-encoding together",
+        ));
+    }
+    if lengths > 1 {
+        return Err(ProxyError::BadRequest("content-length more than once"));
+    }
+    Ok(())
+}
+
+/// Normalizes the path by the path rule (module doc), or refuses it; the request carries
+/// the normalized path from here on, to the router and to the upstream.
+pub fn check_path<B>(mut req: Request<B>) -> Result<Request<B>, ProxyError> {
+    let normalized = match normalize_path(req.uri().path()).map_err(ProxyError::BadRequest)? {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(p) => Some(p),
+    };
+    let Some(path) = normalized else {
+        return Ok(req);
+    };
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let pq = match parts.path_and_query.as_ref().and_then(|pq| pq.query()) {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let unusable = || ProxyError::BadRequest("the request path cannot be normalized");
+    parts.path_and_query = Some(pq.parse().map_err(|_| unusable())?);
+    *req.uri_mut() = Uri::from_parts(parts).map_err(|_| unusable())?;
+    Ok(req)
 }
 
 #[cfg(test)]

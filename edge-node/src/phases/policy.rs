@@ -19,9 +19,10 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_proto::model::{HeaderOps, Policy, Service};
 
-use crate::phases::cors::CorsPolicy;
 use crate::error::ProxyError;
+use crate::phases::cors::CorsPolicy;
 use crate::phases::ipfilter::IpRule;
+use crate::upstream::dispatch::RewriteHeaders;
 
 #[derive(Debug, Clone)]
 enum HeaderOp {
@@ -155,6 +156,12 @@ impl Policies {
 
     pub fn apply_response(&self, headers: &mut HeaderMap) {
         apply_ops(&self.response, headers);
+    }
+}
+
+impl RewriteHeaders for Policies {
+    fn rewrite(&self, headers: &mut HeaderMap) {
+        self.apply_request(headers);
     }
 }
 

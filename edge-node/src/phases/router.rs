@@ -418,16 +418,5 @@ impl<S> Router<S> {
     }
 }
 
-/// The path to send upstream once `strip_len` leading bytes are dropped (never empty).
-pub fn stripped_path(path: &str, strip_len: Option<usize>) -> &str {
-    match strip_len {
-        Some(n) if n <= path.len() => match &path[n..] {
-            "" => "/",
-            rest => rest,
-        },
-        _ => path,
-    }
-}
-
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::testutil::{api_key, compile, resources};
+use http::{HeaderMap, HeaderValue};
+use std::time::Instant;
 
 const CLIENT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 1, 2, 3), 5555));
 

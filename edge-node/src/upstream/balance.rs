@@ -26,9 +26,9 @@ use http::{HeaderMap, HeaderName};
 use tollgate_proto::model::{Balance, Upstream};
 
 use crate::upstream::client::HttpClient;
-use crate::upstream::endpoint::{self, Endpoint, Registry};
-use crate::upstream::health::Checker;
-use crate::upstream::Target;
+use crate::upstream::endpoint::{Endpoint, Registry};
+use crate::upstream::health::{Checker, Checkers};
+use crate::upstream::target::Target;
 use ring::Ring;
 use wrr::WeightedRoundRobin;
 
@@ -65,18 +65,20 @@ impl std::fmt::Debug for Balancer {
 
 impl Balancer {
     /// The balancer of upstream `u`, whose targets are compiled already. Target state comes
-    /// from `registry` (shared with live snapshots), and so does the health checker.
+    /// from `registry` and the health checker from `checkers` (both shared with live
+    /// snapshots).
     pub fn compile(
         u: &Upstream,
         targets: &[Target],
         client: &HttpClient,
         registry: &mut Registry,
+        checkers: &mut Checkers,
     ) -> Result<Balancer, String> {
         let endpoints: Vec<Arc<Endpoint>> = targets
             .iter()
             .map(|t| registry.endpoint(&u.tenant, &u.name, &t.url))
             .collect();
-        let checker = registry.checkers.ensure(u, targets, &endpoints, client)?;
+        let checker = checkers.ensure(u, targets, &endpoints, client)?;
         let hash_header = match &u.hash_header {
             Some(h) => Some(
                 HeaderName::from_bytes(h.as_bytes())
@@ -145,7 +147,7 @@ impl Balancer {
     /// A target for a request with `hash_key`, other than those in `tried`; `None` when no
     /// target is in rotation.
     pub fn pick(&self, hash_key: u64, tried: &[usize]) -> Option<usize> {
-        self.pick_at(hash_key, tried, endpoint::now())
+        self.pick_at(hash_key, tried, crate::clock::now())
     }
 
     fn available(&self, i: usize, tried: &[usize], now: u64) -> bool {

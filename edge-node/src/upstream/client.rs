@@ -1,13 +1,14 @@
 //! The HTTP/1.1 client towards upstream targets: connections from the connector (TCP, and
 //! TLS for `https` targets: `connector.rs`), and idle keep-alive connections kept on the
-//! target's [`Endpoint`]. Two paths share them:
+//! target's live state (`endpoint.rs`, which owns them; this file does not know it). Two
+//! paths share them:
 //! - the **lean path** (`lean.rs`): a bodiless GET, HEAD, OPTIONS or DELETE without an
 //!   upgrade, to a plain-http target, is written and answered by the request's own task;
 //! - everything else goes through hyper's connection-level client, whose connections each
 //!   run in a task of their own.
 //!
 //! ```text
-//!  send(target, endpoint, request)
+//!  send(target, idle list, request)
 //!    ├─ lean? ─> newest idle lean connection (readable while idle: dropped) ─> write, read
 //!    │             the head (a reused connection that closed first: the next one) ─> answer
 //!    ├─ newest idle connection of this client on the endpoint ─ready?─> send on it
@@ -45,7 +46,6 @@ use tower_service::Service;
 
 use crate::body::{Body, BoxError};
 use crate::upstream::connector::UpstreamConnector;
-use crate::upstream::endpoint::{self, Endpoint};
 
 /// How long a connection may stay idle before it is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -83,20 +83,14 @@ pub enum ClientError {
     Lean(BoxError),
 }
 
+/// Says what failed; the cause is the error's `source()` (print the whole chain with
+/// `error::chain`), so a reporter prints each cause once.
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (what, e): (&str, &dyn std::error::Error) = match self {
-            ClientError::Connect(e) => ("cannot connect", e.as_ref()),
-            ClientError::Http(e) => ("connection failed", e),
-            ClientError::Lean(e) => ("connection failed", e.as_ref()),
-        };
-        write!(f, "{what}: {e}")?;
-        let mut source = e.source();
-        while let Some(s) = source {
-            write!(f, ": {s}")?;
-            source = s.source();
-        }
-        Ok(())
+        f.write_str(match self {
+            ClientError::Connect(_) => "cannot connect",
+            ClientError::Http(_) | ClientError::Lean(_) => "connection failed",
+        })
     }
 }
 
@@ -121,7 +115,7 @@ trait Pooled {
 /// An idle keep-alive connection kept on an endpoint.
 struct Idle<C> {
     conn: C,
-    /// When it went idle (`endpoint::now()`).
+    /// When it went idle (`crate::clock::now()`).
     since: u64,
 }
 
@@ -195,7 +189,7 @@ impl<C: Pooled> Pool<C> {
     }
 }
 
-/// The idle connections of one target (a field of its [`Endpoint`]): those driven by hyper
+/// The idle connections of one target (held by its `Endpoint`): those driven by hyper
 /// and those of the lean path (`lean.rs`), each list capped at [`MAX_IDLE`].
 pub struct IdleList {
     hyper: Pool<Connection>,
@@ -245,10 +239,10 @@ impl Pooled for Connection {
     }
 }
 
-/// Gives `conn` back to the idle list of `endpoint`: call only once the answer's body has been
+/// Gives `conn` back to `idle`: call only once the answer's body has been
 /// read to its end.
-pub fn release(endpoint: &Endpoint, conn: Connection) {
-    endpoint.idle().hyper.put(conn, endpoint::now());
+pub fn release(idle: &IdleList, conn: Connection) {
+    idle.hyper.put(conn, crate::clock::now());
 }
 
 /// An upstream's answer body: read by hyper's connection task, or by the lean path itself.
@@ -296,23 +290,23 @@ impl HttpClient {
     }
 
     /// Sends `req` (its URI in origin form, `/path?query`) to `dest`, over an idle connection
-    /// of `endpoint` or a new one. With the answer comes the connection, to [`release`] once
+    /// of `idle` or a new one. With the answer comes the connection, to [`release`] once
     /// the answer's body has ended (`None` after a protocol switch: the connection is the
     /// caller's then; `None` on the lean path too, whose body gives its connection back
     /// itself).
     pub async fn send(
         &self,
         dest: &Destination,
-        endpoint: &Arc<Endpoint>,
+        idle: &Arc<IdleList>,
         mut req: Request<Body>,
     ) -> Result<(Response<UpstreamBody>, Option<Connection>), ClientError> {
         req.headers_mut().insert(HOST, dest.host.clone());
         if lean::eligible(dest, &req) {
-            let resp = lean::send(self, dest, endpoint, req).await?;
+            let resp = lean::send(self, dest, idle, req).await?;
             return Ok((resp, None));
         }
-        let now = endpoint::now();
-        while let Some(mut conn) = endpoint.idle().hyper.take(self.id, now) {
+        let now = crate::clock::now();
+        while let Some(mut conn) = idle.hyper.take(self.id, now) {
             if conn.sender.ready().await.is_err() {
                 continue;
             }

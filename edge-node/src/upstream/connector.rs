@@ -28,7 +28,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme
 use tollgate_proto::model::UpstreamTls;
 use tollgate_proto::validate::parse_pem_certificates;
 
-use crate::listen::tls::provider;
+use tollgate_tls::provider;
 
 /// The connector of every upstream client: `http` and `https` targets alike.
 pub type UpstreamConnector = HttpsConnector<HttpConnector>;

@@ -41,19 +41,24 @@ use http_body_util::Empty;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::body::{self, ClientBody};
-use crate::upstream::client::{self, Connection, UpstreamBody};
-use crate::upstream::endpoint::{self, InFlight};
 use crate::error::{Fault, ProxyError};
+use crate::upstream::client::{self, Connection, UpstreamBody};
+use crate::upstream::endpoint::InFlight;
 use crate::upstream::forward::{self, Forward, SendError};
-use crate::phases::policy::Policies;
 use crate::upstream::UpstreamPool;
+
+/// What a service does to the headers of each attempt's request, once the edge has written
+/// its own (the service's `headers` policy, `phases::policy`).
+pub trait RewriteHeaders: Sync + std::fmt::Debug {
+    fn rewrite(&self, headers: &mut http::HeaderMap);
+}
 
 /// What sending needs besides the request.
 #[derive(Debug)]
 pub struct Dispatch<'a> {
     pub pool: &'a UpstreamPool,
     /// Request header transforms, applied to each attempt.
-    pub policies: &'a Policies,
+    pub headers: &'a dyn RewriteHeaders,
     /// How each attempt's request is built.
     pub forward: Forward<'a>,
 }
@@ -120,7 +125,7 @@ async fn attempt<B: ClientBody>(
     let target = &pool.targets[i];
     let mut upstream_req = forward::upstream_request(req, target, &d.forward)
         .map_err(|error| SendError { error, unsent: false })?;
-    d.policies.apply_request(upstream_req.headers_mut());
+    d.headers.rewrite(upstream_req.headers_mut());
     // Whether the whole request went out: only then is a missing answer the target's fault.
     let sent = Arc::new(AtomicBool::new(upstream_req.body().is_end_stream()));
     if !sent.load(Relaxed) {
@@ -132,7 +137,7 @@ async fn attempt<B: ClientBody>(
     let in_flight = endpoint.start();
     let started = Instant::now();
     let result = forward::send(pool, target, endpoint, upstream_req).await;
-    let now = endpoint::now();
+    let now = crate::clock::now();
     match result {
         Ok((resp, conn)) => {
             endpoint.observe_rtt(started.elapsed(), now);
@@ -244,7 +249,7 @@ impl<B: HttpBody + Unpin> Tracked<B> {
 
     fn ended(&mut self) {
         if let (Some(in_flight), Some(conn)) = (self.in_flight.take(), self.conn.take()) {
-            client::release(in_flight.endpoint(), conn);
+            client::release(in_flight.endpoint().idle(), conn);
         }
     }
 }

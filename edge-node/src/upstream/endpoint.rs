@@ -17,11 +17,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use crate::upstream::client::IdleList;
-use crate::upstream::health::Checkers;
 
 /// Consecutive failures of real traffic that eject a target.
 pub const EJECT_AFTER: u32 = 5;
@@ -34,13 +33,6 @@ pub const EJECT_MAX: Duration = Duration::from_secs(300);
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Time constant of the latency average: an observation's weight halves every ~7 s.
 const DECAY: Duration = Duration::from_secs(10);
-
-/// Nanoseconds since the first call in this process: a cheap monotonic clock that fits an
-/// atomic.
-pub fn now() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
 
 fn nanos(d: Duration) -> u64 {
     d.as_nanos().min(u128::from(u64::MAX)) as u64
@@ -61,8 +53,9 @@ pub struct Endpoint {
     failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: AtomicU64,
-    /// Keep-alive connections to the target, waiting for the next request.
-    idle: IdleList,
+    /// Keep-alive connections to the target, waiting for the next request (shared with the
+    /// answers whose bodies give their connection back).
+    idle: Arc<IdleList>,
 }
 
 impl Endpoint {
@@ -77,7 +70,7 @@ impl Endpoint {
             failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
-            idle: IdleList::default(),
+            idle: Arc::default(),
         }
     }
 
@@ -88,7 +81,7 @@ impl Endpoint {
     }
 
     /// Idle keep-alive connections to the target (`client.rs`).
-    pub fn idle(&self) -> &IdleList {
+    pub fn idle(&self) -> &Arc<IdleList> {
         &self.idle
     }
 
@@ -216,13 +209,12 @@ impl Drop for InFlight {
     }
 }
 
-/// Endpoints (and active health checkers) that outlive config snapshots. Used only while
-/// compiling a config, by the single task that compiles.
+/// Endpoints that outlive config snapshots. Used only while compiling a config, by the
+/// single task that compiles.
 #[derive(Debug, Default)]
 pub struct Registry {
     endpoints: HashMap<(String, String, String), Weak<Endpoint>>,
     prune_at: usize,
-    pub checkers: Checkers,
 }
 
 impl Registry {
@@ -237,7 +229,7 @@ impl Registry {
             self.endpoints.retain(|_, e| e.strong_count() > 0);
             self.prune_at = (self.endpoints.len() * 2).max(64);
         }
-        let e = Arc::new(Endpoint::new(now()));
+        let e = Arc::new(Endpoint::new(crate::clock::now()));
         self.endpoints.insert(key, Arc::downgrade(&e));
         e
     }

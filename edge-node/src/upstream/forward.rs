@@ -16,15 +16,14 @@ use http::header::{CONNECTION, HOST, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 
-use crate::phases::auth::Consumer;
 use crate::body::{self, Body, ClientBody};
+use crate::consumer::Consumer;
+use crate::error::{self, ProxyError};
+use crate::request_id;
 use crate::upstream::client::{ClientError, Connection, UpstreamBody};
 use crate::upstream::endpoint::Endpoint;
-use crate::error::ProxyError;
-use crate::request_id;
-use crate::phases::router::stripped_path;
-use crate::listen::tls::ClientTls;
-use crate::upstream::{Target, UpstreamPool};
+use crate::upstream::target::Target;
+use crate::upstream::UpstreamPool;
 use crate::wire;
 
 /// Header names the edge writes on every forwarded request. Constants, because a name given
@@ -158,6 +157,8 @@ pub struct Forward<'a> {
     pub consumer: Option<&'a Consumer>,
     /// The protocol the client asked to upgrade to (`Upgrade` header), if any.
     pub upgrade: Option<&'a HeaderValue>,
+    /// The client spoke TLS to the edge (the upstream hears `x-forwarded-proto: https`).
+    pub client_tls: bool,
 }
 
 /// The `Upgrade` header of an HTTP/1.1 request that asks for a protocol switch.
@@ -227,11 +228,7 @@ pub fn upstream_request<B: ClientBody>(
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    // The scheme the client used: the TLS listener marks its requests.
-    let client_scheme = match parts.extensions.get::<ClientTls>() {
-        Some(_) => "https",
-        None => "http",
-    };
+    let client_scheme = if f.client_tls { "https" } else { "http" };
 
     parts.uri = origin_form(&parts.uri, &target.base_path, f.strip_len)?;
     // Upstreams are spoken to in HTTP/1.1 whatever the client used.
@@ -290,6 +287,17 @@ fn origin_form(uri: &Uri, base_path: &str, strip_len: Option<usize>) -> Result<U
         .map_err(|_| ProxyError::BadRequest("the request path cannot be forwarded"))
 }
 
+/// The path to send upstream once `strip_len` leading bytes are dropped (never empty).
+pub fn stripped_path(path: &str, strip_len: Option<usize>) -> &str {
+    match strip_len {
+        Some(n) if n <= path.len() => match &path[n..] {
+            "" => "/",
+            rest => rest,
+        },
+        _ => path,
+    }
+}
+
 /// Why sending a request upstream failed.
 #[derive(Debug)]
 pub struct SendError {
@@ -313,7 +321,7 @@ pub async fn send(
     endpoint: &Arc<Endpoint>,
     req: Request<Body>,
 ) -> Result<(Response<UpstreamBody>, Option<Connection>), SendError> {
-    let sent = pool.client.send(&target.dest, endpoint, req);
+    let sent = pool.client.send(&target.dest, endpoint.idle(), req);
     match tokio::time::timeout(pool.request_timeout, sent).await {
         Err(_) => Err(SendError {
             error: ProxyError::UpstreamTimeout,
@@ -344,7 +352,7 @@ fn classify(e: &ClientError) -> ProxyError {
     }
     match e {
         ClientError::Connect(_) if timed_out => ProxyError::UpstreamTimeout,
-        _ => ProxyError::Upstream(e.to_string()),
+        _ => ProxyError::Upstream(error::chain(e)),
     }
 }
 

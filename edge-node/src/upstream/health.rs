@@ -29,7 +29,7 @@ use crate::body;
 use crate::upstream::client::HttpClient;
 use crate::upstream::client::{self, Destination};
 use crate::upstream::endpoint::Endpoint;
-use crate::upstream::Target;
+use crate::upstream::target::Target;
 
 /// Most bytes of a check's answer read (so the connection can be reused); the rest is
 /// dropped with the connection.
@@ -150,9 +150,9 @@ async fn check(client: &HttpClient, probe: &Probe, timeout: Duration) -> Result<
         .map_err(|e| e.to_string())?;
     let attempt = async {
         let (resp, conn) = client
-            .send(&probe.dest, &probe.endpoint, req)
+            .send(&probe.dest, probe.endpoint.idle(), req)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::error::chain(&e))?;
         let status = resp.status();
         // Read the answer so the connection can be used again; its content is ignored.
         if Limited::new(resp.into_body(), MAX_CHECK_BODY)
@@ -161,7 +161,7 @@ async fn check(client: &HttpClient, probe: &Probe, timeout: Duration) -> Result<
             .is_ok()
         {
             if let Some(conn) = conn {
-                client::release(&probe.endpoint, conn);
+                client::release(probe.endpoint.idle(), conn);
             }
         }
         if status.is_success() || status.is_redirection() {
@@ -282,7 +282,7 @@ mod tests {
                 url: target.url.clone(),
                 path: Uri::from_static("/healthz"),
                 dest: target.dest,
-                endpoint: Arc::new(Endpoint::new(crate::upstream::endpoint::now())),
+                endpoint: Arc::new(Endpoint::new(crate::clock::now())),
             }
         };
         let started = std::time::Instant::now();

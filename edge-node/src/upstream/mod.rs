@@ -6,7 +6,6 @@
 //! state, their idle keep-alive connections among it, and health checkers ([`Registry`]), so
 //! a config change keeps warm connections, counts and verdicts.
 
-
 pub mod balance;
 pub mod client;
 pub mod connector;
@@ -14,17 +13,18 @@ pub mod dispatch;
 pub mod endpoint;
 pub mod forward;
 pub mod health;
+pub mod target;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use http::uri::Scheme;
-use http::HeaderValue;
 use tollgate_proto::model::{Upstream, UpstreamTls};
 
 use balance::Balancer;
-use client::{Destination, HttpClient};
+use client::HttpClient;
 use endpoint::Registry;
+use health::Checkers;
+use target::Target;
 
 /// Timeouts used when an upstream does not set its own.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -35,11 +35,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Default)]
 pub struct Clients {
     by_settings: HashMap<(Duration, Option<UpstreamTls>), HttpClient>,
-    /// Target state and health checkers shared by successive snapshots.
+    /// Target state shared by successive snapshots.
     pub live: Registry,
-    /// Identity-provider clients, JWKS and introspection caches shared by successive
-    /// snapshots.
-    pub idp: crate::phases::auth::idp::Idp,
+    /// Health checkers shared by successive snapshots.
+    pub checkers: Checkers,
 }
 
 impl Clients {
@@ -64,56 +63,6 @@ impl Clients {
         let client = HttpClient::new(connector::connector(connect_timeout, tls)?);
         self.by_settings.insert(settings, client.clone());
         Ok(client)
-    }
-}
-
-/// One target of an upstream, split so that request URIs are built without parsing.
-#[derive(Debug)]
-pub struct Target {
-    pub url: String,
-    /// Path of the target URL without a trailing `/` (often empty), prefixed to every
-    /// forwarded path.
-    pub base_path: String,
-    /// What the client connects to, and the `Host` it sends.
-    pub dest: Destination,
-}
-
-impl Target {
-    pub(crate) fn parse(url: &str) -> Result<Target, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("invalid target URL {url:?}: {e}"))?;
-        let scheme = uri
-            .scheme()
-            .cloned()
-            .ok_or_else(|| format!("invalid target URL {url:?}: no scheme"))?;
-        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
-            return Err(format!(
-                "invalid target URL {url:?}: scheme must be http or https"
-            ));
-        }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("invalid target URL {url:?}: no host"))?;
-        if uri.query().is_some() {
-            return Err(format!("invalid target URL {url:?}: a query is not allowed"));
-        }
-        let dest = Destination {
-            connect_uri: http::Uri::builder()
-                .scheme(scheme)
-                .authority(authority.clone())
-                .path_and_query("/")
-                .build()
-                .map_err(|e| format!("invalid target URL {url:?}: {e}"))?,
-            host: HeaderValue::from_str(authority.as_str())
-                .map_err(|e| format!("invalid target URL {url:?}: {e}"))?,
-        };
-        Ok(Target {
-            url: url.to_string(),
-            base_path: uri.path().trim_end_matches('/').to_string(),
-            dest,
-        })
     }
 }
 
@@ -158,7 +107,7 @@ impl UpstreamPool {
         Ok(UpstreamPool {
             tenant: u.tenant.clone(),
             name: u.name.clone(),
-            balancer: Balancer::compile(u, &targets, &client, &mut clients.live)?,
+            balancer: Balancer::compile(u, &targets, &client, &mut clients.live, &mut clients.checkers)?,
             targets,
             retries: u.retries,
             connect_timeout,

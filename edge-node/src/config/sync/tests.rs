@@ -57,7 +57,7 @@ fn applied(o: Outcome) -> (v1::Ack, Arc<ConfigState>) {
 }
 
 /// An applier holding DOC at version 5.
-fn loaded(clients: &mut Clients) -> Applier {
+fn loaded(clients: &mut Retained) -> Applier {
     let mut a = Applier::default();
     let mut outcomes: Vec<_> = snapshot_chunks("n1", 5, resources(DOC), 3)
         .into_iter()
@@ -75,7 +75,7 @@ fn loaded(clients: &mut Clients) -> Applier {
 
 #[test]
 fn a_chunked_snapshot_applies_after_its_last_chunk() {
-    let mut clients = Clients::default();
+    let mut clients = Retained::default();
     let a = loaded(&mut clients);
     assert_eq!(a.version(), 5);
     assert_eq!(a.current().resources.len(), resources(DOC).len());
@@ -83,7 +83,7 @@ fn a_chunked_snapshot_applies_after_its_last_chunk() {
 
 #[test]
 fn deltas_apply_on_top_of_the_current_config() {
-    let mut clients = Clients::default();
+    let mut clients = Retained::default();
     let mut a = loaded(&mut clients);
     let add = resources("apps: [{name: new, tenant: acme}]");
     let gone = v1::ResourceKey {
@@ -105,7 +105,7 @@ fn deltas_apply_on_top_of_the_current_config() {
 
 #[test]
 fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
-    let mut clients = Clients::default();
+    let mut clients = Retained::default();
     let mut a = loaded(&mut clients);
     let before = a.current().clone();
     let mut push = delta("d1", 5, 6, resources("apps: [{name: new, tenant: acme}]"), vec![]);
@@ -133,7 +133,7 @@ fn a_checksum_mismatch_is_nacked_and_the_old_config_kept() {
 
 #[test]
 fn an_invalid_config_is_nacked_per_resource_and_the_old_config_kept() {
-    let mut clients = Clients::default();
+    let mut clients = Retained::default();
     let mut a = loaded(&mut clients);
     let bad =
         resources("services: [{name: broken, tenant: acme, upstream: missing, routes: [{paths: ['/b']}]}]");
@@ -162,7 +162,7 @@ fn an_invalid_config_is_nacked_per_resource_and_the_old_config_kept() {
 
 #[test]
 fn a_delta_from_another_base_forces_a_snapshot() {
-    let mut clients = Clients::default();
+    let mut clients = Retained::default();
     let mut a = loaded(&mut clients);
     match a.on_push(delta("d1", 4, 6, vec![], vec![]), &mut clients) {
         Outcome::Resync { nack, from_version } => {
@@ -176,7 +176,7 @@ fn a_delta_from_another_base_forces_a_snapshot() {
 
 #[test]
 fn chunks_out_of_order_are_refused() {
-    let mut clients = Clients::default();
+    let mut clients = Retained::default();
     let mut a = loaded(&mut clients);
     let chunks = snapshot_chunks("s2", 7, resources(DOC), 3);
     assert!(matches!(

@@ -6,6 +6,7 @@ use tokio_rustls::TlsConnector;
 use tollgate_proto::model::{Certificate, Spec};
 
 use super::*;
+use crate::config::state::Shared;
 use crate::testutil::{compile, resource, resources, DOC};
 
 const CA: &str = include_str!("testdata/ca.pem");
@@ -86,15 +87,11 @@ fn keys_that_are_missing_malformed_or_foreign_are_refused() {
         let errs = CertStore::compile([&c]).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(
-            (errs[0].kind.as_str(), errs[0].name.as_str()),
+            (errs[0].0.kind.as_str(), errs[0].0.name.as_str()),
             ("certificate", "exact")
         );
-        assert!(
-            errs[0].message.starts_with(want),
-            "want {want:?}, got {:?}",
-            errs[0].message
-        );
-        assert!(!errs[0].message.contains("PRIVATE KEY"), "{}", errs[0].message);
+        assert!(errs[0].1.starts_with(want), "want {want:?}, got {:?}", errs[0].1);
+        assert!(!errs[0].1.contains("PRIVATE KEY"), "{}", errs[0].1);
     }
     // One host, two certificates (the control plane refuses this too).
     let twice = [
@@ -103,7 +100,7 @@ fn keys_that_are_missing_malformed_or_foreign_are_refused() {
     ];
     let errs = CertStore::compile(&twice).unwrap_err();
     assert!(
-        errs[0].message.contains("also claimed by certificate acme/exact"),
+        errs[0].1.contains("also claimed by certificate acme/exact"),
         "{errs:?}"
     );
 }
@@ -117,7 +114,8 @@ fn a_config_with_a_bad_certificate_does_not_compile() {
     ));
     let state = crate::config::resources::ConfigState::from_resources(3, all).unwrap();
     let errs =
-        crate::config::snapshot::Snapshot::compile(&state, &mut crate::upstream::Clients::default()).unwrap_err();
+        crate::config::snapshot::Snapshot::compile(&state, &mut crate::config::snapshot::Retained::default())
+            .unwrap_err();
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!(errs[0].name, "exact");
 }

@@ -33,7 +33,7 @@ use rustls::ClientConfig;
 use tollgate_proto::validate::is_internal_address;
 
 use crate::upstream::connector::default_roots;
-use crate::listen::tls::provider;
+use tollgate_tls::provider;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const USER_AGENT: &str = "tollgate-edge";
@@ -216,17 +216,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// What the edge keeps for identity providers across config swaps: the two clients (with
-/// and without internal addresses allowed), live JWKS caches and introspection caches. Used
-/// only while compiling a config.
+/// The two clients towards identity providers (with and without internal addresses
+/// allowed), kept across config swaps. Used only while compiling a config.
 #[derive(Default)]
-pub struct Idp {
+pub struct IdpClients {
     clients: [Option<IdpClient>; 2],
-    pub key_sets: crate::phases::auth::jwks::KeySets,
-    pub token_caches: crate::phases::auth::introspect::TokenCaches,
 }
 
-impl Idp {
+impl IdpClients {
     /// The client for `allow_internal`, built on first use.
     pub fn client(&mut self, allow_internal: bool) -> IdpClient {
         self.clients[usize::from(allow_internal)]

@@ -31,7 +31,7 @@ use serde_json::Value;
 use tollgate_proto::keys::sha256_hex;
 use tollgate_proto::model::Oauth2Introspection;
 
-use crate::phases::auth::idp::{self, Idp, IdpClient};
+use crate::phases::auth::idp::{self, IdpClient, IdpClients};
 use crate::phases::auth::jwt::audience_matches;
 
 /// Timeout of one introspection call (it runs on the request path).
@@ -221,7 +221,11 @@ pub fn read_answer(
 
 impl Introspector {
     /// Compiles an endpoint; the error names the field that is wrong.
-    pub fn compile(o: &Oauth2Introspection, idp: &mut Idp) -> Result<Introspector, String> {
+    pub fn compile(
+        o: &Oauth2Introspection,
+        clients: &mut IdpClients,
+        caches: &mut TokenCaches,
+    ) -> Result<Introspector, String> {
         let url = idp::parse_url(&o.url, o.allow_internal_addresses).map_err(|e| format!("url: {e}"))?;
         let secret = o.client_secret.as_deref().ok_or_else(|| {
             format!(
@@ -241,8 +245,8 @@ impl Introspector {
             audiences: o.audiences.clone(),
             app_claim: o.app_claim.clone(),
             cache_ttl: o.cache_ttl.0,
-            client: idp.client(o.allow_internal_addresses),
-            cache: idp.token_caches.ensure(o),
+            client: clients.client(o.allow_internal_addresses),
+            cache: caches.ensure(o),
         })
     }
 

@@ -34,7 +34,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::task::AbortHandle;
 
-use crate::upstream::endpoint::now;
+use crate::clock::now;
 use crate::phases::auth::idp::IdpClient;
 
 /// Refresh period when the answer names no `max-age`.

@@ -27,8 +27,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use serde_json::{Map, Value};
 use tollgate_proto::model::JwtIssuer;
 
-use crate::phases::auth::idp::{self, Idp};
-use crate::phases::auth::jwks::{JwksCache, Key, Lookup};
+use crate::phases::auth::idp::{self, IdpClients};
+use crate::phases::auth::jwks::{JwksCache, Key, KeySets, Lookup};
 
 /// Longest token looked at (the header limits bound it anyway).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -161,16 +161,6 @@ fn family_name(f: AlgorithmFamily) -> &'static str {
     }
 }
 
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    let pairs = s.as_bytes().chunks_exact(2);
-    if !pairs.remainder().is_empty() {
-        return None;
-    }
-    pairs
-        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
-        .collect()
-}
-
 /// A PEM public key as a verification key of whichever family it is.
 fn pem_key(pem: &str) -> Option<Key> {
     let bytes = pem.as_bytes();
@@ -193,7 +183,11 @@ fn pem_key(pem: &str) -> Option<Key> {
 
 impl Issuer {
     /// Compiles an issuer; the error names the field that is wrong.
-    pub fn compile(j: &JwtIssuer, idp: &mut Idp) -> Result<Issuer, String> {
+    pub fn compile(
+        j: &JwtIssuer,
+        clients: &mut IdpClients,
+        key_sets: &mut KeySets,
+    ) -> Result<Issuer, String> {
         let mut algorithms = Vec::new();
         for (i, a) in j.algorithms.iter().enumerate() {
             let alg = Algorithm::from_str(a)
@@ -221,7 +215,7 @@ impl Issuer {
             let hex = j.hs_key_hex.as_deref().ok_or_else(|| {
                 format!("hs_secret: the control plane sent no key (it could not open secret {secret:?})")
             })?;
-            let bytes = unhex(hex)
+            let bytes = tollgate_proto::keys::unhex(hex)
                 .filter(|b| !b.is_empty())
                 .ok_or("hs_key_hex: not a hex key")?;
             static_keys.push(Arc::new(Key {
@@ -235,8 +229,8 @@ impl Issuer {
             Some(url) => {
                 let uri =
                     idp::parse_url(url, j.allow_internal_addresses).map_err(|e| format!("jwks_url: {e}"))?;
-                let client = idp.client(j.allow_internal_addresses);
-                Some(idp.key_sets.ensure(uri, j.allow_internal_addresses, client))
+                let client = clients.client(j.allow_internal_addresses);
+                Some(key_sets.ensure(uri, j.allow_internal_addresses, client))
             }
             None => None,
         };

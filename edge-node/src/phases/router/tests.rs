@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
+use crate::upstream::forward::stripped_path;
 
 fn route(paths: &[&str]) -> Route {
     Route {

@@ -38,9 +38,8 @@ use hyper_rustls::MaybeHttpsStream;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{ClientError, Destination, HttpClient, Pooled, UpstreamBody};
+use super::{ClientError, Destination, HttpClient, IdleList, Pooled, UpstreamBody};
 use crate::body::{Body, BoxError};
-use crate::upstream::endpoint::{self, Endpoint};
 use crate::wire::{self, Span};
 
 /// Longest answer head accepted (status line and header fields).
@@ -102,19 +101,19 @@ fn broken(what: impl Into<BoxError>) -> ClientError {
     ClientError::Lean(what.into())
 }
 
-/// Sends `req` over an idle lean connection of `endpoint`, else a new one.
+/// Sends `req` over an idle lean connection of `idle`, else a new one.
 pub(super) async fn send(
     client: &HttpClient,
     dest: &Destination,
-    endpoint: &Arc<Endpoint>,
+    idle: &Arc<IdleList>,
     req: Request<Body>,
 ) -> Result<Response<UpstreamBody>, ClientError> {
     let head_only = req.method() == Method::HEAD;
     let request = encode(&req);
     drop(req);
-    let now = endpoint::now();
-    while let Some(conn) = endpoint.idle().lean.take(client.id, now) {
-        match exchange(conn, &request, head_only, endpoint).await {
+    let now = crate::clock::now();
+    while let Some(conn) = idle.lean.take(client.id, now) {
+        match exchange(conn, &request, head_only, idle).await {
             Err(Failure::Stale) => continue,
             Err(Failure::Failed(e)) => return Err(e),
             Ok(resp) => return Ok(resp),
@@ -122,7 +121,7 @@ pub(super) async fn send(
     }
     // Boxed: connecting is the rare path, and its future is large.
     let conn = Box::pin(connect(client, dest)).await?;
-    match exchange(conn, &request, head_only, endpoint).await {
+    match exchange(conn, &request, head_only, idle).await {
         Ok(resp) => Ok(resp),
         Err(Failure::Failed(e)) => Err(e),
         Err(Failure::Stale) => Err(broken("the connection closed before any answer")),
@@ -168,7 +167,7 @@ async fn exchange(
     mut conn: Conn,
     request: &[u8],
     head_only: bool,
-    endpoint: &Arc<Endpoint>,
+    idle: &Arc<IdleList>,
 ) -> Result<Response<UpstreamBody>, Failure> {
     let stale_or = |conn: &Conn, e: ClientError| {
         if conn.reused {
@@ -198,7 +197,7 @@ async fn exchange(
                 answered = true;
                 continue;
             }
-            return Ok(head.into_response(conn, endpoint));
+            return Ok(head.into_response(conn, idle));
         }
         if conn.buf.len() >= MAX_HEAD {
             return Err(Failure::Failed(broken("the answer's head is larger than 64 KiB")));
@@ -349,12 +348,12 @@ fn framing(
 }
 
 impl Head {
-    fn into_response(self, mut conn: Conn, endpoint: &Arc<Endpoint>) -> Response<UpstreamBody> {
+    fn into_response(self, mut conn: Conn, idle: &Arc<IdleList>) -> Response<UpstreamBody> {
         conn.reused = true;
         let mut body = LeanBody {
             conn: Some(conn),
             state: self.body,
-            home: self.reusable.then(|| endpoint.clone()),
+            home: self.reusable.then(|| idle.clone()),
         };
         if body.state == State::Done {
             body.finish();
@@ -374,7 +373,7 @@ pub struct LeanBody {
     conn: Option<Conn>,
     state: State,
     /// Where the connection goes back; `None` when it may not be reused.
-    home: Option<Arc<Endpoint>>,
+    home: Option<Arc<IdleList>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,7 +416,7 @@ impl LeanBody {
         };
         // Bytes after the answer's end mean the upstream and this reader disagree on framing.
         if conn.buf.is_empty() {
-            home.idle().lean.put(conn, endpoint::now());
+            home.lean.put(conn, crate::clock::now());
         }
     }
 

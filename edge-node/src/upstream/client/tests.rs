@@ -12,7 +12,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::body;
-use crate::upstream::{Clients, Target};
+use crate::upstream::endpoint::Endpoint;
+use crate::upstream::target::Target;
+use crate::upstream::Clients;
 
 /// An upstream that counts the connections it accepted and answers `/close` with
 /// `Connection: close`, `/big` with 1 MiB, anything else with "hello".
@@ -71,7 +73,7 @@ async fn setup_for(lean: bool) -> Setup {
     Setup {
         client: Clients::default().get(Duration::from_secs(1)),
         dest: target.dest,
-        endpoint: Arc::new(Endpoint::new(endpoint::now())),
+        endpoint: Arc::new(Endpoint::new(crate::clock::now())),
         connections,
         lean,
     }
@@ -95,14 +97,14 @@ impl Setup {
     /// proxy's answer body does).
     async fn call(&self, client: &HttpClient, path: &'static str) -> Bytes {
         let (resp, conn) = client
-            .send(&self.dest, &self.endpoint, self.request(path))
+            .send(&self.dest, self.endpoint.idle(), self.request(path))
             .await
             .unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(matches!(resp.body(), UpstreamBody::Lean(_)), self.lean);
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         if let Some(conn) = conn {
-            release(&self.endpoint, conn);
+            release(self.endpoint.idle(), conn);
         }
         body
     }
@@ -127,7 +129,7 @@ async fn an_answer_not_read_to_the_end_costs_its_connection() {
     both(|s| async move {
         let (resp, conn) = s
             .client
-            .send(&s.dest, &s.endpoint, s.request("/big"))
+            .send(&s.dest, s.endpoint.idle(), s.request("/big"))
             .await
             .unwrap();
         assert_eq!(conn.is_some(), !s.lean);
@@ -186,7 +188,7 @@ async fn another_clients_connections_are_never_used() {
 async fn idle_connections_expire_and_are_capped() {
     let s = setup().await;
     s.call(&s.client, "/").await;
-    let later = endpoint::now() + IDLE_TIMEOUT.as_nanos() as u64 + 1;
+    let later = crate::clock::now() + IDLE_TIMEOUT.as_nanos() as u64 + 1;
     assert!(
         s.endpoint.idle().hyper.take(s.client.id, later).is_none(),
         "an expired connection was reused"
@@ -197,12 +199,12 @@ async fn idle_connections_expire_and_are_capped() {
     let capped = IdleList::with_max(2);
     let mut held = Vec::new();
     for _ in 0..3 {
-        let (resp, conn) = s.client.send(&s.dest, &s.endpoint, get("/")).await.unwrap();
+        let (resp, conn) = s.client.send(&s.dest, s.endpoint.idle(), get("/")).await.unwrap();
         resp.into_body().collect().await.unwrap();
         held.push(conn.unwrap());
     }
     for (i, conn) in held.into_iter().enumerate() {
-        capped.hyper.put(conn, endpoint::now() + i as u64);
+        capped.hyper.put(conn, crate::clock::now() + i as u64);
     }
     assert_eq!(capped.len(), 2);
     let kept: Vec<u64> = capped
@@ -214,7 +216,7 @@ async fn idle_connections_expire_and_are_capped() {
         .map(|c| c.since)
         .collect();
     assert!(kept[0] < kept[1], "the newest are kept, oldest first: {kept:?}");
-    assert!(capped.hyper.take(s.client.id, endpoint::now() + 10).is_some());
+    assert!(capped.hyper.take(s.client.id, crate::clock::now() + 10).is_some());
     assert_eq!(capped.len(), 1);
 }
 
@@ -227,13 +229,18 @@ async fn connect_failures_say_so() {
         .unwrap();
     let target = Target::parse(&format!("http://{closed}")).unwrap();
     let client = Clients::default().get(Duration::from_secs(1));
-    let endpoint = Arc::new(Endpoint::new(endpoint::now()));
+    let endpoint = Arc::new(Endpoint::new(crate::clock::now()));
     let lean = Request::get("/").body(body::full(Bytes::new())).unwrap();
     for req in [get("/"), lean] {
-        let Err(err) = client.send(&target.dest, &endpoint, req).await else {
+        let Err(err) = client.send(&target.dest, endpoint.idle(), req).await else {
             panic!("a closed port answered");
         };
         assert!(matches!(err, ClientError::Connect(_)), "{err:?}");
-        assert!(err.to_string().starts_with("cannot connect: "), "{err}");
+        assert_eq!(err.to_string(), "cannot connect");
+        let detail = crate::error::chain(&err);
+        assert!(
+            detail.starts_with("cannot connect: ") && detail.len() > "cannot connect: ".len(),
+            "{detail}"
+        );
     }
 }

@@ -11,6 +11,8 @@ use tokio::net::TcpListener;
 use tollgate_proto::model::Document;
 
 use super::*;
+use crate::phases::policy::Policies;
+use crate::upstream::endpoint;
 use crate::upstream::Clients;
 
 /// An upstream answering `status` to everything, counting requests.
@@ -60,13 +62,14 @@ fn dispatch(pool: &UpstreamPool) -> Dispatch<'_> {
     static POLICIES: std::sync::LazyLock<Policies> = std::sync::LazyLock::new(Policies::default);
     Dispatch {
         pool,
-        policies: &POLICIES,
+        headers: &*POLICIES,
         forward: Forward {
             strip_len: None,
             remote: "10.0.0.1:5000".parse().unwrap(),
             request_id: &REQUEST_ID,
             consumer: None,
             upgrade: None,
+            client_tls: false,
         },
     }
 }
@@ -159,7 +162,7 @@ async fn upstream_answers_are_never_retried_and_5xx_count_towards_ejection() {
         call(&p, request(Method::GET, b"")).await.unwrap();
     }
     assert_eq!(bad_hits.load(SeqCst), endpoint::EJECT_AFTER as usize);
-    assert!(p.balancer.endpoint(0).is_ejected(endpoint::now()));
+    assert!(p.balancer.endpoint(0).is_ejected(crate::clock::now()));
 }
 
 #[tokio::test]

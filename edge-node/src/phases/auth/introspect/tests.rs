@@ -6,6 +6,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use super::*;
+use crate::phases::auth::Idp;
 use crate::testutil::http_server;
 
 const NOW: u64 = 1_800_000_000;
@@ -132,11 +133,9 @@ async fn introspection_authenticates_caches_and_fails_closed() {
     })
     .await;
     let mut idp = Idp::default();
-    let i = Introspector::compile(
-        &spec(format!("http://{addr}/introspect"), Some("s:cret+")),
-        &mut idp,
-    )
-    .unwrap();
+    let i = idp
+        .introspector(&spec(format!("http://{addr}/introspect"), Some("s:cret+")))
+        .unwrap();
     assert!(!format!("{i:?}").contains("cret"), "the secret never prints");
 
     assert_eq!(i.check("good/token").await, Ok(active("mobile")));
@@ -154,14 +153,13 @@ async fn introspection_authenticates_caches_and_fails_closed() {
     assert_eq!(i.check("good/token").await, Ok(active("mobile")));
 
     // A config swap with the same settings keeps the cache; a changed secret does not.
-    let same = Introspector::compile(
-        &spec(format!("http://{addr}/introspect"), Some("s:cret+")),
-        &mut idp,
-    )
-    .unwrap();
+    let same = idp
+        .introspector(&spec(format!("http://{addr}/introspect"), Some("s:cret+")))
+        .unwrap();
     assert_eq!(same.check("good/token").await, Ok(active("mobile")));
-    let changed =
-        Introspector::compile(&spec(format!("http://{addr}/introspect"), Some("new")), &mut idp).unwrap();
+    let changed = idp
+        .introspector(&spec(format!("http://{addr}/introspect"), Some("new")))
+        .unwrap();
     assert!(changed.check("good/token").await.is_err());
 
     // Nothing listens: an error, quickly.
@@ -170,10 +168,14 @@ async fn introspection_authenticates_caches_and_fails_closed() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let down = Introspector::compile(&spec(format!("http://{closed}/"), Some("x")), &mut idp).unwrap();
+    let down = idp
+        .introspector(&spec(format!("http://{closed}/"), Some("x")))
+        .unwrap();
     assert!(down.check("t").await.is_err());
 
-    let err = Introspector::compile(&spec(format!("http://{addr}/"), None), &mut idp).unwrap_err();
+    let err = idp
+        .introspector(&spec(format!("http://{addr}/"), None))
+        .unwrap_err();
     assert!(
         err.starts_with("client_secret_secret: the control plane sent no secret"),
         "{err}"

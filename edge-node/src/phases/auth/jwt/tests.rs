@@ -6,6 +6,7 @@ use serde_json::json;
 use tollgate_proto::duration::HumanDuration;
 
 use super::*;
+use crate::phases::auth::Idp;
 
 const NOW: u64 = 1_800_000_000;
 
@@ -263,8 +264,7 @@ fn issuers(specs: &[JwtIssuer]) -> Issuers {
     let mut idp = Idp::default();
     let mut out = Issuers::default();
     for s in specs {
-        out.insert(&s.tenant, Issuer::compile(s, &mut idp).unwrap())
-            .unwrap();
+        out.insert(&s.tenant, idp.issuer(s).unwrap()).unwrap();
     }
     out
 }
@@ -395,7 +395,7 @@ async fn hs_algorithms_use_the_shared_secret_only() {
     );
     // Without the key from the control plane the issuer does not compile.
     spec.hs_key_hex = None;
-    let err = Issuer::compile(&spec, &mut Idp::default()).unwrap_err();
+    let err = Idp::default().issuer(&spec).unwrap_err();
     assert!(
         err.starts_with("hs_secret: the control plane sent no key"),
         "{err}"
@@ -406,33 +406,32 @@ async fn hs_algorithms_use_the_shared_secret_only() {
 fn issuers_compile_with_clear_errors() {
     let k = keys();
     let mut spec = issuer(json!({"algorithms": ["EdDSA"]}), &k);
-    let err = Issuer::compile(&spec, &mut Idp::default()).unwrap_err();
+    let err = Idp::default().issuer(&spec).unwrap_err();
     assert_eq!(
         err,
         "public_keys[0]: an RSA key, and algorithms allow none of its algorithms"
     );
     spec.public_keys = vec!["-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into()];
-    let err = Issuer::compile(&spec, &mut Idp::default()).unwrap_err();
+    let err = Idp::default().issuer(&spec).unwrap_err();
     assert!(
         err.starts_with("public_keys[0]: not an RSA, EC or Ed25519 public key"),
         "{err}"
     );
     spec.public_keys.clear();
     spec.jwks_url = Some("http://169.254.169.254/jwks".into());
-    let err = Issuer::compile(&spec, &mut Idp::default()).unwrap_err();
+    let err = Idp::default().issuer(&spec).unwrap_err();
     assert!(err.starts_with("jwks_url: URL"), "{err}");
     spec.allow_internal_addresses = true;
     spec.leeway = HumanDuration::from_secs(5);
-    assert!(Issuer::compile(&spec, &mut Idp::default()).is_ok());
+    assert!(Idp::default().issuer(&spec).is_ok());
 
     let mut two = Issuers::default();
     let a = issuer(json!({"algorithms": ["RS256", "EdDSA"]}), &k);
-    two.insert("acme", Issuer::compile(&a, &mut Idp::default()).unwrap())
-        .unwrap();
+    two.insert("acme", Idp::default().issuer(&a).unwrap()).unwrap();
     let mut b = a.clone();
     b.name = "idp2".into();
     let err = two
-        .insert("acme", Issuer::compile(&b, &mut Idp::default()).unwrap())
+        .insert("acme", Idp::default().issuer(&b).unwrap())
         .unwrap_err();
     assert_eq!(
         err,

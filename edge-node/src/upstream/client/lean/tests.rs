@@ -10,7 +10,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::body;
-use crate::upstream::{Clients, Target};
+use crate::upstream::endpoint::Endpoint;
+use crate::upstream::target::Target;
+use crate::upstream::Clients;
 
 /// What the scripted upstream does with the next request it reads.
 #[derive(Clone, Copy)]
@@ -82,7 +84,7 @@ async fn setup(answers: &[Answer]) -> Setup {
     Setup {
         client: Clients::default().get(Duration::from_secs(1)),
         dest: Target::parse(&format!("http://{addr}")).unwrap().dest,
-        endpoint: Arc::new(Endpoint::new(endpoint::now())),
+        endpoint: Arc::new(Endpoint::new(crate::clock::now())),
         connections,
     }
 }
@@ -99,9 +101,9 @@ fn request(method: Method) -> Request<Body> {
 async fn call(s: &Setup, method: Method) -> Result<(StatusCode, Bytes, Option<HeaderMap>), String> {
     let (resp, conn) = s
         .client
-        .send(&s.dest, &s.endpoint, request(method))
+        .send(&s.dest, s.endpoint.idle(), request(method))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| crate::error::chain(&e))?;
     assert!(
         conn.is_none(),
         "the lean path's body gives its connection back itself"
@@ -111,7 +113,11 @@ async fn call(s: &Setup, method: Method) -> Result<(StatusCode, Bytes, Option<He
         "not on the lean path"
     );
     let status = resp.status();
-    let collected = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| crate::error::chain(&*e))?;
     let trailers = collected.trailers().cloned();
     Ok((status, collected.to_bytes(), trailers))
 }
@@ -351,7 +357,7 @@ async fn the_oldest_idle_connection_is_swept_once_the_upstream_closed_it() {
     let newer = TcpStream::connect(addr).await.unwrap();
     let (_newer_peer, _) = listener.accept().await.unwrap();
     let idle = crate::upstream::client::IdleList::default();
-    let now = endpoint::now();
+    let now = crate::clock::now();
     idle.lean.put(idle_conn(older), now);
     // The upstream closes the older one while it is idle.
     drop(older_peer);

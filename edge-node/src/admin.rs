@@ -9,9 +9,9 @@ use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::body::{Body, ClientBody};
+use crate::config::state::Shared;
 use crate::error::{error_body, json_response};
 use crate::listen::Handler;
-use crate::config::state::Shared;
 
 #[derive(Clone)]
 pub struct Admin {

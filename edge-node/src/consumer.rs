@@ -1,0 +1,13 @@
+//! Who is calling: the app a credential proved, as the phases after authentication and the
+//! upstream request see it.
+
+use http::HeaderName;
+
+/// The calling app, once authenticated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consumer {
+    pub tenant: String,
+    pub app: String,
+    /// The header that carried the credential (stripped before forwarding).
+    pub credential_header: HeaderName,
+}
