@@ -18,6 +18,11 @@
 //! Each handshake takes the configs current at that moment, so a rotated certificate is
 //! used from the next connection on while established connections keep theirs. One rustls
 //! crypto provider, aws-lc-rs, passed explicitly.
+//!
+//! Reading and parsing the three files, the provider and the client-certificate check are
+//! `tollgate-tls`'s, shared with the edge (re-exported here where they were public); what is
+//! the control plane's own is the listener, the connector, the checks against this node's
+//! name and the operator wording of TLS failures.
 
 use std::future::Future;
 use std::io;
