@@ -165,7 +165,7 @@ impl ProxyError {
 
 /// `e` and every error under it, `: `-separated: the detail for a log line, each cause
 /// once (an error that returns its cause from `source()` does not print it itself).
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -3,15 +3,15 @@
 //! it, and persists the last-known-good config so it serves without a control plane too.
 //!
 //! ```text
-//!  control plane ──ConfigStream──> stream ─> sync (Applier) ─> Snapshot ──ArcSwap──┐
-//!                                     └─> lkg.json                                  │
-//!  client ──> server (proxy listener; TLS listener: SNI cert) ─> proxy: route ─> auth
-//!              ─> authorize ─> forward ──(http | https: connector)──> upstream
-//!  probes ──> server (admin listener) ─> admin: /healthz /readyz /config/version
+//!  control plane ──ConfigStream──> config/stream ─> config/sync (Applier) ─> Snapshot ──ArcSwap──┐
+//!                                     └─> config/lkg (lkg.json)                                    │
+//!  client ──> listen (proxy listener; TLS listener: SNI cert) ─> proxy: phases/ ─> upstream/ ──> upstream
+//!  probes ──> listen (admin listener) ─> admin: /healthz /readyz /config/version
 //! ```
 //!
-//! Invariant: the request path never locks and never waits on the control plane; it reads
-//! one snapshot per request.
+//! Invariant: the request path never waits on the control plane and never awaits a lock;
+//! it reads one snapshot per request (ARCHITECTURE.md, "edge-node", names the two short-held
+//! locks and the identity-provider waits).
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -88,7 +88,6 @@ use config::snapshot::Retained;
 use config::snapshot::Snapshot;
 use config::state::Shared;
 use config::{cluster_tls, lkg, stream, sync};
-use listen as server;
 use listen::tls;
 
 /// Default proxy address.
@@ -295,7 +294,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut servers = vec![
-        tokio::spawn(server::serve(
+        tokio::spawn(listen::serve(
             "proxy",
             proxy_listener,
             proxy::Proxy::new(shared.clone()).with_body_read_timeout(opts.body_read_timeout),
@@ -304,7 +303,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             opts.max_connections,
             None,
         )),
-        tokio::spawn(server::serve(
+        tokio::spawn(listen::serve(
             "admin",
             admin_listener,
             admin::Admin::new(shared.clone()),
@@ -315,7 +314,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         )),
     ];
     if let Some(listener) = tls_listener {
-        servers.push(tokio::spawn(server::serve(
+        servers.push(tokio::spawn(listen::serve(
             "tls",
             listener,
             proxy::Proxy::new(shared.clone()).with_body_read_timeout(opts.body_read_timeout),

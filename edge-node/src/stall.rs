@@ -9,7 +9,7 @@
 //!     ─> no answer to the client yet: 408 body_timeout   (forward::classify)
 //!     ─> the answer already started: the exchange is cut
 //! ```
-//! (The header-read timeout is hyper's, set in `server.rs`.)
+//! (The header-read timeout is hyper's, set in `listen/mod.rs`.)
 
 use std::future::Future;
 use std::pin::Pin;

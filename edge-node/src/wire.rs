@@ -1,5 +1,5 @@
-//! HTTP/1.1 wire helpers. The lean paths (`client/lean.rs` towards upstreams,
-//! `server/lean.rs` towards clients) read a plain TCP connection into a buffer and note where
+//! HTTP/1.1 wire helpers. The lean paths (`upstream/client/lean.rs` towards upstreams,
+//! `listen/lean.rs` towards clients) read a plain TCP connection into a buffer and note where
 //! a parsed head's fields lie in that buffer, so that the head can become one shared buffer
 //! that the header values point into; header lists (`Connection`, `Transfer-Encoding`) and
 //! `Content-Length` are read the same way everywhere.

@@ -26,6 +26,7 @@ use crate::config::resources::ConfigState;
 use crate::config::snapshot::Retained;
 use crate::config::state::Shared;
 use crate::config::sync::{Applier, Outcome};
+use crate::error::chain;
 use crate::listen::signalled;
 
 /// What this edge announces it can do.
@@ -46,18 +47,6 @@ pub enum StreamError {
     Status(#[from] tonic::Status),
     #[error("the control plane stopped reading the stream")]
     Closed,
-}
-
-/// The error with its causes, for logs (`cannot connect: transport error: ...`).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        source = c.source();
-    }
-    s
 }
 
 /// What a failure to open the stream probably means when TLS is the likely cause: a TLS 1.3

@@ -8,7 +8,7 @@
 //! streams reset by the edge for the client's errors; past either, GOAWAY and close. Request
 //! bodies that stall are cut by the proxy (`stall.rs`).
 //!
-//! A plaintext connection starts on the lean loop (`server/lean.rs`), which serves bodiless
+//! A plaintext connection starts on the lean loop (`listen/lean.rs`), which serves bodiless
 //! HTTP/1.1 requests itself and hands the connection, with every byte it read, to hyper at
 //! the first request it does not take (a body, an upgrade, h2, anything unusual or
 //! malformed).
@@ -67,7 +67,7 @@ const MAX_H2_LOCAL_ERROR_RESETS: usize = 256;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers the requests of one listener, whoever read them: hyper (`Incoming` bodies) or the
-/// lean loop (`server/lean.rs`, bodiless requests).
+/// lean loop (`listen/lean.rs`, bodiless requests).
 pub trait Handler: Clone + Send + Sync + 'static {
     fn handle<B: ClientBody + Unpin>(
         &self,

@@ -5,7 +5,7 @@
 //! ```text
 //!  config push ─> Snapshot::compile ─> CertStore (chain + parsed key per host, off the
 //!                                       request path; a bad key NACKs the config)
-//!  ClientHello(SNI) ─> SniResolver ─> snapshot.certificates.lookup(SNI)
+//!  ClientHello(SNI) ─> SniResolver ─> CertSource (the snapshot's CertStore::lookup)
 //!                        exact host ─> longest `*.` wildcard ─> none: handshake refused
 //!  ALPN: h2, http/1.1 ─> the same HTTP handling as the plain listener
 //! ```

@@ -184,7 +184,7 @@ impl IdpClient {
                 .client
                 .request(req)
                 .await
-                .map_err(|e| format!("request failed: {}", error_chain(&e)))?;
+                .map_err(|e| format!("request failed: {}", crate::error::chain(&e)))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, max_body)
                 .collect()
@@ -202,18 +202,6 @@ impl IdpClient {
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
-}
-
-/// An error with its causes (`connect failed: ...: resolves to no address ...`).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The two clients towards identity providers (with and without internal addresses
