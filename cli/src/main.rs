@@ -127,8 +127,38 @@ pub fn default_data_dir() -> PathBuf {
     PathBuf::from("./tollgate-data")
 }
 
+/// The clap command with the operator flags (`--server`, `--token`, `-o`) hidden from the
+/// server subcommands' help: they are global so that `tollgate get services -o json` works,
+/// but `dev`, `control-plane` and `edge` never read them. `control-plane` and `edge` take the
+/// cluster certificates under the `--tls-*` names; `dev` takes none.
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    cmd.build();
+    // `control-plane` has a `--token` of its own (for `--join`), which shadows the global one.
+    let hidden: [(&str, &[&str]); 3] = [
+        (
+            "dev",
+            &["server", "token", "output", "tls_ca", "tls_cert", "tls_key"],
+        ),
+        ("control-plane", &["server", "output"]),
+        ("edge", &["server", "token", "output"]),
+    ];
+    for (server, hidden) in hidden {
+        // `mut_args` keeps the args in place (the built command indexes them by position).
+        cmd = cmd.mut_subcommand(server, |sub| {
+            sub.mut_args(|a| {
+                let hide = hidden.contains(&a.get_id().as_str());
+                a.hide(hide)
+            })
+        });
+    }
+    cmd
+}
+
 fn main() {
-    let cli = Cli::parse();
+    use clap::FromArgMatches;
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     let server_mode = matches!(
         cli.command,
         Command::Dev(_) | Command::ControlPlane(_) | Command::Edge(_)
@@ -177,13 +207,71 @@ fn main() {
             Command::Audit(a) => verbs::audit(&g, a).await,
             Command::Cert(c) => cert::cert(c),
             Command::Completions { shell } => {
-                use clap::CommandFactory;
-                clap_complete::generate(shell, &mut Cli::command(), "tollgate", &mut std::io::stdout());
+                clap_complete::generate(shell, &mut command(), "tollgate", &mut std::io::stdout());
                 Ok(())
             }
         }
     });
     if let Err(f) = result {
         client::fail(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::FromArgMatches;
+
+    use super::*;
+
+    fn help(sub: &str) -> String {
+        let mut cmd = command();
+        cmd.find_subcommand_mut(sub)
+            .unwrap()
+            .render_long_help()
+            .to_string()
+    }
+
+    #[test]
+    fn server_subcommands_show_only_their_own_flags() {
+        for server in ["dev", "control-plane", "edge"] {
+            let h = help(server);
+            for flag in ["--server", "--output", "tollgate-data/admin.token when present"] {
+                assert!(!h.contains(flag), "{server} --help lists {flag}:\n{h}");
+            }
+        }
+        assert!(!help("edge").contains("--token"));
+        assert!(help("control-plane").contains("--token <TOKEN>"));
+        assert!(help("edge").contains("--join-token") && help("edge").contains("--tls-ca"));
+        assert!(!help("dev").contains("--tls-ca"));
+        let get = help("get");
+        assert!(get.contains("--server") && get.contains("--output"), "{get}");
+    }
+
+    #[test]
+    fn operator_flags_parse_before_and_after_the_verb() {
+        for args in [
+            &[
+                "tollgate",
+                "--server",
+                "http://cp:7700",
+                "get",
+                "services",
+                "-o",
+                "json",
+            ][..],
+            &[
+                "tollgate",
+                "get",
+                "services",
+                "--server",
+                "http://cp:7700",
+                "-o",
+                "json",
+            ][..],
+        ] {
+            let cli = Cli::from_arg_matches(&command().get_matches_from(args)).unwrap();
+            assert_eq!(cli.global.server, "http://cp:7700");
+            assert!(cli.global.output == Format::Json);
+        }
     }
 }

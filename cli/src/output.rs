@@ -50,7 +50,7 @@ impl Table {
 pub fn print<T: Serialize>(format: Format, value: &T, table: impl FnOnce() -> String) {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value).unwrap_or_default()),
-        Format::Yaml => print!("{}", serde_yaml::to_string(value).unwrap_or_default()),
+        Format::Yaml => print!("{}", serde_saphyr::to_string(value).unwrap_or_default()),
         Format::Table => print!("{}", table()),
     }
 }

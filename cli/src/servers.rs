@@ -54,6 +54,7 @@ pub struct ControlPlaneArgs {
     /// Ask this running member (gRPC URL) to add this node; needs --token/TOLLGATE_TOKEN
     #[arg(long)]
     join: Option<String>,
+    /// Admin token --join presents to the running member
     #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Master key for secrets at rest; every node of a cluster needs the same file

@@ -321,7 +321,7 @@ pub async fn export(g: &Global, a: ExportArgs) -> CliResult {
         }
         // The declarative file format is YAML; the table format prints it too.
         _ => {
-            let yaml = serde_yaml::to_string(&doc).unwrap_or_default();
+            let yaml = serde_saphyr::to_string(&doc).unwrap_or_default();
             print!("# tollgate export, config version {}\n{yaml}", r.version);
         }
     }

@@ -90,7 +90,7 @@ fn parse_document(text: &str) -> Result<Vec<Spec>, AdminError> {
 
 fn to_yaml(spec: &Spec) -> String {
     let value: serde_json::Value = serde_json::from_str(&spec.to_json()).unwrap_or_default();
-    serde_yaml::to_string(&value).unwrap_or_default()
+    serde_saphyr::to_string(&value).unwrap_or_default()
 }
 
 /// A minimal line diff (longest common subsequence) of two small texts.
@@ -164,7 +164,7 @@ fn apply_response(out: Outcome, with_diff: bool) -> ApplyResponse {
 }
 
 /// A resource as shown by `get`: key hashes and sealed secrets are never shown.
-fn shown_resource(key: &tollgate_proto::ResourceKey, stored: &crate::state::Stored) -> Resource {
+fn shown_resource(stored: &crate::state::Stored) -> Resource {
     let shown = match &stored.spec {
         Spec::ApiKey(k) => Spec::ApiKey(ApiKey {
             sha256: String::new(),
@@ -176,7 +176,7 @@ fn shown_resource(key: &tollgate_proto::ResourceKey, stored: &crate::state::Stor
         }),
         other => other.clone(),
     };
-    crate::stream::to_resource(key, &shown, stored.version)
+    shown.to_resource(stored.version)
 }
 
 #[tonic::async_trait]
@@ -380,7 +380,7 @@ impl AdminService {
                 .filter(|(k, _)| r.tenant.is_empty() || in_tenant(k, &r.tenant))
                 .filter(|(k, _)| scope.as_deref().is_none_or(|own| in_tenant(k, own)))
                 .filter(|(k, _)| r.name.is_empty() || k.name == r.name)
-                .map(|(k, stored)| shown_resource(k, stored))
+                .map(|(_, stored)| shown_resource(stored))
                 .collect();
             (s.version, list)
         });

@@ -65,17 +65,6 @@ impl StreamService {
     }
 }
 
-/// A resource on the wire (the stream, and `get` once secrets are hidden).
-pub fn to_resource(key: &tollgate_proto::ResourceKey, spec: &tollgate_proto::Spec, version: u64) -> Resource {
-    Resource {
-        kind: key.kind.as_str().into(),
-        tenant: key.tenant.clone(),
-        name: key.name.clone(),
-        version,
-        spec_json: spec.to_json(),
-    }
-}
-
 /// Opens secret `tenant/name` with this node's master key.
 fn open_secret(state: &ConfigState, keys: &MasterKey, tenant: &str, name: &str) -> Result<Vec<u8>, String> {
     let secret_key = tollgate_proto::ResourceKey::new(Kind::Secret, tenant, name);
@@ -130,9 +119,9 @@ fn streamed(
             }
             Spec::Oauth2Introspection(o)
         }
-        _ => return to_resource(key, &stored.spec, stored.version),
+        _ => return stored.spec.to_resource(stored.version),
     };
-    to_resource(key, &spec, stored.version)
+    spec.to_resource(stored.version)
 }
 
 fn nonce() -> String {
@@ -555,7 +544,7 @@ mod tests {
 
         // What is stored, shown and exported never holds the key.
         assert!(!serde_json::to_string(&s).unwrap().contains("not-really-a-key"));
-        let exported = serde_yaml::to_string(&s.export(None)).unwrap();
+        let exported = serde_saphyr::to_string(&s.export(None)).unwrap();
         assert!(
             exported.contains("key_secret: web-key") && !exported.contains("key_pem"),
             "{exported}"
@@ -653,7 +642,7 @@ mod tests {
         // Never stored or exported.
         let stored = serde_json::to_string(&s).unwrap();
         assert!(!stored.contains("client-secret") && !stored.contains(&hex(b"second")));
-        let exported = serde_yaml::to_string(&s.export(None)).unwrap();
+        let exported = serde_saphyr::to_string(&s.export(None)).unwrap();
         assert!(
             !exported.contains("hs_key_hex") && !exported.contains("client_secret:"),
             "{exported}"

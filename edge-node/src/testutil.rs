@@ -23,24 +23,13 @@ apps: [{name: mobile, tenant: acme}, {name: web, tenant: acme}]
 subscriptions: [{app: mobile, service: orders, tenant: acme, status: approved}]
 "#;
 
-pub fn resource(spec: &Spec, version: u64) -> v1::Resource {
-    let key = spec.key();
-    v1::Resource {
-        kind: key.kind.as_str().to_string(),
-        tenant: key.tenant,
-        name: key.name,
-        version,
-        spec_json: spec.to_json(),
-    }
-}
-
 /// Wire resources of a YAML document.
 pub fn resources(yaml: &str) -> Vec<v1::Resource> {
     Document::parse(yaml)
         .unwrap()
         .into_specs()
         .iter()
-        .map(|s| resource(s, 1))
+        .map(|s| s.to_resource(1))
         .collect()
 }
 
@@ -55,7 +44,7 @@ pub fn api_key(tenant: &str, app: &str, seed: u8) -> (String, v1::Resource) {
         label: None,
         created_ms: 0,
     });
-    (key, resource(&spec, 1))
+    (key, spec.to_resource(1))
 }
 
 pub fn compile(version: u64, resources: Vec<v1::Resource>) -> Arc<Snapshot> {

@@ -12,17 +12,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tollgate_edge::{start, RunningEdge};
 use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
 use tollgate_proto::model::{ApiKey, Document, Spec};
 use tollgate_proto::v1::{edge_message::Msg, ConfigPush, Resource};
 
-use common::{fake_cp, options, resource};
+use common::{fake_cp, options};
 
 const VERSION: u64 = 7;
 
@@ -47,7 +46,7 @@ subscriptions: [{{app: mobile, service: orders, tenant: acme, status: approved}}
         label: None,
         created_ms: 0,
     }));
-    (specs.iter().map(resource).collect(), key)
+    (specs.iter().map(|s| s.to_resource(1)).collect(), key)
 }
 
 /// A snapshot in two chunks; the checksum rides on the last one.
@@ -74,27 +73,18 @@ fn snapshot(resources: Vec<Resource>) -> Vec<ConfigPush> {
 async fn echo_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<Incoming>| async move {
-                    if let Some(ms) = req.headers().get("x-delay-ms") {
-                        let ms = ms.to_str().unwrap().parse().unwrap();
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                    }
-                    let headers: BTreeMap<String, String> = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                        .collect();
-                    let body = serde_json::json!({"path": req.uri().path(), "headers": headers});
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    tollgate_testkit::serve::http1(listener, None, |req: Request<Incoming>| async move {
+        if let Some(ms) = req.headers().get("x-delay-ms") {
+            let ms = ms.to_str().unwrap().parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
+        let headers: BTreeMap<String, String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        let body = serde_json::json!({"path": req.uri().path(), "headers": headers});
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body.to_string()))))
     });
     addr
 }

@@ -3,22 +3,20 @@
 //! - [`EdgeNode`]: one real `tollgate edge` process on loopback ports, its last-known-good
 //!   config in a data dir under the sandbox's temp dir; killed (and its log printed on a
 //!   failed test) when dropped, restartable on the same ports and data dir.
-//! - [`Upstream`]: a loopback HTTP/1.1 server that answers every request `200` with a JSON
-//!   echo of what it received (`{"method", "path", "headers", "body"}`), so a test sees
-//!   exactly what the edge forwarded.
-//! - [`send`]: a raw HTTP/1.1 client with custom headers, returning status, headers, body.
+//! - [`Upstream`], [`send`] and [`Reply`] come from the test toolkit (`tollgate-testkit`):
+//!   an upstream echoing every request back as JSON, a raw HTTP/1.1 client, its answer.
 //! - TLS helpers (test CA, TLS client, HTTPS upstream) are in [`crate::tls`].
 //!
 //! Every wait is bounded; nothing here needs an async runtime.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+
+pub use tollgate_testkit::mock::Upstream;
+pub use tollgate_testkit::raw::{send, Reply};
 
 use crate::{free_port, http_get, loopback, wait_for, Proc, Sandbox, TlsFiles};
 
@@ -187,8 +185,9 @@ impl EdgeNode {
         self.spawn();
     }
 
-    pub fn is_running(&self) -> bool {
-        self.proc.is_some()
+    /// The edge process was started and has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(Proc::is_alive)
     }
 
     /// The version `/config/version` reports (0 before any config), `None` if no answer.
@@ -230,268 +229,5 @@ impl EdgeNode {
         } else {
             self.request("GET", path, &[("apikey", key)])
         }
-    }
-}
-
-/// One HTTP answer.
-#[derive(Clone, Debug)]
-pub struct Reply {
-    pub status: u16,
-    /// Header names lowercased, in the order received.
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Reply {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        let name = name.to_ascii_lowercase();
-        self.headers
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The body as JSON; panics with the body if it is not JSON.
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
-    }
-
-    /// `error.code` of a JSON error answer (`{"error": {"code": ..., "message": ...}}`);
-    /// panics unless the body has that shape.
-    pub fn error_code(&self) -> String {
-        let v = self.json();
-        let code = v["error"]["code"].as_str();
-        let message = v["error"]["message"].as_str();
-        match (code, message) {
-            (Some(c), Some(_)) => c.to_string(),
-            _ => panic!("not a JSON error answer: {self:?}"),
-        }
-    }
-
-    /// For answers from [`Upstream`]: the headers the upstream received (lowercase names).
-    pub fn upstream_headers(&self) -> Map<String, Value> {
-        match self.json()["headers"].as_object() {
-            Some(h) => h.clone(),
-            None => panic!("not an upstream echo: {self:?}"),
-        }
-    }
-}
-
-/// A raw HTTP/1.1 request (`Connection: close`) with custom headers and body. `None` when
-/// nothing answers or the answer cannot be parsed. Chunked answers are decoded.
-pub fn send(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Option<Reply> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        req.push_str(&format!("{n}: {v}\r\n"));
-    }
-    if !body.is_empty() || !matches!(method, "GET" | "HEAD") {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut reader = BufReader::new(s);
-    let (status_line, headers) = read_head(&mut reader).ok()??;
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let body = read_body(&mut reader, &headers, true).ok()?;
-    Some(Reply {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-/// Header (name, value) pairs, names lowercased.
-type Headers = Vec<(String, String)>;
-
-/// Reads a start line and headers; `Ok(None)` on a clean EOF before anything.
-fn read_head(r: &mut impl BufRead) -> std::io::Result<Option<(String, Headers)>> {
-    let mut start = String::new();
-    if r.read_line(&mut start)? == 0 {
-        return Ok(None);
-    }
-    let mut headers = Vec::new();
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let line = line.trim_end_matches(['\r', '\n']);
-        if line.is_empty() {
-            break;
-        }
-        if let Some((n, v)) = line.split_once(':') {
-            headers.push((n.trim().to_ascii_lowercase(), v.trim().to_string()));
-        }
-    }
-    Ok(Some((start.trim_end().to_string(), headers)))
-}
-
-/// Reads a message body framed by `content-length` or chunked encoding; otherwise, if
-/// `to_eof`, everything until the peer closes, else nothing.
-fn read_body(r: &mut impl BufRead, headers: &[(String, String)], to_eof: bool) -> std::io::Result<Vec<u8>> {
-    let get = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v);
-    let mut body = Vec::new();
-    if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size)?;
-            let size = size.trim().split(';').next().unwrap_or("");
-            let n = usize::from_str_radix(size, 16)
-                .map_err(|_| std::io::Error::other(format!("bad chunk size {size:?}")))?;
-            if n == 0 {
-                // Trailers, up to the empty line.
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
-                        break;
-                    }
-                }
-                break;
-            }
-            let mut chunk = vec![0; n];
-            r.read_exact(&mut chunk)?;
-            body.extend_from_slice(&chunk);
-            let mut crlf = String::new();
-            r.read_line(&mut crlf)?;
-        }
-    } else if let Some(len) = get("content-length") {
-        let len: usize = len
-            .parse()
-            .map_err(|_| std::io::Error::other("bad content-length"))?;
-        body.resize(len, 0);
-        r.read_exact(&mut body)?;
-    } else if to_eof {
-        r.read_to_end(&mut body)?;
-    }
-    Ok(body)
-}
-
-/// A loopback HTTP/1.1 upstream answering every request `200` with a JSON echo:
-/// `{"method": "GET", "path": "/orders/1?x=y", "headers": {"name": "value", ...}, "body": "..."}`
-/// (header names lowercased; repeated headers joined with `, `). Each answer closes its
-/// connection. Stops when dropped.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Value>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Upstream {
-    pub fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the upstream");
-        let addr = listener.local_addr().expect("upstream address");
-        let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let seen = seen2.clone();
-                std::thread::spawn(move || {
-                    let _ = serve_one(conn, &seen);
-                });
-            }
-        });
-        Upstream { addr, seen, stop }
-    }
-
-    /// `http://127.0.0.1:<port>`, for an upstream target.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Every request received so far, as echoed.
-    pub fn requests(&self) -> Vec<Value> {
-        self.seen.lock().expect("upstream log poisoned").clone()
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
-    }
-}
-
-fn serve_one(conn: TcpStream, seen: &Mutex<Vec<Value>>) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut writer = conn.try_clone()?;
-    let mut reader = BufReader::new(conn);
-    let Some((start, headers)) = read_head(&mut reader)? else {
-        return Ok(());
-    };
-    let body = read_body(&mut reader, &headers, false)?;
-    let mut parts = start.split_whitespace();
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
-    let mut hmap = Map::new();
-    for (n, v) in &headers {
-        let joined = match hmap.get(n).and_then(Value::as_str) {
-            Some(prev) => format!("{prev}, {v}"),
-            None => v.clone(),
-        };
-        hmap.insert(n.clone(), Value::String(joined));
-    }
-    let echo = json!({
-        "method": method,
-        "path": path,
-        "headers": hmap,
-        "body": String::from_utf8_lossy(&body),
-    });
-    seen.lock().expect("upstream log poisoned").push(echo.clone());
-    let text = echo.to_string();
-    write!(
-        writer,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
-        text.len()
-    )?;
-    writer.flush()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn upstream_echoes_what_it_received() {
-        let up = Upstream::start();
-        let r = send(
-            up.addr,
-            "POST",
-            "/a/b?c=d",
-            &[("X-Thing", "1"), ("x-thing", "2")],
-            b"hello",
-        )
-        .expect("an answer");
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("Content-Type"), Some("application/json"));
-        let v = r.json();
-        assert_eq!(v["method"], "POST");
-        assert_eq!(v["path"], "/a/b?c=d");
-        assert_eq!(v["body"], "hello");
-        assert_eq!(r.upstream_headers()["x-thing"], "1, 2");
-        assert_eq!(up.requests().len(), 1);
-    }
-
-    #[test]
-    fn chunked_bodies_are_decoded() {
-        let raw = b"5\r\nhello\r\n6; ext=1\r\n world\r\n0\r\n\r\n";
-        let headers = vec![("transfer-encoding".to_string(), "chunked".to_string())];
-        let body = read_body(&mut &raw[..], &headers, true).unwrap();
-        assert_eq!(body, b"hello world");
     }
 }

@@ -25,20 +25,46 @@ use tollgate_proto::v1::admin_client::AdminClient;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-/// Path of the `tollgate` binary next to this test executable.
+/// Path of the `tollgate` binary next to this test executable, checked to be newer than
+/// every source file it was built from (cargo's dep-info, `tollgate.d`, lists them): a plain
+/// `cargo test` after an edit would otherwise test the old binary. (`TOLLGATE_BIN` overrides
+/// the path and skips the check.)
 pub fn tollgate_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("TOLLGATE_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("tollgate{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p tollgate` first (scripts/check does)",
-        bin.display()
-    );
-    bin
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("TOLLGATE_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let bin = dir.join(format!("tollgate{}", std::env::consts::EXE_SUFFIX));
+        let rebuild = "run `cargo build -p tollgate` first (scripts/check does)";
+        let built = std::fs::metadata(&bin)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| panic!("{} is missing: {rebuild}", bin.display()));
+        if let Some(newer) = newer_source(&dir.join("tollgate.d"), built) {
+            panic!("{} is older than {newer}: {rebuild}", bin.display());
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A source file named in the dep-info file `dep_info` (`target: src1 src2 ...`, spaces in
+/// names escaped) that changed after `built`, or that no longer exists.
+fn newer_source(dep_info: &Path, built: std::time::SystemTime) -> Option<String> {
+    let text = std::fs::read_to_string(dep_info).ok()?;
+    let line = text.lines().next()?;
+    let (_, sources) = line.split_once(": ")?;
+    let sources = sources.replace("\\ ", "\0");
+    sources
+        .split_whitespace()
+        .map(|s| s.replace('\0', " "))
+        .find(|src| {
+            std::fs::metadata(src)
+                .and_then(|m| m.modified())
+                .map_or(true, |m| m > built)
+        })
 }
 
 /// A loopback port that was free a moment ago.
@@ -96,6 +122,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process has not exited.
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn spawn(name: &str, args: &[String], log: PathBuf) -> Proc {
         Self::spawn_in(name, args, log, Path::new("."))
     }
@@ -595,5 +626,35 @@ fn wait_child(child: Child, timeout: Duration) -> Output {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
             panic!("command did not finish within {timeout:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_is_stale_when_a_source_it_was_built_from_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, spaced) = (dir.path().join("old.rs"), dir.path().join("with space.rs"));
+        std::fs::write(&old, "").unwrap();
+        std::fs::write(&spaced, "").unwrap();
+        let dep_info = dir.path().join("bin.d");
+        let escaped = spaced.display().to_string().replace(' ', "\\ ");
+        std::fs::write(&dep_info, format!("/t/bin: {} {escaped}\n", old.display())).unwrap();
+        let built = std::time::SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(newer_source(&dep_info, built), None);
+        let before = std::time::SystemTime::now() - Duration::from_secs(60);
+        assert_eq!(newer_source(&dep_info, before), Some(old.display().to_string()));
+        std::fs::remove_file(&old).unwrap();
+        assert_eq!(
+            newer_source(&dep_info, built),
+            Some(old.display().to_string()),
+            "a source that is gone"
+        );
+        std::fs::write(&old, "").unwrap();
+        std::fs::write(&spaced, "x").unwrap();
+        let one_changed = std::fs::metadata(&old).unwrap().modified().unwrap() - Duration::from_millis(1);
+        assert!(newer_source(&dep_info, one_changed).is_some());
     }
 }

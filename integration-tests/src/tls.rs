@@ -17,7 +17,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -154,23 +153,10 @@ pub async fn https_upstream(leaf: &Leaf) -> SocketAddr {
         .with_single_cert(vec![leaf.der.clone()], key)
         .expect("server certificate");
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("binding the upstream");
     let addr = listener.local_addr().expect("upstream address");
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(Ok(tls)) = tokio::time::timeout(CONNECT_TIMEOUT, acceptor.accept(tcp)).await else {
-                    return;
-                };
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), hyper::service::service_fn(echo))
-                    .await;
-            });
-        }
-    });
+    tollgate_testkit::serve::http1(listener, Some(TlsAcceptor::from(Arc::new(config))), echo);
     addr
 }

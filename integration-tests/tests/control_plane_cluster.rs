@@ -79,7 +79,34 @@ async fn leader_kill_failover_catch_up_and_identical_exports() {
     }
 }
 
-/// One operation of the recorded history.
+/// Waits (at most 20 s) until `n` more writes than now are acknowledged.
+async fn more_writes(history: &Mutex<Vec<Event>>, n: usize, what: &str) {
+    let written = || {
+        let h = history.lock().unwrap();
+        h.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::Return {
+                        outcome: Outcome::Written,
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    let (target, deadline) = (written() + n, Instant::now() + Duration::from_secs(20));
+    while written() < target {
+        assert!(
+            Instant::now() < deadline,
+            "no progress: {what} ({} < {target})",
+            written()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// How an operation ended.
 #[derive(Clone, Debug)]
 enum Outcome {
     Read(u64),
@@ -90,6 +117,7 @@ enum Outcome {
     Failed,
 }
 
+/// One step of the recorded history.
 #[derive(Clone, Debug)]
 enum Event {
     Call {
@@ -219,10 +247,11 @@ async fn no_acknowledged_write_is_lost_across_five_leader_kills() {
         }));
     }
 
-    // The nemesis: five times, kill -9 the leader, keep it down a while, bring it back.
+    // The nemesis: five times, once writes go through, kill -9 the leader, keep it down
+    // until the others have taken writes, bring it back.
     let mut killed = Vec::new();
     for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        more_writes(&history, 5, "writes with every node up").await;
         let leader = sb.leader().await;
         let li = index_of(&sb, leader);
         sb.nodes[li].kill();
@@ -233,10 +262,10 @@ async fn no_acknowledged_write_is_lost_across_five_leader_kills() {
             .await
             .expect("re-election");
         assert_ne!(successor, leader);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        more_writes(&history, 2, "writes with the old leader down").await;
         sb.nodes[li].start();
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    more_writes(&history, 5, "writes after the last restart").await;
     stop.store(true, Ordering::SeqCst);
     let (mut acked, mut reads) = (0, 0);
     for c in clients {

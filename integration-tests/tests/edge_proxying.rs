@@ -1,6 +1,7 @@
-//! Proxying through a real edge process fed by a real control plane: upstream failures as
-//! JSON errors, server-sent events unbuffered, large uploads streamed, request size limits,
-//! header transforms, h2 from the client, and WebSocket upgrades.
+//! Proxying through a real edge process fed by a real control plane, one behaviour per test
+//! (each with its own control plane, edge and upstream): header transforms, upstream
+//! failures as JSON errors, header limits, server-sent events unbuffered, large uploads
+//! streamed and request size limits, h2 from the client, and WebSocket upgrades.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -95,16 +96,7 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallibl
 async fn start_upstream() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(upstream))
-                    .with_upgrades();
-                let _ = conn.await;
-            });
-        }
-    });
+    tollgate_testkit::serve::http1(listener, None, upstream);
     addr
 }
 
@@ -155,20 +147,33 @@ fn error_code(body: &str) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxying_through_a_real_edge() {
-    let up = start_upstream().await;
-    let sb = Sandbox::cluster(1);
-    let file = sb.file("config.yaml", &config(up, free_port()));
-    sb.cli(0, &["apply", "-f", &file]).ok();
-    let edge = EdgeNode::start(&sb, "edge-a");
-    let e = edge.proxy;
-    tollgate_integration_tests::wait_for("the edge to route", Duration::from_secs(10), || {
-        let r = edge.request("GET", "/hello", &[]);
-        (r.status == 200).then_some(())
-    });
+/// A control plane, an upstream with one behaviour per path, and an edge routing to it.
+/// (The edge stops before the control plane: fields drop in order.)
+struct Fixture {
+    edge: EdgeNode,
+    _sb: Sandbox,
+}
 
-    // Header transforms both ways.
+impl Fixture {
+    async fn start() -> Fixture {
+        let up = start_upstream().await;
+        let sb = Sandbox::cluster(1);
+        let file = sb.file("config.yaml", &config(up, free_port()));
+        sb.cli(0, &["apply", "-f", &file]).ok();
+        let edge = EdgeNode::start(&sb, "edge-a");
+        tollgate_integration_tests::wait_for("the edge to route", Duration::from_secs(10), || {
+            let r = edge.request("GET", "/hello", &[]);
+            (r.status == 200).then_some(())
+        });
+        Fixture { edge, _sb: sb }
+    }
+}
+
+/// Request headers are added and removed, and response headers too, by a `headers` policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_transforms_apply_both_ways() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     let mut send = h1(e).await;
     let req = Request::get("/hello")
         .header("host", "edge")
@@ -182,8 +187,13 @@ async fn proxying_through_a_real_edge() {
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["headers"]["x-added"], "yes");
     assert!(body["headers"].get("x-drop").is_none(), "{body}");
+}
 
-    // Upstream failures: 502 for a refused connection, 504 for a slow answer; JSON both.
+/// A refused connection is 502, a slow answer 504 within the request timeout, no healthy target 503; each a JSON error with a request id. A catch-all route still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_are_json_502_504_and_503() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     let (status, headers, body) = get(e, "/dead").await;
     assert_eq!(
         (status, error_code(&body).as_str()),
@@ -216,8 +226,13 @@ async fn proxying_through_a_real_edge() {
     assert_eq!(error_code(&body), "no_healthy_upstream");
     let (status, _, body) = get(e, "/nothing-here-but-main-catches-all").await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
 
-    // Too many or too large headers: 431 with a JSON error and a request id.
+/// Too many or too large request headers: 431 with a JSON error and a request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_are_431() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     for (count, size) in [(80, 10), (5, 20_000)] {
         let mut b = Request::get("/hello").header("host", "edge");
         for i in 0..count {
@@ -234,8 +249,13 @@ async fn proxying_through_a_real_edge() {
         let body = String::from_utf8_lossy(&resp.into_body().collect().await.unwrap().to_bytes()).to_string();
         assert_eq!(error_code(&body), "headers_too_large");
     }
+}
 
-    // Server-sent events arrive as they are sent, not when the stream ends.
+/// Server-sent events arrive as they are sent, not when the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_are_not_buffered() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     let mut send = h1(e).await;
     let resp = send
         .send_request(
@@ -258,9 +278,13 @@ async fn proxying_through_a_real_edge() {
     let second = body.frame().await.unwrap().unwrap().into_data().unwrap();
     assert_eq!(&second[..], b"data: two\n\n");
     assert!(started.elapsed() >= Duration::from_millis(600));
+}
 
-    // A 20 MiB upload streams through; the size policy answers 413 by length and while
-    // streaming a chunked body.
+/// A 20 MiB upload streams through; the size policy answers 413 by length and while a chunked body streams, and lets a body at the limit through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_stream_and_the_size_policy_answers_413() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     let big = vec![b'x'; 20 << 20];
     let mut send = h1(e).await;
     let req = Request::post("/upload")
@@ -303,8 +327,13 @@ async fn proxying_through_a_real_edge() {
         .body(full(vec![b'y'; 1000]))
         .unwrap();
     assert_eq!(send.send_request(req).await.unwrap().status(), StatusCode::OK);
+}
 
-    // h2 from the client (prior knowledge, plain TCP), HTTP/1.1 to the upstream.
+/// h2 from the client (prior knowledge, plain TCP), HTTP/1.1 to the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_clients_reach_http1_upstreams() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     let stream = TcpStream::connect(e).await.unwrap();
     let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
@@ -319,8 +348,13 @@ async fn proxying_through_a_real_edge() {
     let body: serde_json::Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(body["path"], "/via-h2");
+}
 
-    // A WebSocket-style upgrade: 101, then bytes both ways.
+/// A WebSocket-style upgrade: 101, then bytes both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_carry_bytes_both_ways() {
+    let fx = Fixture::start().await;
+    let e = fx.edge.proxy;
     let mut send = h1(e).await;
     let req = Request::get("/ws")
         .header("host", "edge")

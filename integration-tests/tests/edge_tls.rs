@@ -1,8 +1,14 @@
 //! TLS through a real edge process fed by a real control plane, with certificates made at
-//! test time (rcgen): the edge serves the certificate of each SNI from the config (keys set
-//! as secrets through the CLI), refuses unknown names, speaks h2 and HTTP/1.1 by ALPN, picks
-//! up a rotated key and certificate without a restart, and reaches https upstreams only when
-//! their certificate verifies.
+//! test time (rcgen) and their keys set as secrets through the CLI. Each test starts its own
+//! control plane and edge ([`fixture`]) and shows one behaviour:
+//!
+//! - the edge serves the certificate of each SNI from the config (exact and wildcard hosts)
+//!   and refuses unknown names;
+//! - it speaks h2 and HTTP/1.1 by ALPN and tells the upstream the request came over https;
+//! - it reaches https upstreams only when their certificate verifies;
+//! - the private keys never show in `get` or `export`, and the edge keeps them owner-only;
+//! - it refuses a rotated key until its certificate follows, then serves the new pair
+//!   without a restart.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -11,10 +17,11 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use tollgate_integration_tests::edge::{send, EdgeNode, Reply, Upstream};
 use tollgate_integration_tests::tls::{alpn, connect, https_upstream, served_certificate, Leaf, TestCa};
-use tollgate_integration_tests::Sandbox;
+use tollgate_integration_tests::{wait_for, Sandbox};
 
 const HOST_A: &str = "a.tls.test";
 const HOST_B: &str = "b.tls.test";
@@ -135,8 +142,26 @@ fn upstream_headers(body: &[u8]) -> Value {
     v["headers"].clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_termination_by_sni_alpn_rotation_and_https_upstreams() {
+/// One control plane and one edge with a TLS listener, fed [`config`]: the keys of `a` and
+/// `b` are set as secrets before the config that names them, and the fixture is ready once
+/// a handshake for host A presents `a`. Each test starts its own.
+struct Fixture {
+    sb: Sandbox,
+    edge: EdgeNode,
+    /// The edge's TLS listener.
+    tls: SocketAddr,
+    /// The CA of `a` and `b` (and the wrong CA for the `wrong-ca` upstream).
+    ca: TestCa,
+    a: Leaf,
+    b: Leaf,
+    /// The CA of the https upstream's certificate.
+    up_ca: TestCa,
+    /// The https upstream (an echo presenting `upstream.tls.test` and `127.0.0.1`).
+    secure_up: SocketAddr,
+    plain: Upstream,
+}
+
+async fn fixture() -> Fixture {
     let ca = TestCa::new("edge test CA");
     let (a, b) = (ca.leaf(&[HOST_A]), ca.leaf(&[HOST_B, "*.b.tls.test"]));
     let up_ca = TestCa::new("upstream test CA");
@@ -152,26 +177,56 @@ async fn tls_termination_by_sni_alpn_rotation_and_https_upstreams() {
     let edge = EdgeNode::start_tls(&sb, "edge-tls");
     let tls = edge.tls.expect("a tls listener");
     wait_for_certificate(tls, HOST_A, &ca, &a, Duration::from_secs(10)).await;
+    Fixture {
+        sb,
+        edge,
+        tls,
+        ca,
+        a,
+        b,
+        up_ca,
+        secure_up,
+        plain,
+    }
+}
 
-    // The certificate of each SNI; none for an unknown name.
-    let served = |s: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>| served_certificate(s);
-    assert_eq!(
-        served(&connect(tls, HOST_B, &ca.der(), &[]).await.unwrap()),
-        b.der
-    );
-    assert_eq!(
-        served(&connect(tls, "x.b.tls.test", &ca.der(), &[]).await.unwrap()),
-        b.der
-    );
-    assert_eq!(
-        served(&connect(tls, HOST_A, &ca.der(), &[]).await.unwrap()),
-        a.der
-    );
-    let refused = connect(tls, "unknown.tls.test", &ca.der(), &[]).await;
+impl Fixture {
+    /// The certificate the edge presents for `sni`; panics if the handshake fails.
+    async fn served(&self, sni: &str) -> CertificateDer<'static> {
+        let stream = connect(self.tls, sni, &self.ca.der(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("no handshake for {sni}: {e}"));
+        served_certificate(&stream)
+    }
+
+    /// The fixture's config with `a` as host A's certificate.
+    fn config_with(&self, a: &Leaf) -> String {
+        let (up_ca, ca) = (self.up_ca.pem(), self.ca.pem());
+        config(a, &self.b, self.plain.addr, self.secure_up, &up_ca, &ca)
+    }
+}
+
+/// The edge presents the certificate of each SNI, matching exact and wildcard hosts, and
+/// refuses a handshake for a name no certificate covers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sni_gets_its_certificate_and_unknown_names_are_refused() {
+    let f = fixture().await;
+    assert_eq!(f.served(HOST_B).await, f.b.der);
+    assert_eq!(f.served("x.b.tls.test").await, f.b.der);
+    assert_eq!(f.served(HOST_A).await, f.a.der);
+    let refused = connect(f.tls, "unknown.tls.test", &f.ca.der(), &[]).await;
     assert!(refused.is_err(), "a handshake for an unknown name succeeded");
+}
 
-    // ALPN h2: an h2-only client over TLS; the upstream hears x-forwarded-proto https.
-    let stream = connect(tls, HOST_A, &ca.der(), &[b"h2", b"http/1.1"])
+/// ALPN picks h2 or HTTP/1.1 as the client offers, the request is answered over that
+/// protocol, and the upstream hears `x-forwarded-proto: https` (and the SNI's host); over
+/// the plain listener it still hears `http`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_picks_h2_or_http1_and_the_upstream_hears_https() {
+    let f = fixture().await;
+
+    // ALPN h2: an h2-capable client over TLS.
+    let stream = connect(f.tls, HOST_A, &f.ca.der(), &[b"h2", b"http/1.1"])
         .await
         .unwrap();
     assert_eq!(alpn(&stream), b"h2");
@@ -193,7 +248,7 @@ async fn tls_termination_by_sni_alpn_rotation_and_https_upstreams() {
     assert_eq!(headers["x-forwarded-host"], HOST_A, "{headers}");
 
     // ALPN http/1.1 (with SNI B).
-    let stream = connect(tls, HOST_B, &ca.der(), &[b"http/1.1"]).await.unwrap();
+    let stream = connect(f.tls, HOST_B, &f.ca.der(), &[b"http/1.1"]).await.unwrap();
     assert_eq!(alpn(&stream), b"http/1.1");
     let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -210,69 +265,86 @@ async fn tls_termination_by_sni_alpn_rotation_and_https_upstreams() {
     );
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(upstream_headers(&body)["x-forwarded-proto"], "https");
+
     // The plain listener still says http.
-    let r = plain_get(edge.proxy, "/plain").await;
+    let r = plain_get(f.edge.proxy, "/plain").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.upstream_headers()["x-forwarded-proto"], "http");
+}
 
-    // https upstreams: reached when their certificate verifies, 502 when it does not.
+/// An https upstream is reached when its certificate verifies (named CA, another server
+/// name under the same CA, or verification explicitly off) and answers 502
+/// `upstream_error` when it does not (default roots, the wrong CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
+    let f = fixture().await;
     for path in ["/secure", "/renamed", "/insecure"] {
-        let r = plain_get(edge.proxy, path).await;
+        let r = plain_get(f.edge.proxy, path).await;
         assert_eq!(r.status, 200, "{path}: {r:?}");
         assert_eq!(r.json()["tls"], true, "{path}: {r:?}");
         assert_eq!(r.json()["path"], path);
     }
     for path in ["/untrusted", "/wrong-ca"] {
-        let r = plain_get(edge.proxy, path).await;
+        let r = plain_get(f.edge.proxy, path).await;
         assert_eq!(
             (r.status, r.error_code().as_str()),
             (502, "upstream_error"),
             "{path}: {r:?}"
         );
     }
+}
 
-    // The private keys never show in get or export, and the edge keeps them owner-only.
+/// The private keys never show in `get certificate` or `export` (only the name of their
+/// secret does), and the edge keeps the config it holds them in (`lkg.json`) owner-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_keys_never_show_in_get_or_export_and_stay_owner_only_on_the_edge() {
+    let f = fixture().await;
     for args in [
         &["get", "certificate", "a", "--tenant", "t", "-o", "json"][..],
         &["export"][..],
     ] {
-        let out = sb.cli(0, args).ok();
+        let out = f.sb.cli(0, args).ok();
         assert!(out.stdout.contains("key_secret"), "{args:?}: {}", out.stdout);
         assert!(
             !out.stdout.contains("PRIVATE KEY"),
             "{args:?} shows a private key"
         );
     }
-    let lkg = edge.dir.join("lkg.json");
+    // Saved (atomically, by rename) just after the config is applied, so it may trail
+    // the first handshake by a moment.
+    let lkg = f.edge.dir.join("lkg.json");
+    let meta = wait_for("the edge to save lkg.json", Duration::from_secs(5), || {
+        std::fs::metadata(&lkg).ok()
+    });
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&lkg).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "{}", lkg.display());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", lkg.display());
     }
+    #[cfg(not(unix))]
+    assert!(meta.is_file(), "{}", lkg.display());
+}
 
-    // Rotation: a new key, then its certificate. Between the two the edge refuses the
-    // mismatched pair and keeps serving the old one; after the apply the new one is served
-    // within 2 s, without a restart.
-    let a2 = ca.leaf(&[HOST_A]);
-    set_secret(&sb, "a-key", &a2.key_pem);
-    let nack = wait_for_nack(&sb, "edge-tls", Duration::from_secs(5)).await;
+/// Rotation: a new key, then its certificate. Between the two the edge refuses the
+/// mismatched pair (a NACK that names the certificate and shows no key) and keeps serving
+/// the old one; after the apply the new one is served within 2 s, without a restart, and
+/// the other certificate is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_key_is_refused_until_its_certificate_follows_and_needs_no_restart() {
+    let mut f = fixture().await;
+    let a2 = f.ca.leaf(&[HOST_A]);
+    set_secret(&f.sb, "a-key", &a2.key_pem);
+    let nack = wait_for_nack(&f.sb, "edge-tls", Duration::from_secs(5)).await;
     assert!(
         nack.contains("certificate t/a") && nack.contains("does not belong to the certificate"),
         "{nack}"
     );
     assert!(!nack.contains("PRIVATE KEY"), "{nack}");
-    assert_eq!(
-        served(&connect(tls, HOST_A, &ca.der(), &[]).await.unwrap()),
-        a.der
-    );
-    let doc = config(&a2, &b, plain.addr, secure_up, &up_ca.pem(), &ca.pem());
-    apply(&sb, "rotated.json", &doc);
-    let took = wait_for_certificate(tls, HOST_A, &ca, &a2, Duration::from_secs(2)).await;
+    assert_eq!(f.served(HOST_A).await, f.a.der);
+
+    apply(&f.sb, "rotated.json", &f.config_with(&a2));
+    let took = wait_for_certificate(f.tls, HOST_A, &f.ca, &a2, Duration::from_secs(2)).await;
     eprintln!("rotated certificate served {took:?} after the apply");
-    assert_eq!(
-        served(&connect(tls, HOST_B, &ca.der(), &[]).await.unwrap()),
-        b.der
-    );
-    assert!(edge.is_running());
+    assert_eq!(f.served(HOST_B).await, f.b.der);
+    assert!(f.edge.is_running());
 }

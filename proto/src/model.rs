@@ -273,6 +273,18 @@ impl Spec {
         value.expect("model types always serialize")
     }
 
+    /// The resource as the config stream (and `get`) carries it, at `version`.
+    pub fn to_resource(&self, version: u64) -> crate::v1::Resource {
+        let key = self.key();
+        crate::v1::Resource {
+            kind: key.kind.as_str().into(),
+            tenant: key.tenant,
+            name: key.name,
+            version,
+            spec_json: self.to_json(),
+        }
+    }
+
     /// Inverse of [`Spec::to_json`].
     pub fn from_json(kind: Kind, json: &str) -> Result<Spec, serde_json::Error> {
         Ok(match kind {
@@ -298,7 +310,13 @@ impl Document {
         if text.trim().is_empty() {
             return Err("document is empty".into());
         }
-        serde_yaml::from_str(text).map_err(|e| format!("malformed document: {e}"))
+        serde_saphyr::from_str(text).map_err(|e| {
+            // The first line says where and what ("line 5 column 5: unknown field ..."); the
+            // rest is a source snippet, too long for a one-line CLI error.
+            let full = e.to_string();
+            let first = full.lines().next().unwrap_or_default();
+            format!("malformed document: {}", first.trim_start_matches("error: "))
+        })
     }
 
     /// All items as specs, in document order, kinds in dependency order.
@@ -1125,6 +1143,26 @@ ai_providers: [{name: openai, tenant: acme, kind: openai, base_url: "https://api
         assert!(err.contains("unknown field `colour`"), "{err}");
         let err = Document::parse("aps: []").unwrap_err();
         assert!(err.contains("unknown field `aps`"), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_field_and_line() {
+        let err =
+            Document::parse("tenants: [{name: acme}]\napps:\n  - name: a\n    tenant: t\n    colour: red\n")
+                .unwrap_err();
+        assert_eq!(
+            err,
+            "malformed document: line 5 column 5: unknown field `colour`, expected one of name, tenant, description, resource_version"
+        );
+        let err =
+            Document::parse("upstreams:\n  - name: u\n    tenant: t\n    retries: many\n    targets: []\n")
+                .unwrap_err();
+        assert!(err.contains("line 4"), "{err}");
+        let err = Document::parse("apps: [{name: extra, tenant: acme}\nservices: [").unwrap_err();
+        assert!(
+            err.starts_with("malformed document") && err.contains("line"),
+            "{err}"
+        );
     }
 
     #[test]

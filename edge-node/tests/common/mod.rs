@@ -14,32 +14,19 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tollgate_edge::{start, EdgeOptions, RunningEdge};
-use tollgate_proto::model::{Document, Spec};
+use tollgate_proto::model::Document;
 use tollgate_proto::v1::config_stream_server::{ConfigStream, ConfigStreamServer};
 use tollgate_proto::v1::{ConfigPush, EdgeMessage, Resource};
 use tonic::{Status, Streaming};
 
 /// The config version the fake control plane serves.
 pub const VERSION: u64 = 1;
-
-/// A spec as the control plane streams it.
-pub fn resource(spec: &Spec) -> Resource {
-    let key = spec.key();
-    Resource {
-        kind: key.kind.as_str().into(),
-        tenant: key.tenant,
-        name: key.name,
-        version: 1,
-        spec_json: spec.to_json(),
-    }
-}
 
 /// The join token the fake control plane expects, as the real one expects an edge token.
 pub const JOIN_TOKEN: &str = "tge_join";
@@ -144,7 +131,7 @@ impl TestEdge {
             .unwrap()
             .into_specs()
             .iter()
-            .map(resource)
+            .map(|s| s.to_resource(VERSION))
             .collect();
         let (cp, _edge_messages) = fake_cp(vec![one_snapshot(resources)]).await;
         let data_dir = tempfile::tempdir().unwrap();
@@ -199,19 +186,9 @@ impl Backend {
             health_checks: AtomicUsize::new(0),
         });
         let backend = b.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let backend = backend.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let b = backend.clone();
-                        async move { Ok::<_, Infallible>(b.answer(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
+        tollgate_testkit::serve::http1(listener, None, move |req: Request<Incoming>| {
+            let b = backend.clone();
+            async move { Ok::<_, Infallible>(b.answer(req).await) }
         });
         b
     }

@@ -7,7 +7,7 @@ use tollgate_proto::model::{Certificate, Spec};
 
 use super::*;
 use crate::config::state::Shared;
-use crate::testutil::{compile, resource, resources, DOC};
+use crate::testutil::{compile, resources, DOC};
 
 const CA: &str = include_str!("testdata/ca.pem");
 const EXACT: (&str, &str) = (
@@ -108,10 +108,7 @@ fn keys_that_are_missing_malformed_or_foreign_are_refused() {
 #[test]
 fn a_config_with_a_bad_certificate_does_not_compile() {
     let mut all = resources(DOC);
-    all.push(resource(
-        &Spec::Certificate(cert("exact", &["a.example.com"], (EXACT.0, WILD.1))),
-        1,
-    ));
+    all.push(Spec::Certificate(cert("exact", &["a.example.com"], (EXACT.0, WILD.1))).to_resource(1));
     let state = crate::config::resources::ConfigState::from_resources(3, all).unwrap();
     let errs =
         crate::config::snapshot::Snapshot::compile(&state, &mut crate::config::snapshot::Retained::default())
@@ -159,7 +156,7 @@ async fn the_handshake_serves_the_certificate_of_the_sni_from_the_current_snapsh
 
     let with = |certs: Vec<Certificate>, version: u64| {
         let mut all = resources(DOC);
-        all.extend(certs.into_iter().map(|c| resource(&Spec::Certificate(c), 1)));
+        all.extend(certs.into_iter().map(|c| Spec::Certificate(c).to_resource(1)));
         compile(version, all)
     };
     shared.install(with(three(), 1));
