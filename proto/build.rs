@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tollgate/v1/admin.proto",
         "proto/tollgate/v1/stream.proto",
         "proto/tollgate/v1/raft.proto",
+        "proto/tollgate/v1/peer.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -13,6 +13,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod client;
 mod output;
 mod servers;
+mod stats;
 mod verbs;
 
 use std::net::SocketAddr;
@@ -99,6 +100,9 @@ enum Command {
     Token(verbs::TokenCmd),
     /// Who changed what, when: the admin writes, newest first
     Audit(verbs::AuditArgs),
+    /// What the edges count (rate limits)
+    #[command(subcommand)]
+    Stats(stats::StatsCmd),
     /// Create a CA and certificates for mTLS inside the cluster (offline)
     #[command(subcommand)]
     Cert(cert::CertCmd),
@@ -205,6 +209,7 @@ fn main() {
             Command::Secret(c) => verbs::secret(&g, c).await,
             Command::Token(c) => verbs::token(&g, c).await,
             Command::Audit(a) => verbs::audit(&g, a).await,
+            Command::Stats(c) => stats::stats(&g, c),
             Command::Cert(c) => cert::cert(c),
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut command(), "tollgate", &mut std::io::stdout());

@@ -74,8 +74,13 @@ pub struct EdgeArgs {
     listen: SocketAddr,
     #[arg(long, default_value = defaults::ADMIN, value_parser = parse_addr)]
     admin: SocketAddr,
+    /// Counter sharing with the other edges (cluster-wide rate limits)
     #[arg(long, default_value = defaults::PEER, value_parser = parse_addr)]
     peer: SocketAddr,
+    /// The address other edges reach --peer at, host:port (default: the bound --peer
+    /// address; needed when --peer listens on 0.0.0.0 or behind NAT)
+    #[arg(long, value_parser = parse_addr)]
+    peer_advertise: Option<SocketAddr>,
     /// Where the last-known-good config is kept
     #[arg(long, default_value = "./tollgate-edge-data")]
     data_dir: PathBuf,
@@ -166,6 +171,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         listen: a.listen,
         admin: a.admin,
         peer: a.peer,
+        peer_advertise: a.peer_advertise,
         data_dir: a.data_dir,
         join_token: a.join_token,
         max_connections: a.max_connections,
@@ -242,6 +248,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             listen: a.listen,
             admin: a.admin,
             peer: a.peer,
+            peer_advertise: None,
             data_dir: a.data_dir.join("edge"),
             join_token: Some(edge_token),
             max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,

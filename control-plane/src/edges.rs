@@ -1,12 +1,15 @@
 //! The edge registry: what this node knows of the edges that talk to it. The config stream
-//! notes each contact, `cluster status` lists the edges and `/metrics` counts the connected
-//! ones. It is plain bookkeeping under one lock: callers pass the clock in, so it depends on
-//! nothing else in this crate.
+//! notes each contact, `cluster status` lists the edges, `/metrics` counts the connected
+//! ones, and the connected edges with their peer addresses are the peer list every edge is
+//! sent for counter sharing ([`EdgeRegistry::peers`], changes announced on
+//! [`EdgeRegistry::subscribe`]). It is plain bookkeeping under one lock: callers pass the
+//! clock in, so it depends on nothing else in this crate.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use tollgate_proto::v1::EdgeStatus;
+use tokio::sync::watch;
+use tollgate_proto::v1::{EdgeStatus, PeerEdge};
 
 /// Most edges one node remembers; disconnected ones are forgotten first.
 const MAX_EDGES: usize = 10_000;
@@ -15,6 +18,8 @@ const MAX_EDGES: usize = 10_000;
 pub struct EdgeRegistry {
     edges: Mutex<BTreeMap<String, EdgeStatus>>,
     capacity: usize,
+    /// Bumped whenever the peer list changes (an edge connects, goes, or moves its address).
+    members: watch::Sender<u64>,
 }
 
 impl Default for EdgeRegistry {
@@ -28,6 +33,7 @@ impl EdgeRegistry {
         Self {
             edges: Mutex::default(),
             capacity,
+            members: watch::Sender::new(0),
         }
     }
 
@@ -53,8 +59,30 @@ impl EdgeRegistry {
             ..Default::default()
         });
         e.last_contact_ms = now_ms;
+        let before = (e.connected, e.peer_addr.clone());
         f(e);
+        if (e.connected, &e.peer_addr) != (before.0, &before.1) {
+            self.members.send_modify(|v| *v += 1);
+        }
         true
+    }
+
+    /// The connected edges that share counters (they told their peer address), by node id.
+    pub fn peers(&self) -> Vec<PeerEdge> {
+        let edges = self.edges.lock().expect("edge registry poisoned");
+        edges
+            .values()
+            .filter(|e| e.connected && !e.peer_addr.is_empty())
+            .map(|e| PeerEdge {
+                node_id: e.node_id.clone(),
+                addr: e.peer_addr.clone(),
+            })
+            .collect()
+    }
+
+    /// Changes whenever [`EdgeRegistry::peers`] may have.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.members.subscribe()
     }
 
     /// The edges this node (`cp_node`) has seen, as reported by `cluster status`; a
@@ -102,5 +130,39 @@ mod tests {
             .list(7, 9)
             .iter()
             .all(|e| e.cp_node == 7 && e.last_contact_ms == 9));
+    }
+
+    #[test]
+    fn the_peer_list_is_the_connected_edges_and_changes_are_announced() {
+        let r = EdgeRegistry::default();
+        let mut changes = r.subscribe();
+        r.update("b", 1, |e| {
+            e.connected = true;
+            e.peer_addr = "127.0.0.1:7902".into();
+        });
+        r.update("a", 1, |e| {
+            e.connected = true;
+            e.peer_addr = "127.0.0.1:7901".into();
+        });
+        r.update("old", 1, |e| e.connected = true);
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        let addrs: Vec<(String, String)> = r.peers().into_iter().map(|p| (p.node_id, p.addr)).collect();
+        assert_eq!(
+            addrs,
+            [
+                ("a".into(), "127.0.0.1:7901".into()),
+                ("b".into(), "127.0.0.1:7902".into())
+            ],
+            "sorted by id; an edge without a peer address shares nothing"
+        );
+        r.update("a", 2, |_| {});
+        assert!(
+            !changes.has_changed().unwrap(),
+            "mere contact changes no membership"
+        );
+        r.update("a", 3, |e| e.connected = false);
+        assert!(changes.has_changed().unwrap());
+        assert_eq!(r.peers().len(), 1);
     }
 }

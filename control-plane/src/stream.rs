@@ -19,6 +19,11 @@
 //! Edges authenticate with a token of role `edge` (`tollgate token create --role edge`,
 //! given to the edge as `--join-token`).
 //!
+//! Every stream also carries the peer list for counter sharing: a push with only `peers`
+//! set (no nonce, not acked) first, and again whenever the edges connected to this node
+//! change. It names each connected edge's peer address and the key edges present to each
+//! other, derived from the master key.
+//!
 //! Secrets are never streamed, with the exceptions an edge cannot do without, each opened
 //! with this node's master key as the push is built: a certificate is sent with its private
 //! key (`key_pem`, from `key_secret`), a JWT issuer with its HS key (`hs_key_hex`, from
@@ -54,6 +59,9 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an edge that is ahead of this node waits for it to catch up.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+/// What the edges' peer key is derived for from the master key (every CP node derives the
+/// same key, so edges streaming from different nodes still trust each other).
+const PEER_KEY_PURPOSE: &str = "tollgate edge peers v1";
 
 pub struct StreamService {
     node: Arc<Node>,
@@ -190,6 +198,7 @@ pub fn pushes_since(
             removals,
             checksum,
             base_version: since,
+            peers: None,
         }];
     }
     let all: Vec<Resource> = state
@@ -216,6 +225,7 @@ pub fn pushes_since(
                 String::new()
             },
             base_version: 0,
+            peers: None,
         })
         .collect()
 }
@@ -279,10 +289,12 @@ impl ConfigStream for StreamService {
             }
         }
         let id = hello.node_id.clone();
+        let peer_addr = shareable_peer_addr(&hello.peer_addr);
         let registered = self.node.edges.update(&id, now_ms(), |e| {
             e.connected = true;
             e.applied_version = want;
             e.capabilities = hello.capabilities.clone();
+            e.peer_addr = peer_addr;
         });
         if !registered {
             return Err(Status::resource_exhausted(
@@ -301,6 +313,27 @@ impl ConfigStream for StreamService {
     }
 }
 
+/// The peer address an edge announced, if other edges can use it: an IP address and port,
+/// not the unspecified address (an edge listening on 0.0.0.0 names its reachable address
+/// with `--peer-advertise`). Anything else is ignored: that edge then shares no counters.
+fn shareable_peer_addr(announced: &str) -> String {
+    match announced.parse::<std::net::SocketAddr>() {
+        Ok(a) if !a.ip().is_unspecified() && a.port() != 0 => a.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// The push that tells an edge who its peers are and the key they share.
+fn peer_push(node: &Node) -> ConfigPush {
+    ConfigPush {
+        peers: Some(PeerList {
+            edges: node.edges.peers(),
+            key: node.master_key.derive(PEER_KEY_PURPOSE),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Serves one edge until it goes away; returns why.
 async fn session(
     node: &Node,
@@ -309,6 +342,11 @@ async fn session(
     tx: &mpsc::Sender<Result<ConfigPush, Status>>,
 ) -> String {
     let id = hello.node_id.as_str();
+    let mut members = node.edges.subscribe();
+    members.borrow_and_update();
+    if tx.send(Ok(peer_push(node))).await.is_err() {
+        return "stream closed".into();
+    }
     let mut applied = node.sm.subscribe();
     let mut acked = hello.last_version;
     let mut force_snapshot = acked == 0;
@@ -375,6 +413,15 @@ async fn session(
                     return "control plane shutting down".into();
                 }
             }
+            changed = members.changed() => {
+                if changed.is_err() {
+                    return "control plane shutting down".into();
+                }
+                members.borrow_and_update();
+                if tx.send(Ok(peer_push(node))).await.is_err() {
+                    return "stream closed".into();
+                }
+            }
             msg = inbound.message() => match msg {
                 Ok(Some(_)) => {
                     node.edges.update(id, now_ms(), |_| {});
@@ -413,6 +460,22 @@ mod tests {
             ));
         }
         doc
+    }
+
+    #[test]
+    fn only_usable_peer_addresses_are_shared() {
+        assert_eq!(shareable_peer_addr("127.0.0.1:7900"), "127.0.0.1:7900");
+        assert_eq!(shareable_peer_addr("[::1]:7900"), "[::1]:7900");
+        for unusable in [
+            "0.0.0.0:7900",
+            "[::]:7900",
+            "127.0.0.1:0",
+            "edge-a:7900",
+            "",
+            "junk",
+        ] {
+            assert_eq!(shareable_peer_addr(unusable), "", "{unusable}");
+        }
     }
 
     #[test]

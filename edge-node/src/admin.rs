@@ -1,6 +1,8 @@
 //! The admin listener: `GET /healthz` (the process is up), `GET /readyz` (200 only once a
-//! complete config is loaded, from the control plane or the last-known-good file) and
-//! `GET /config/version`.
+//! complete config is loaded, from the control plane or the last-known-good file),
+//! `GET /config/version`, `GET /limits` (rate limits: usage per key, peers, whether this edge
+//! is in step) and `GET /metrics` (Prometheus text: the rate limits' error bounds and
+//! fallback state, counter sharing).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,19 +10,149 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
-use crate::body::{Body, ClientBody};
+use crate::body::{full, Body, ClientBody};
 use crate::config::state::Shared;
+use crate::counters::peers::{window_of, Peers, BATCH_INTERVAL};
+use crate::counters::unix_ms;
 use crate::error::{error_body, json_response};
 use crate::listen::Handler;
 
 #[derive(Clone)]
 pub struct Admin {
     shared: Arc<Shared>,
+    peers: Arc<Peers>,
+}
+
+/// Most keys `/limits` lists per limit (the busiest).
+const MAX_KEYS_SHOWN: usize = 100;
+
+/// `tenant/name` of a limiter id (`<window>ms/<limit>/<key>/<tenant>/<name>`).
+fn policy_of(id: &str) -> String {
+    let mut parts = id.rsplitn(3, '/');
+    let (name, tenant) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    format!("{tenant}/{name}")
+}
+
+/// A Prometheus label value.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Admin {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(shared: Arc<Shared>, peers: Arc<Peers>) -> Self {
+        Self { shared, peers }
+    }
+
+    /// Requests a cluster-wide limit may admit past its limit now: what the peers admit in
+    /// one batch interval plus a round trip (their last window's load, busiest key).
+    fn error_bound(&self, id: &str, now: u64) -> u64 {
+        let Some(window_ms) = window_of(id) else { return 0 };
+        let lag = BATCH_INTERVAL + self.peers.max_rtt();
+        let load = self.peers.counters.peer_load(id, now) as f64;
+        (load * lag.as_millis() as f64 / window_ms as f64).ceil() as u64
+    }
+
+    fn limits(&self) -> serde_json::Value {
+        let now = unix_ms();
+        let limiters = self
+            .shared
+            .snapshot()
+            .map(|s| s.limiters.clone())
+            .unwrap_or_default();
+        let limits: Vec<serde_json::Value> = limiters
+            .iter()
+            .map(|(id, cluster)| {
+                let mut keys = self.peers.counters.usage(id, now);
+                keys.sort_by(|a, b| b.2.total_cmp(&a.2));
+                keys.truncate(MAX_KEYS_SHOWN);
+                json!({
+                    "policy": policy_of(id),
+                    "limiter": id.as_ref(),
+                    "scope": if *cluster { "cluster" } else { "local" },
+                    "error_bound": if *cluster { self.error_bound(id, now) } else { 0 },
+                    "fallback": *cluster && !self.peers.in_step(),
+                    "keys": keys.iter().map(|(k, local, cluster)| json!({"key": k, "local": local.round(), "cluster": cluster.round()})).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let peers: Vec<serde_json::Value> = self
+            .peers
+            .links()
+            .into_iter()
+            .map(|(id, addr, heard, taking)| json!({"node_id": id, "addr": addr, "heard": heard, "taking": taking}))
+            .collect();
+        json!({
+            "in_step": self.peers.in_step(),
+            "edges": self.peers.edges(),
+            "batch_interval_ms": BATCH_INTERVAL.as_millis() as u64,
+            "peers": peers,
+            "limits": limits,
+        })
+    }
+
+    fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let now = unix_ms();
+        let limiters = self
+            .shared
+            .snapshot()
+            .map(|s| s.limiters.clone())
+            .unwrap_or_default();
+        let mut out = String::new();
+        let in_step = self.peers.in_step();
+        let _ = writeln!(out, "# HELP tollgate_ratelimit_error_bound Requests a cluster-wide rate limit may admit past its limit now (peers' load in one batch interval plus a round trip).");
+        let _ = writeln!(out, "# TYPE tollgate_ratelimit_error_bound gauge");
+        for (id, cluster) in limiters.iter().filter(|(_, c)| **c) {
+            let _ = cluster;
+            let _ = writeln!(
+                out,
+                "tollgate_ratelimit_error_bound{{policy=\"{}\",limiter=\"{}\"}} {}",
+                label(&policy_of(id)),
+                label(id),
+                self.error_bound(id, now)
+            );
+        }
+        let _ = writeln!(out, "# HELP tollgate_ratelimit_fallback 1 while a cluster-wide rate limit is decided by its on_store_failure mode (peers out of step).");
+        let _ = writeln!(out, "# TYPE tollgate_ratelimit_fallback gauge");
+        for id in limiters.iter().filter(|(_, c)| **c).map(|(id, _)| id) {
+            let _ = writeln!(
+                out,
+                "tollgate_ratelimit_fallback{{policy=\"{}\",limiter=\"{}\"}} {}",
+                label(&policy_of(id)),
+                label(id),
+                u8::from(!in_step)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_peer_edges Edges sharing rate-limit counters, this one included."
+        );
+        let _ = writeln!(out, "# TYPE tollgate_peer_edges gauge");
+        let _ = writeln!(out, "tollgate_peer_edges {}", self.peers.edges());
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_peer_in_step 1 while every peer's counts are current."
+        );
+        let _ = writeln!(out, "# TYPE tollgate_peer_in_step gauge");
+        let _ = writeln!(out, "tollgate_peer_in_step {}", u8::from(in_step));
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_peer_batches_dropped_total Peer batches or counts refused, by reason."
+        );
+        let _ = writeln!(out, "# TYPE tollgate_peer_batches_dropped_total counter");
+        let d = &self.peers.dropped;
+        for (reason, n) in [
+            ("unauthenticated", &d.unauthenticated),
+            ("oversized", &d.oversized),
+            ("malformed", &d.malformed),
+        ] {
+            let _ = writeln!(
+                out,
+                "tollgate_peer_batches_dropped_total{{reason=\"{reason}\"}} {}",
+                n.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+        out
     }
 
     fn answer(&self, method: &Method, path: &str) -> Response<Body> {
@@ -45,6 +177,15 @@ impl Admin {
                 StatusCode::OK,
                 &json!({"version": self.shared.version().unwrap_or(0)}),
             ),
+            "/limits" => json_response(StatusCode::OK, &self.limits()),
+            "/metrics" => {
+                let mut resp = Response::new(full(self.metrics()));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
             _ => json_response(
                 StatusCode::NOT_FOUND,
                 &error_body("not_found", "no such admin endpoint"),
@@ -76,7 +217,7 @@ mod tests {
     #[tokio::test]
     async fn ready_only_with_a_config() {
         let shared = Arc::new(Shared::default());
-        let admin = Admin::new(shared.clone());
+        let admin = Admin::new(shared.clone(), Peers::new("test-edge"));
         assert_eq!(
             get(&admin, "/healthz").await,
             (StatusCode::OK, json!({"status": "ok"}))

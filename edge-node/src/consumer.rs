@@ -1,7 +1,10 @@
 //! Who is calling: the app a credential proved, as the phases after authentication and the
 //! upstream request see it.
 
+use std::sync::Arc;
+
 use http::HeaderName;
+use serde_json::{Map, Value};
 
 /// The calling app, once authenticated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -10,4 +13,6 @@ pub struct Consumer {
     pub app: String,
     /// The header that carried the credential (stripped before forwarding).
     pub credential_header: HeaderName,
+    /// The verified claims of the caller's JWT (a rate limit may count by one).
+    pub claims: Option<Arc<Map<String, Value>>>,
 }

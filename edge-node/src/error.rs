@@ -67,6 +67,9 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("the request has too many or too large headers")]
     HeadersTooLarge,
+    /// A rate limit refused the request; the reason is a fixed text.
+    #[error("{0}")]
+    RateLimited(&'static str),
 }
 
 /// How an error is answered and reported: one row per [`ProxyError`] variant.
@@ -122,6 +125,7 @@ impl ProxyError {
             ProxyError::Upstream(_) => class(S::BAD_GATEWAY, "upstream_error", Upstream, true),
             ProxyError::UpstreamTimeout => class(S::GATEWAY_TIMEOUT, "upstream_timeout", Upstream, true),
             ProxyError::BodyTooLarge => class(S::PAYLOAD_TOO_LARGE, "body_too_large", Client, false),
+            ProxyError::RateLimited(_) => class(S::TOO_MANY_REQUESTS, "rate_limited", Client, true),
             ProxyError::HeadersTooLarge => class(
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",

@@ -29,6 +29,7 @@ mod body;
 mod clock;
 mod config;
 mod consumer;
+mod counters;
 mod error;
 mod listen;
 mod phases;
@@ -88,6 +89,7 @@ use config::snapshot::Retained;
 use config::snapshot::Snapshot;
 use config::state::Shared;
 use config::{cluster_tls, lkg, stream, sync};
+use counters::peers::Peers;
 use listen::tls;
 
 /// Default proxy address.
@@ -116,8 +118,10 @@ pub struct EdgeOptions {
     pub listen: SocketAddr,
     /// Admin listener; port 0 picks a free port.
     pub admin: SocketAddr,
-    /// Reserved for counter sharing between edges; nothing binds it yet.
+    /// Peer listener: counter sharing with the other edges (gRPC); port 0 picks a free port.
     pub peer: SocketAddr,
+    /// The address other edges reach the peer listener at (default: the bound one).
+    pub peer_advertise: Option<SocketAddr>,
     /// Where the last-known-good config lives.
     pub data_dir: PathBuf,
     /// Token (role `edge`) presented to the control plane on the config stream.
@@ -271,6 +275,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     };
     let proxy_listener = bind(opts.listen, "proxy").await?;
     let admin_listener = bind(opts.admin, "admin").await?;
+    let peer_listener = bind(opts.peer, "peer").await?;
+    let peer_addr = peer_listener.local_addr().context("peer listener address")?;
     let proxy_addr = proxy_listener.local_addr().context("proxy listener address")?;
     let admin_addr = admin_listener.local_addr().context("admin listener address")?;
     let tls_listener = match opts.tls_listen {
@@ -293,11 +299,17 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let peers = Peers::new(&opts.node_id);
     let mut servers = vec![
+        tokio::spawn(counters::peers::run(
+            peers.clone(),
+            peer_listener,
+            shutdown_rx.clone(),
+        )),
         tokio::spawn(listen::serve(
             "proxy",
             proxy_listener,
-            proxy::Proxy::new(shared.clone()).with_body_read_timeout(opts.body_read_timeout),
+            proxy::Proxy::new(shared.clone(), peers.clone()).with_body_read_timeout(opts.body_read_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
@@ -306,7 +318,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         tokio::spawn(listen::serve(
             "admin",
             admin_listener,
-            admin::Admin::new(shared.clone()),
+            admin::Admin::new(shared.clone(), peers.clone()),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             ADMIN_MAX_CONNECTIONS,
@@ -317,7 +329,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         servers.push(tokio::spawn(listen::serve(
             "tls",
             listener,
-            proxy::Proxy::new(shared.clone()).with_body_read_timeout(opts.body_read_timeout),
+            proxy::Proxy::new(shared.clone(), peers.clone()).with_body_read_timeout(opts.body_read_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
@@ -329,12 +341,13 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             node_id: opts.node_id.clone(),
             control_planes: opts.control_planes.clone(),
             proxy_addr: proxy_addr.to_string(),
-            peer_addr: opts.peer.to_string(),
+            peer_addr: opts.peer_advertise.unwrap_or(peer_addr).to_string(),
             data_dir: opts.data_dir.clone(),
             join_token: opts.join_token.clone(),
             tls: cluster_tls,
         },
         shared.clone(),
+        peers.clone(),
         sync::Applier::new(initial),
         clients,
     );

@@ -4,8 +4,8 @@
 //! ```text
 //!  check framing (smuggling, header limits, control characters) ─> normalize path
 //!   ─> route ─> ip filter (403 ip_denied) ─> cors (preflight answered here; grant noted)
-//!   ─> lifecycle (retired?) ─> authenticate ─> authorize (subscription) ─> request
-//!   policies (size, headers) ─> pick upstream target ─> forward (timeouts; body-read
+//!   ─> lifecycle (retired?) ─> authenticate ─> authorize (subscription) ─> rate limits
+//!   (429 rate_limited) ─> request policies (size, headers) ─> pick upstream target ─> forward (timeouts; body-read
 //!   timeout; WebSocket upgrades spliced) ─> response policies and headers (cors grant)
 //! ```
 //! The config is one snapshot loaded at the start of the request; a config swap mid-request
@@ -30,12 +30,13 @@ use http_body_util::Limited;
 
 use crate::body::{Body, ClientBody};
 use crate::config::state::Shared;
+use crate::counters::peers::Peers;
 use crate::error::{Fault, ProxyError};
 use crate::listen::tls::ClientTls;
 use crate::listen::Handler;
 use crate::phases::ctx::RequestCtx;
 use crate::phases::service::Backend;
-use crate::phases::{auth, authorize, cors, normalize, route};
+use crate::phases::{auth, authorize, cors, normalize, ratelimit, route};
 use crate::request_id;
 use crate::stall::StallGuard;
 use crate::upstream::dispatch::{self, Dispatch};
@@ -44,13 +45,15 @@ use crate::upstream::forward;
 #[derive(Clone)]
 pub struct Proxy {
     shared: Arc<Shared>,
+    peers: Arc<Peers>,
     body_read_timeout: Duration,
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, peers: Arc<Peers>) -> Self {
         Self {
             shared,
+            peers,
             body_read_timeout: crate::DEFAULT_BODY_READ_TIMEOUT,
         }
     }
@@ -86,6 +89,16 @@ impl Proxy {
         authorize::check_lifecycle(&service)?;
         auth::authenticate(ctx, &snapshot.credentials, req.headers()).await?;
         authorize::check_subscription(ctx, &snapshot.subscriptions)?;
+        let caller = ratelimit::Caller {
+            remote: ctx.remote,
+            consumer: ctx.consumer.as_ref(),
+            tenant: &service.tenant,
+            service: &service.name,
+            headers: req.headers(),
+        };
+        let (limit, verdict) = service.policies.rate_limits.check(&caller, &self.peers);
+        ctx.limit = limit;
+        verdict?;
 
         service.policies.check_request_size(req.headers())?;
         ctx.upgrade = forward::upgrade_requested(&req);
@@ -153,6 +166,9 @@ impl Proxy {
         };
         if let Some(cors) = &ctx.cors {
             cors.apply(resp.headers_mut());
+        }
+        if let Some(limit) = &ctx.limit {
+            limit.apply(resp.headers_mut());
         }
         tracing::debug!(
             request_id = ctx.request_id.to_str().unwrap_or_default(),

@@ -81,9 +81,10 @@ impl EdgeNode {
         edge
     }
 
-    /// An edge of the sandbox, not yet started: every control-plane URL, the edge token, and
-    /// under mTLS a fresh certificate `edge-<node_id>` of the sandbox's CA.
-    fn for_sandbox(sb: &Sandbox, node_id: &str, tls_listen: Option<SocketAddr>) -> EdgeNode {
+    /// An edge of the sandbox, not yet started (set [`EdgeNode::extra_args`], then
+    /// [`EdgeNode::spawn`]): every control-plane URL, the edge token, and under mTLS a fresh
+    /// certificate `edge-<node_id>` of the sandbox's CA.
+    pub fn for_sandbox(sb: &Sandbox, node_id: &str, tls_listen: Option<SocketAddr>) -> EdgeNode {
         let urls = sb.nodes.iter().map(|n| n.url()).collect();
         let mut edge = Self::new(sb.dir.path(), node_id, urls, &sb.edge_token, tls_listen);
         edge.cluster_tls = sb

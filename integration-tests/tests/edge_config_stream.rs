@@ -370,8 +370,18 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
         );
         let mut pushes = client.stream(req).await.expect("stream").into_inner();
 
-        // A fresh edge gets the whole config as a snapshot: chunks in order, one nonce, the
-        // checksum on the last chunk covering all of them.
+        // First the peer list for counter sharing: no nonce, no config, the cluster's peer
+        // key; this edge announced no peer address, so it is not listed.
+        let peers = next_push(&mut pushes, Duration::from_secs(5))
+            .await
+            .expect("the peer list within 5s");
+        let list = peers.peers.clone().expect("a peer list first");
+        assert!(peers.nonce.is_empty() && peers.upserts.is_empty(), "{peers:?}");
+        assert_eq!(list.key.len(), 64, "{list:?}");
+        assert!(list.edges.iter().all(|e| e.node_id != "fake-edge"), "{list:?}");
+
+        // Then the whole config as a snapshot: chunks in order, one nonce, the checksum on
+        // the last chunk covering all of them.
         let mut all: Vec<Resource> = Vec::new();
         let first = next_push(&mut pushes, Duration::from_secs(5))
             .await

@@ -375,6 +375,10 @@ impl Document {
     }
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -672,7 +676,9 @@ impl Policy {
     }
 }
 
-/// What a limit counts by: `app`, `tenant`, `ip`, or `header:<name>`.
+/// What a limit counts by: `app`, `tenant`, `service`, `ip`, `header:<name>` or
+/// `claim:<name>` (a claim of the caller's JWT). A request without the app, header or claim
+/// is counted by its client address instead.
 pub type LimitKey = String;
 
 fn default_limit_key() -> LimitKey {
@@ -696,6 +702,18 @@ pub enum OnStoreFailure {
     Closed,
 }
 
+/// How a rate limit counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitAlgorithm {
+    /// At most `limit` requests in any `window` (the previous window's count weighted by how
+    /// much of it still overlaps).
+    #[default]
+    SlidingWindow,
+    /// `limit` tokens per `window`, refilled evenly, up to `burst` saved.
+    TokenBucket,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
@@ -707,6 +725,11 @@ pub struct RateLimit {
     pub scope: LimitScope,
     #[serde(default)]
     pub on_store_failure: OnStoreFailure,
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub algorithm: LimitAlgorithm,
+    /// Token bucket only: most tokens saved up (default `limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -287,14 +287,21 @@ const METHODS: [&str; 9] = [
 
 fn check_limit_key(c: &mut Checker<'_>, field: &str, key: &str) {
     match key {
-        "app" | "tenant" | "ip" => {}
-        k => match k.strip_prefix("header:") {
-            Some(h) if is_token(h) => {}
-            _ => c.err(
-                field,
-                format!("invalid key {key:?}: use app, tenant, ip or header:<name>"),
-            ),
-        },
+        "app" | "tenant" | "service" | "ip" => {}
+        k => {
+            let named = k.strip_prefix("header:").filter(|h| is_token(h)).is_some()
+                || k.strip_prefix("claim:").is_some_and(|c| {
+                    !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic())
+                });
+            if !named {
+                c.err(
+                    field,
+                    format!(
+                        "invalid key {key:?}: use app, tenant, service, ip, header:<name> or claim:<name>"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -631,7 +638,26 @@ fn validate_policy(c: &mut Checker<'_>, p: &Policy) {
             c.err("rate_limit.limit", "must be at least 1");
         }
         c.positive("rate_limit.window", r.window.0);
+        if r.window.0 > std::time::Duration::from_secs(86_400) {
+            c.err(
+                "rate_limit.window",
+                "must be at most 24h (use a quota for days and months)",
+            );
+        }
         check_limit_key(c, "rate_limit.key", &r.key);
+        match (r.algorithm, r.burst) {
+            (LimitAlgorithm::SlidingWindow, Some(_)) => {
+                c.err("rate_limit.burst", "only a token_bucket has a burst")
+            }
+            (LimitAlgorithm::TokenBucket, Some(0)) => c.err("rate_limit.burst", "must be at least 1"),
+            _ => {}
+        }
+        if r.algorithm == LimitAlgorithm::TokenBucket && r.scope == LimitScope::Cluster {
+            c.err(
+                "rate_limit.algorithm",
+                "token_bucket counts on each edge: give it scope: local (sliding_window is shared across the cluster)",
+            );
+        }
     }
     if let Some(q) = &p.quota {
         if q.limit == 0 {
@@ -1046,6 +1072,14 @@ mod tests {
             "{BASE}services: [{{name: orders, tenant: acme, upstream: be, routes: [{{paths: ['/orders', '=/exact', '~^/v[0-9]+/x$']}}]}}]\napps: [{{name: m, tenant: acme}}]\nsubscriptions: [{{app: m, service: orders, tenant: acme}}]\n"
         );
         assert_eq!(errors_of(&doc), Vec::<String>::new());
+        let limits = format!(
+            "{BASE}policies:
+  - {{name: a, tenant: acme, rate_limit: {{limit: 5, window: 1s, key: 'claim:org_id'}}}}
+  - {{name: b, tenant: acme, rate_limit: {{limit: 5, window: 1m, key: service, scope: local, algorithm: token_bucket, burst: 10}}}}
+  - {{name: c, tenant: acme, rate_limit: {{limit: 5, window: 24h, key: 'header:x-user', on_store_failure: closed}}}}
+"
+        );
+        assert_eq!(errors_of(&limits), Vec::<String>::new());
     }
 
     #[test]
@@ -1086,6 +1120,26 @@ mod tests {
             (
                 format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 0, window: 1s}}}}]"),
                 "policy acme/p: rate_limit.limit: must be at least 1",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 5, window: 1s, key: 'cookie:x'}}}}]"),
+                "policy acme/p: rate_limit.key: invalid key \"cookie:x\": use app, tenant, service, ip, header:<name> or claim:<name>",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 5, window: 2d}}}}]"),
+                "policy acme/p: rate_limit.window: must be at most 24h (use a quota for days and months)",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 5, window: 1s, burst: 9}}}}]"),
+                "policy acme/p: rate_limit.burst: only a token_bucket has a burst",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 5, window: 1s, algorithm: token_bucket}}}}]"),
+                "policy acme/p: rate_limit.algorithm: token_bucket counts on each edge: give it scope: local (sliding_window is shared across the cluster)",
+            ),
+            (
+                format!("{BASE}policies: [{{name: p, tenant: acme, rate_limit: {{limit: 5, window: 1s, algorithm: token_bucket, scope: local, burst: 0}}}}]"),
+                "policy acme/p: rate_limit.burst: must be at least 1",
             ),
         ];
         for (doc, want) in cases {

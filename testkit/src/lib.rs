@@ -8,9 +8,11 @@
 //!   one that echoes every request back as JSON.
 //! - [`serve`]: [`serve::http1`], a hyper HTTP/1.1 server (upgrades on, optional TLS) for
 //!   tests that need streaming bodies, delays or protocol switches.
+//! - [`fault`]: [`fault::LinkProxy`], a TCP proxy a test cuts and heals.
 //!
 //! Invariant: nothing here knows Tollgate; a test double speaks only HTTP.
 
+pub mod fault;
 pub mod mock;
 pub mod raw;
 pub mod serve;

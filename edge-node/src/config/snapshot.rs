@@ -3,7 +3,7 @@
 //! path and swapped in atomically; never changed afterwards (the balancers' counters are
 //! atomics).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tollgate_proto::model::{Policy, ServiceState, Spec};
@@ -37,6 +37,9 @@ pub struct Snapshot {
     pub subscriptions: Subscriptions,
     /// TLS certificates by host, for the TLS listener.
     pub certificates: CertStore,
+    /// Every rate limit of the services, by limiter id, and whether it is cluster-wide
+    /// (`/limits`, `/metrics`).
+    pub limiters: BTreeMap<Arc<str>, bool>,
 }
 
 impl Snapshot {
@@ -67,6 +70,7 @@ impl Snapshot {
         let mut router = RouterBuilder::default();
         let mut credentials = Credentials::default();
         let mut subscriptions = Subscriptions::default();
+        let mut limiters = BTreeMap::new();
         for spec in &specs {
             match spec {
                 Spec::App(a) => {
@@ -89,6 +93,9 @@ impl Snapshot {
                     let key = spec.key();
                     match ServiceEntry::compile(s, &upstreams, &policies) {
                         Ok(entry) => {
+                            for (id, cluster) in entry.policies.rate_limits.ids() {
+                                limiters.insert(id.clone(), cluster);
+                            }
                             let entry = Arc::new(entry);
                             for (i, r) in s.routes.iter().enumerate() {
                                 if let Err(m) = router.add_route(r, entry.clone()) {
@@ -132,6 +139,7 @@ impl Snapshot {
             credentials,
             subscriptions,
             certificates,
+            limiters,
         })
     }
 }

@@ -7,6 +7,7 @@
 //!      │ jittered backoff 100ms..5s, next cp                        ├─> Shared::install
 //!      └──────────── error / stream end / resync ───────────────────└─> lkg::save
 //! ```
+//! A push carrying only the peer list goes to the counters stage (`Peers::set_peers`).
 //!
 //! With `--tls-*` each connection is mutual TLS ([`ClusterTls`]: files re-read per connection).
 
@@ -26,6 +27,7 @@ use crate::config::resources::ConfigState;
 use crate::config::snapshot::Retained;
 use crate::config::state::Shared;
 use crate::config::sync::{Applier, Outcome};
+use crate::counters::peers::Peers;
 use crate::error::chain;
 use crate::listen::signalled;
 
@@ -136,15 +138,23 @@ enum SessionEnd {
 pub struct StreamClient {
     cfg: StreamConfig,
     shared: Arc<Shared>,
+    peers: Arc<Peers>,
     applier: Applier,
     clients: Retained,
 }
 
 impl StreamClient {
-    pub fn new(cfg: StreamConfig, shared: Arc<Shared>, applier: Applier, clients: Retained) -> Self {
+    pub fn new(
+        cfg: StreamConfig,
+        shared: Arc<Shared>,
+        peers: Arc<Peers>,
+        applier: Applier,
+        clients: Retained,
+    ) -> Self {
         Self {
             cfg,
             shared,
+            peers,
             applier,
             clients,
         }
@@ -243,8 +253,14 @@ impl StreamClient {
             .map_err(StreamError::Open)?
             .into_inner();
         tracing::info!(control_plane = %url, last_version = announce, "config stream open");
-        while let Some(push) = pushes.message().await? {
+        while let Some(mut push) = pushes.message().await? {
             backoff.reset();
+            if let Some(list) = push.peers.take() {
+                // The edges to share counters with; no config, nothing to acknowledge.
+                tracing::debug!(edges = list.edges.len(), "peer list received");
+                self.peers.set_peers(list);
+                continue;
+            }
             let (nonce, version, snapshot) = (push.nonce.clone(), push.version, push.snapshot);
             tracing::debug!(nonce = %nonce, version, snapshot, chunk = push.chunk, "config push received");
             match self.apply(push).await {

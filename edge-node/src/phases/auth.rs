@@ -31,6 +31,7 @@ use tollgate_proto::keys::{parse_key, sha256_hex_matches};
 use tollgate_proto::model::AuthKind;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::consumer::Consumer;
 use crate::error::ProxyError;
@@ -167,10 +168,10 @@ async fn consumer(
     }
     // The token checks may fetch (JWKS, introspection): their futures are boxed, so that the
     // request's own future, moved on every request, stays small.
-    let app = if allows(AuthKind::Jwt) && jwt::looks_like_jwt(token) {
+    let (app, claims) = if allows(AuthKind::Jwt) && jwt::looks_like_jwt(token) {
         Box::pin(jwt_app(creds, service, token)).await?
     } else if allows(AuthKind::Oauth2) {
-        Box::pin(introspected_app(creds, service, token)).await?
+        (Box::pin(introspected_app(creds, service, token)).await?, None)
     } else if allows(AuthKind::ApiKey) {
         return api_key(creds, service, AUTHORIZATION, raw).map(Some);
     } else {
@@ -188,6 +189,7 @@ async fn consumer(
         tenant: service.tenant.clone(),
         app,
         credential_header: AUTHORIZATION,
+        claims,
     }))
 }
 
@@ -197,9 +199,13 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn jwt_app(creds: &Credentials, service: &ServiceEntry, token: &str) -> Result<String, ProxyError> {
+async fn jwt_app(
+    creds: &Credentials,
+    service: &ServiceEntry,
+    token: &str,
+) -> Result<(String, Claims), ProxyError> {
     match creds.issuers.verify(&service.tenant, token, unix_now()).await {
-        Ok(v) => Ok(v.app),
+        Ok(v) => Ok((v.app, Some(Arc::new(v.claims)))),
         Err(e) => {
             tracing::debug!(tenant = %service.tenant, service = %service.name, reason = ?e, "jwt refused");
             Err(match e {
@@ -210,6 +216,9 @@ async fn jwt_app(creds: &Credentials, service: &ServiceEntry, token: &str) -> Re
         }
     }
 }
+
+/// A JWT's verified claims, shared with the request context.
+type Claims = Option<Arc<serde_json::Map<String, serde_json::Value>>>;
 
 /// Asks the tenant's introspection endpoints in turn; the first that says active wins.
 /// Fails closed: when none says active and one could not be asked, 503.
@@ -269,5 +278,6 @@ fn api_key(
         tenant: stored.tenant.clone(),
         app: stored.app.clone(),
         credential_header: header,
+        claims: None,
     })
 }

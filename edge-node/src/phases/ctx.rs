@@ -5,8 +5,10 @@
 //!
 //! ```text
 //!  arrival: request id, peer, clock, method and URI
-//!   ─> route: `route` ─> cors: `cors` ─> authenticate: `consumer` ─> forward: `upgrade`
-//!   ─> answer: the cors grant and the request id go on it, whatever it is; the log line
+//!   ─> route: `route` ─> cors: `cors` ─> authenticate: `consumer` ─> rate limit: `limit`
+//!   ─> forward: `upgrade`
+//!   ─> answer: the cors grant, the limit's headers and the request id go on it, whatever
+//!      it is; the log line
 //! ```
 
 use std::net::SocketAddr;
@@ -18,6 +20,7 @@ use http::{HeaderValue, Method, Uri};
 use crate::consumer::Consumer;
 use crate::error::ProxyError;
 use crate::phases::cors::CorsReply;
+use crate::phases::ratelimit::LimitHeaders;
 use crate::phases::service::ServiceEntry;
 use crate::upstream::forward::Forward;
 
@@ -38,6 +41,8 @@ pub struct RequestCtx {
     pub cors: Option<CorsReply>,
     /// Phase authenticate: the caller, when the service asks for a credential.
     pub consumer: Option<Consumer>,
+    /// Phase rate limit: the tightest limit's headers, on every answer after it.
+    pub limit: Option<LimitHeaders>,
     /// The protocol the client asked to switch to (`Upgrade`, WebSocket), if any.
     pub upgrade: Option<HeaderValue>,
     /// The request arrived over TLS (`--tls-listen`).
@@ -63,6 +68,7 @@ impl RequestCtx {
             route: None,
             cors: None,
             consumer: None,
+            limit: None,
             upgrade: None,
             client_tls: false,
         }

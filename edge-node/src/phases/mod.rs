@@ -1,6 +1,6 @@
 //! Stage "phases": what the proxy does to a request between accepting it and sending it
 //! upstream, one module per phase, run in order by `proxy.rs`: normalize, route, ip filter,
-//! cors, lifecycle and subscription (authorize), authenticate, request policies.
+//! cors, lifecycle and subscription (authorize), authenticate, rate limits, request policies.
 //!
 //! Owns: each phase's compiled data (router, credentials, policies) and its decision. May
 //! not touch sockets or the config stream; reads only what the snapshot hands it, and
@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod ipfilter;
 pub mod normalize;
 pub mod policy;
+pub mod ratelimit;
 pub mod route;
 pub mod router;
 pub mod service;

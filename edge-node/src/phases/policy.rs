@@ -1,7 +1,8 @@
 //! Policies the edge applies to a service's traffic, compiled once per config:
 //! `ip_filter` (403 `ip_denied`, see `ipfilter.rs`), `cors` (preflights and response
-//! headers, see `cors.rs`), `headers` (request and response header transforms) and
-//! `request_size` (413 past a body size). A service naming a policy kind this edge cannot
+//! headers, see `cors.rs`), `rate_limit` (429 `rate_limited`, see `ratelimit.rs`),
+//! `headers` (request and response header transforms) and `request_size` (413 past a body
+//! size). A service naming a policy kind this edge cannot
 //! enforce does not compile, so the edge refuses (NACKs) that config and keeps enforcing the
 //! old one rather than letting traffic through unchecked.
 //!
@@ -22,6 +23,7 @@ use tollgate_proto::model::{HeaderOps, Policy, Service};
 use crate::error::ProxyError;
 use crate::phases::cors::CorsPolicy;
 use crate::phases::ipfilter::IpRule;
+use crate::phases::ratelimit::RateLimits;
 use crate::upstream::dispatch::RewriteHeaders;
 
 #[derive(Debug, Clone)]
@@ -38,6 +40,8 @@ pub struct Policies {
     pub max_body: Option<u64>,
     /// The service's `cors` policy.
     pub cors: Option<Arc<CorsPolicy>>,
+    /// The service's `rate_limit` policies.
+    pub rate_limits: RateLimits,
     ip_filters: Vec<IpRule>,
     request: Vec<HeaderOp>,
     response: Vec<HeaderOp>,
@@ -117,10 +121,20 @@ impl Policies {
                     CorsPolicy::compile(c).map_err(|m| format!("policies[{i}]: {m}"))?,
                 ));
             }
+            if let Some(r) = &p.rate_limit {
+                out.rate_limits
+                    .add(&service.tenant, p, r)
+                    .map_err(|m| format!("policies[{i}]: {m}"))?;
+            }
             let unsupported: Vec<&str> = p
                 .kinds_set()
                 .into_iter()
-                .filter(|k| !matches!(*k, "headers" | "request_size" | "ip_filter" | "cors"))
+                .filter(|k| {
+                    !matches!(
+                        *k,
+                        "headers" | "request_size" | "ip_filter" | "cors" | "rate_limit"
+                    )
+                })
                 .collect();
             if !unsupported.is_empty() {
                 return Err(format!(
@@ -216,13 +230,10 @@ mod tests {
     #[test]
     fn policy_kinds_this_edge_cannot_enforce_do_not_compile() {
         let err = compile(&format!(
-            "{SVC}policies: [{{name: a, tenant: t, rate_limit: {{limit: 1, window: 1s}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
+            "{SVC}policies: [{{name: a, tenant: t, quota: {{limit: 1, period: day}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
         ))
         .unwrap_err();
-        assert!(
-            err.contains("policy t/a (rate_limit) cannot be enforced"),
-            "{err}"
-        );
+        assert!(err.contains("policy t/a (quota) cannot be enforced"), "{err}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ async fn fixture() -> Fixture {
     let shared = Arc::new(Shared::default());
     shared.install(compile(3, res));
     Fixture {
-        proxy: Proxy::new(shared),
+        proxy: Proxy::new(shared, Peers::new("test-edge")),
         keys,
     }
 }
@@ -160,7 +160,7 @@ async fn expect_error(proxy: &Proxy, req: Request<Full<Bytes>>, status: StatusCo
 
 #[tokio::test]
 async fn not_ready_without_config() {
-    let proxy = Proxy::new(Arc::new(Shared::default()));
+    let proxy = Proxy::new(Arc::new(Shared::default()), Peers::new("test-edge"));
     expect_error(
         &proxy,
         empty(get("/orders")),
@@ -370,7 +370,7 @@ services:
     ));
     let shared = Arc::new(Shared::default());
     shared.install(compile(1, res));
-    let p = Proxy::new(shared);
+    let p = Proxy::new(shared, Peers::new("test-edge"));
     // CLIENT (10.1.2.3) is outside the allow list: 403 before any credential is asked for.
     expect_error(&p, empty(get("/walled")), StatusCode::FORBIDDEN, "ip_denied").await;
     // A preflight needs no credential, and is routed by the method it asks about.

@@ -25,6 +25,7 @@ fn snapshot_chunks(nonce: &str, version: u64, all: Vec<v1::Resource>, n: usize) 
                 String::new()
             },
             base_version: 0,
+            peers: None,
         })
         .collect()
 }
@@ -46,6 +47,7 @@ fn delta(
         upserts,
         removals,
         base_version: base,
+        peers: None,
     }
 }
 

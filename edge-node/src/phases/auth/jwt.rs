@@ -332,6 +332,7 @@ pub struct Verified {
     pub app: String,
     /// The issuer resource that verified it.
     pub issuer: String,
+    pub claims: Map<String, Value>,
 }
 
 /// The issuers of every tenant, by `iss`.
@@ -383,6 +384,7 @@ impl Issuers {
         Ok(Verified {
             app,
             issuer: issuer.name.clone(),
+            claims: parsed.claims,
         })
     }
 }

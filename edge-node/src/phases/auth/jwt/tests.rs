@@ -284,12 +284,15 @@ async fn signed_tokens_are_verified_and_forgeries_refused() {
     let rs = rs256(&k);
 
     let ok = token(json!({"alg": "RS256", "typ": "JWT"}), good_claims(), &rs);
+    let verified = verify(ok.clone()).await.unwrap();
     assert_eq!(
-        verify(ok.clone()).await,
-        Ok(Verified {
-            app: "mobile".into(),
-            issuer: "idp".into()
-        })
+        (verified.app.as_str(), verified.issuer.as_str()),
+        ("mobile", "idp")
+    );
+    assert_eq!(
+        verified.claims.get("iss").and_then(serde_json::Value::as_str),
+        good_claims()["iss"].as_str(),
+        "the verified claims come along (a rate limit may count by one)"
     );
     let ed = token(json!({"alg": "EdDSA", "kid": "whatever"}), good_claims(), |m| {
         k.ed.sign(m).as_ref().to_vec()

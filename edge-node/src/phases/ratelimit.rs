@@ -1,0 +1,217 @@
+//! The rate-limit phase: a service's `rate_limit` policies, compiled once per config and
+//! decided per request by the counters stage (`counters/`). It runs after authorization, so
+//! a limit counts only callers that may call, by app, tenant, service, client address,
+//! header or JWT claim.
+//!
+//! Every policy a service names applies; a request refused by one is taken back from those
+//! that admitted it, so refused requests use up no limit. The answer carries the tightest
+//! policy's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds), and a
+//! 429 adds `Retry-After`.
+//!
+//! A limiter's id is `<window>ms/<limit>/<key>/<tenant>/<policy>`: edges with the same policy
+//! share its counts, and changing a policy's limit, window or key starts afresh.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tollgate_proto::model::{LimitAlgorithm, LimitScope, OnStoreFailure, Policy, RateLimit};
+
+use crate::consumer::Consumer;
+use crate::counters::peers::Peers;
+use crate::counters::{unix_ms, Decision, Limiter, LimiterKind};
+use crate::error::ProxyError;
+
+/// What a limit counts by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum KeyOf {
+    App,
+    Tenant,
+    Service,
+    Ip,
+    Header(HeaderName),
+    Claim(String),
+}
+
+impl KeyOf {
+    fn parse(key: &str) -> Result<KeyOf, String> {
+        Ok(match key {
+            "app" => KeyOf::App,
+            "tenant" => KeyOf::Tenant,
+            "service" => KeyOf::Service,
+            "ip" => KeyOf::Ip,
+            k => match (k.strip_prefix("header:"), k.strip_prefix("claim:")) {
+                (Some(h), _) => KeyOf::Header(
+                    HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}"))?,
+                ),
+                (_, Some(c)) if !c.is_empty() => KeyOf::Claim(c.to_string()),
+                _ => return Err(format!("invalid limit key {key:?}")),
+            },
+        })
+    }
+}
+
+/// Who a request is counted as.
+pub struct Caller<'a> {
+    pub remote: SocketAddr,
+    pub consumer: Option<&'a Consumer>,
+    pub tenant: &'a str,
+    pub service: &'a str,
+    pub headers: &'a HeaderMap,
+}
+
+impl Caller<'_> {
+    /// The key's value for this request; a missing app, header or claim counts by address.
+    fn key(&self, of: &KeyOf) -> String {
+        let by_ip = || format!("ip:{}", self.remote.ip());
+        match of {
+            KeyOf::App => self.consumer.map_or_else(by_ip, |c| format!("app:{}", c.app)),
+            KeyOf::Tenant => format!("tenant:{}", self.tenant),
+            KeyOf::Service => format!("service:{}", self.service),
+            KeyOf::Ip => by_ip(),
+            KeyOf::Header(h) => match self.headers.get(h).map(|v| v.as_bytes()) {
+                Some(v) if !v.is_empty() => {
+                    format!("header:{}", String::from_utf8_lossy(&v[..v.len().min(256)]))
+                }
+                _ => by_ip(),
+            },
+            KeyOf::Claim(name) => {
+                let claim = self
+                    .consumer
+                    .and_then(|c| c.claims.as_ref())
+                    .and_then(|c| c.get(name));
+                match claim {
+                    Some(serde_json::Value::String(s)) => format!("claim:{}", &s[..s.len().min(256)]),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        format!("claim:{v}")
+                    }
+                    _ => by_ip(),
+                }
+            }
+        }
+    }
+}
+
+/// One compiled `rate_limit` policy.
+#[derive(Clone, Debug)]
+struct Limit {
+    limiter: Limiter,
+    key: KeyOf,
+    on_failure: OnStoreFailure,
+}
+
+/// A service's rate limits, in the order it names them.
+#[derive(Clone, Debug, Default)]
+pub struct RateLimits {
+    limits: Vec<Limit>,
+}
+
+/// The headers an answer carries for the tightest limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset_secs: u64,
+    /// Set on a refusal: `Retry-After` seconds.
+    pub retry_after: Option<u64>,
+}
+
+impl LimitHeaders {
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        let n = |v: u64| HeaderValue::from(v);
+        headers.insert(HeaderName::from_static("ratelimit-limit"), n(self.limit));
+        headers.insert(HeaderName::from_static("ratelimit-remaining"), n(self.remaining));
+        headers.insert(HeaderName::from_static("ratelimit-reset"), n(self.reset_secs));
+        if let Some(after) = self.retry_after {
+            headers.insert(http::header::RETRY_AFTER, n(after));
+        }
+    }
+}
+
+fn headers_of(d: &Decision, refused: bool) -> LimitHeaders {
+    let reset_secs = d.reset_ms.div_ceil(1000).max(u64::from(refused));
+    LimitHeaders {
+        limit: d.limit,
+        remaining: d.remaining,
+        reset_secs,
+        retry_after: refused.then_some(reset_secs.max(1)),
+    }
+}
+
+impl RateLimits {
+    /// Adds `p`'s `rate_limit`, named `tenant/name`.
+    pub fn add(&mut self, tenant: &str, p: &Policy, r: &RateLimit) -> Result<(), String> {
+        let key = KeyOf::parse(&r.key)?;
+        let window_ms = (r.window.0.as_millis() as u64).max(1);
+        let kind = match (r.algorithm, r.scope) {
+            (LimitAlgorithm::SlidingWindow, scope) => LimiterKind::SlidingWindow {
+                cluster: scope == LimitScope::Cluster,
+            },
+            (LimitAlgorithm::TokenBucket, LimitScope::Local) => LimiterKind::TokenBucket {
+                burst: r.burst.unwrap_or(r.limit).max(1),
+            },
+            (LimitAlgorithm::TokenBucket, LimitScope::Cluster) => {
+                return Err("a token_bucket rate limit needs scope: local".into())
+            }
+        };
+        let id = format!("{window_ms}ms/{}/{}/{tenant}/{}", r.limit, r.key, p.name);
+        self.limits.push(Limit {
+            limiter: Limiter {
+                id: Arc::from(id),
+                limit: r.limit,
+                window_ms,
+                kind,
+            },
+            key,
+            on_failure: r.on_store_failure,
+        });
+        Ok(())
+    }
+
+    /// The policies by id, for `/limits` and `/metrics`: (id, cluster scope).
+    pub fn ids(&self) -> impl Iterator<Item = (&Arc<str>, bool)> + '_ {
+        self.limits.iter().map(|l| {
+            let cluster = matches!(l.limiter.kind, LimiterKind::SlidingWindow { cluster: true });
+            (&l.limiter.id, cluster)
+        })
+    }
+
+    /// Counts the request against every limit; `Err(RateLimited)` if one refuses (what the
+    /// others admitted is taken back). The headers of the tightest limit come back either way.
+    pub fn check(
+        &self,
+        caller: &Caller<'_>,
+        peers: &Peers,
+    ) -> (Option<LimitHeaders>, Result<(), ProxyError>) {
+        if self.limits.is_empty() {
+            return (None, Ok(()));
+        }
+        let now = unix_ms();
+        let mut admitted: Vec<(&Limiter, String)> = Vec::with_capacity(self.limits.len());
+        let mut tightest: Option<Decision> = None;
+        for l in &self.limits {
+            let key = caller.key(&l.key);
+            let share = peers.share(l.on_failure);
+            let d = peers.counters.hit(&l.limiter, &key, now, share);
+            if !d.admitted {
+                for (limiter, key) in admitted {
+                    peers.counters.undo(limiter, &key, now);
+                }
+                let reason = if d.store_unavailable {
+                    "the cluster's rate-limit counters are unreachable and this policy fails closed"
+                } else {
+                    "too many requests: the rate limit is used up"
+                };
+                return (Some(headers_of(&d, true)), Err(ProxyError::RateLimited(reason)));
+            }
+            admitted.push((&l.limiter, key));
+            if tightest.is_none_or(|t| d.remaining < t.remaining) {
+                tightest = Some(d);
+            }
+        }
+        (tightest.map(|d| headers_of(&d, false)), Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests;
