@@ -24,6 +24,7 @@ use crate::forward::{forwarded, retryable};
 use crate::node::{now_ms, Node, Route, LEADER_WAIT};
 use crate::secrets::{random_bytes, random_token, write_private};
 use crate::state::{Actor, AdminToken, Change as StateChange, Command, CommandError, Outcome, Role};
+use crate::usage::UsageRecord;
 
 /// Roles that may use the admin API at all (what each may do is `access`'s business).
 const ADMIN_ROLES: [Role; 4] = [
@@ -51,13 +52,16 @@ impl AdminService {
 /// failed because leadership moved, and surely changed nothing, is tried again (against the
 /// new leader) until [`LEADER_WAIT`] runs out, so a failover is invisible to the caller.
 macro_rules! lead {
-    ($self:ident, $req:ident, $method:ident, $local:ident) => {{
+    ($self:ident, $req:ident, $method:ident, $local:ident) => {
+        lead!($self, $req, $method, $local, ADMIN_ROLES)
+    };
+    ($self:ident, $req:ident, $method:ident, $local:ident, $roles:expr) => {{
         let deadline = Instant::now() + LEADER_WAIT;
         loop {
             let result = match $self.node.route(&$req, deadline).await? {
                 Route::Forward(mut client) => client.$method(forwarded(&$req)).await,
                 Route::Local => {
-                    let token = $self.node.authorize(&$req, &ADMIN_ROLES)?;
+                    let token = $self.node.authorize(&$req, &$roles)?;
                     $self
                         .$local(&token, $req.get_ref().clone())
                         .await
@@ -179,8 +183,19 @@ fn shown_resource(stored: &crate::state::Stored) -> Resource {
     shown.to_resource(stored.version)
 }
 
+/// Most entries one usage report may carry, and the longest field.
+const MAX_USAGE_ENTRIES: usize = 100_000;
+const MAX_USAGE_FIELD: usize = 512;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn record_usage(
+        &self,
+        req: Request<RecordUsageRequest>,
+    ) -> Result<Response<RecordUsageResponse>, Status> {
+        lead!(self, req, record_usage, record_usage_local, [Role::Edge])
+    }
+
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, apply, apply_local)
     }
@@ -455,6 +470,39 @@ impl AdminService {
             id,
             version: out.version,
         })
+    }
+
+    async fn record_usage_local(
+        &self,
+        _t: &AdminToken,
+        r: RecordUsageRequest,
+    ) -> Result<RecordUsageResponse, AdminError> {
+        if r.entries.len() > MAX_USAGE_ENTRIES {
+            return Err(AdminError::invalid(
+                "entries",
+                format!("at most {MAX_USAGE_ENTRIES} per report"),
+            ));
+        }
+        let bad = r.entries.iter().find(|e| {
+            [&e.quota, &e.key, &e.node_id]
+                .iter()
+                .any(|f| f.is_empty() || f.len() > MAX_USAGE_FIELD)
+                || !(e.quota.starts_with("day/") || e.quota.starts_with("month/"))
+        });
+        if let Some(e) = bad {
+            return Err(AdminError::invalid(
+                "entries",
+                format!(
+                    "not a quota count: {:?} {:?} from {:?}",
+                    e.quota, e.key, e.node_id
+                ),
+            ));
+        }
+        if !r.entries.is_empty() {
+            let records = r.entries.into_iter().map(UsageRecord::from).collect();
+            self.node.write(Command::RecordUsage(records), None).await?;
+        }
+        Ok(RecordUsageResponse {})
     }
 
     async fn revoke_key_local(

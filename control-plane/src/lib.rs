@@ -30,6 +30,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod stream;
+pub mod usage;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -21,6 +21,8 @@ use tollgate_proto::validate::{
 };
 use tollgate_proto::{Document, Kind, ResourceKey, Spec};
 
+use crate::usage::{Usage, UsageRecord};
+
 /// How many deletions are remembered for deltas; an edge older than the oldest one forgotten
 /// gets a snapshot instead.
 pub const TOMBSTONE_CAPACITY: usize = 10_000;
@@ -68,6 +70,8 @@ pub enum Command {
     RevokeAdminToken {
         id: String,
     },
+    /// Quota counts reported by edges (not config: no version, no audit record).
+    RecordUsage(Vec<UsageRecord>),
 }
 
 impl Command {
@@ -83,7 +87,9 @@ impl Command {
             | Command::DeleteSecret { tenant, .. } => vec![tenant.clone()],
             Command::PutSecret(s) => vec![s.tenant.clone()],
             Command::AddAdminToken(t) => t.tenant.iter().cloned().collect(),
-            Command::Bootstrap { .. } | Command::RevokeAdminToken { .. } => Vec::new(),
+            Command::Bootstrap { .. } | Command::RevokeAdminToken { .. } | Command::RecordUsage(_) => {
+                Vec::new()
+            }
         };
         t.sort();
         t.dedup();
@@ -103,6 +109,7 @@ impl Command {
             Command::Bootstrap { .. } => "cluster init",
             Command::AddAdminToken(_) => "token create",
             Command::RevokeAdminToken { .. } => "token revoke",
+            Command::RecordUsage(_) => "usage record",
         }
     }
 }
@@ -310,8 +317,11 @@ pub struct ConfigState {
     /// The newest admin writes, oldest first (at most [`AUDIT_CAPACITY`]).
     #[serde(default)]
     pub audit: std::collections::VecDeque<AuditRecord>,
-    /// Index of the last command applied (the global config version).
+    /// Index of the last command applied that changed config (the global config version).
     pub version: u64,
+    /// Quota usage reported by edges.
+    #[serde(default)]
+    pub usage: Usage,
 }
 
 /// The planned effect of a command: new content per touched key (`None` deletes).
@@ -327,6 +337,9 @@ impl ConfigState {
     /// Applies `cmd` at log `index`. All or nothing.
     /// Applies one log entry and records it in the audit log, whether it succeeded or not.
     pub fn apply_request(&mut self, index: u64, req: &Request) -> Result<Outcome, CommandError> {
+        if let Command::RecordUsage(_) = &req.command {
+            return self.apply(index, &req.command);
+        }
         let mut tenants = req.command.tenants();
         if let Command::RevokeAdminToken { id } = &req.command {
             tenants.extend(
@@ -369,6 +382,14 @@ impl ConfigState {
     }
 
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, CommandError> {
+        if let Command::RecordUsage(records) = cmd {
+            // Not config: the version stays, nothing is pushed to edges as config.
+            self.usage.record(records);
+            return Ok(Outcome {
+                version: self.version,
+                changes: Vec::new(),
+            });
+        }
         self.version = index;
         let done = Ok(Outcome {
             version: index,
@@ -576,7 +597,10 @@ impl ConfigState {
                 self.get(&key).ok_or_else(|| not_found(&key))?;
                 writes.insert(key, None);
             }
-            Command::Bootstrap { .. } | Command::AddAdminToken(_) | Command::RevokeAdminToken { .. } => {}
+            Command::Bootstrap { .. }
+            | Command::AddAdminToken(_)
+            | Command::RevokeAdminToken { .. }
+            | Command::RecordUsage(_) => {}
         }
         self.cascade(&mut writes);
         self.settle_subscriptions(&mut writes);

@@ -22,7 +22,8 @@
 //! Every stream also carries the peer list for counter sharing: a push with only `peers`
 //! set (no nonce, not acked) first, and again whenever the edges connected to this node
 //! change. It names each connected edge's peer address and the key edges present to each
-//! other, derived from the master key.
+//! other, derived from the master key. Quota usage recorded by edges (`RecordUsage`) goes to
+//! every edge the same way, at the start and within a second of each change.
 //!
 //! Secrets are never streamed, with the exceptions an edge cannot do without, each opened
 //! with this node's master key as the push is built: a certificate is sent with its private
@@ -199,6 +200,7 @@ pub fn pushes_since(
             checksum,
             base_version: since,
             peers: None,
+            usage: None,
         }];
     }
     let all: Vec<Resource> = state
@@ -226,6 +228,7 @@ pub fn pushes_since(
             },
             base_version: 0,
             peers: None,
+            usage: None,
         })
         .collect()
 }
@@ -334,6 +337,28 @@ fn peer_push(node: &Node) -> ConfigPush {
     }
 }
 
+/// How often a session checks whether quota usage changed (and pushes it when it did).
+const USAGE_EVERY: Duration = Duration::from_secs(1);
+/// Most usage entries one push carries.
+const MAX_USAGE_PUSH: usize = 200_000;
+
+/// The push with every edge's quota usage, if it changed since `sent`; updates `sent`.
+fn usage_push(node: &Node, sent: &mut Option<u64>) -> Option<ConfigPush> {
+    let (changes, mut entries) = node.sm.read(|s| {
+        let changes = s.usage.changes;
+        let entries = (Some(changes) != *sent).then(|| s.usage.entries());
+        (changes, entries)
+    });
+    let entries = entries.take()?;
+    *sent = Some(changes);
+    let mut entries = entries;
+    entries.truncate(MAX_USAGE_PUSH);
+    Some(ConfigPush {
+        usage: Some(UsageTable { entries }),
+        ..Default::default()
+    })
+}
+
 /// Serves one edge until it goes away; returns why.
 async fn session(
     node: &Node,
@@ -347,6 +372,14 @@ async fn session(
     if tx.send(Ok(peer_push(node))).await.is_err() {
         return "stream closed".into();
     }
+    let mut usage_sent = None;
+    if let Some(push) = usage_push(node, &mut usage_sent) {
+        if tx.send(Ok(push)).await.is_err() {
+            return "stream closed".into();
+        }
+    }
+    let mut usage_tick = tokio::time::interval(USAGE_EVERY);
+    usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut applied = node.sm.subscribe();
     let mut acked = hello.last_version;
     let mut force_snapshot = acked == 0;
@@ -411,6 +444,13 @@ async fn session(
             changed = applied.changed() => {
                 if changed.is_err() {
                     return "control plane shutting down".into();
+                }
+            }
+            _ = usage_tick.tick() => {
+                if let Some(push) = usage_push(node, &mut usage_sent) {
+                    if tx.send(Ok(push)).await.is_err() {
+                        return "stream closed".into();
+                    }
                 }
             }
             changed = members.changed() => {

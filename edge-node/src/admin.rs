@@ -12,8 +12,8 @@ use serde_json::json;
 
 use crate::body::{full, Body, ClientBody};
 use crate::config::state::Shared;
-use crate::counters::peers::{window_of, Peers, BATCH_INTERVAL};
-use crate::counters::unix_ms;
+use crate::counters::peers::{Peers, BATCH_INTERVAL};
+use crate::counters::{unix_ms, Period};
 use crate::error::{error_body, json_response};
 use crate::listen::Handler;
 
@@ -46,7 +46,9 @@ impl Admin {
     /// Requests a cluster-wide limit may admit past its limit now: what the peers admit in
     /// one batch interval plus a round trip (their last window's load, busiest key).
     fn error_bound(&self, id: &str, now: u64) -> u64 {
-        let Some(window_ms) = window_of(id) else { return 0 };
+        let Some(Period::Window(window_ms)) = Period::of(id) else {
+            return 0;
+        };
         let lag = BATCH_INTERVAL + self.peers.max_rtt();
         let load = self.peers.counters.peer_load(id, now) as f64;
         (load * lag.as_millis() as f64 / window_ms as f64).ceil() as u64
@@ -71,7 +73,13 @@ impl Admin {
                     "scope": if *cluster { "cluster" } else { "local" },
                     "error_bound": if *cluster { self.error_bound(id, now) } else { 0 },
                     "fallback": *cluster && !self.peers.in_step(),
-                    "keys": keys.iter().map(|(k, local, cluster)| json!({"key": k, "local": local.round(), "cluster": cluster.round()})).collect::<Vec<_>>(),
+                    "keys": keys.iter().map(|(k, local, cluster)| {
+                        let mut row = json!({"key": k, "local": local.round(), "cluster": cluster.round()});
+                        if let Some(p) = Period::of(id).filter(|p| !matches!(p, Period::Window(_))) {
+                            row["stored"] = json!(self.peers.stored(id, k, p.index(now)).unwrap_or(0));
+                        }
+                        row
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();

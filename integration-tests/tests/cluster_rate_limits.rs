@@ -2,7 +2,8 @@
 //! ports: the limit holds for the cluster under a load of three times the limit, spread
 //! evenly and then skewed onto one edge, within the declared error bound; an edge whose peer
 //! link is cut (a fault-injecting proxy in front of its peer port) falls back as each
-//! policy's `on_store_failure` says, and converges within a second once the link heals.
+//! policy's `on_store_failure` says, and converges within a second once the link heals; a
+//! daily quota holds across an edge restart and a control-plane leader change.
 //!
 //! Bound declared (ARCHITECTURE.md, "Cluster rate limits"): for steady load, admitted over
 //! an interval <= limit × (1 + 5%) + edges × (the limit's traffic in one batch interval).
@@ -294,4 +295,99 @@ fn a_cut_peer_link_falls_back_by_policy_and_heals_within_a_second() {
     assert_eq!(json["peers"].as_array().map(Vec::len), Some(2), "{json}");
     let down = c.sb.cli(0, &["stats", "limits", "--edge", "127.0.0.1:1"]);
     assert_eq!(down.code, 6, "{}", down.stderr);
+}
+
+/// Edge `edge`'s view of `policy`'s only key: (cluster count, control plane's record).
+fn quota_view(edge: &EdgeNode, policy: &str) -> (f64, u64) {
+    let Some((200, body)) = http_get(edge.admin, "/limits") else {
+        return (0.0, 0);
+    };
+    let l: Value = serde_json::from_str(&body).unwrap();
+    let limit = l["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["policy"] == policy)
+        .cloned();
+    let key = limit.as_ref().map(|l| l["keys"][0].clone()).unwrap_or_default();
+    (
+        key["cluster"].as_f64().unwrap_or(0.0),
+        key["stored"].as_u64().unwrap_or(0),
+    )
+}
+
+/// Sends `n` requests to `edge`; how many were admitted (the rest must be 429s).
+fn admitted_of(edge: &EdgeNode, path: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|_| {
+            let r = edge.request("GET", path, &[]);
+            match r.status {
+                200 => true,
+                429 => {
+                    assert_eq!(r.error_code(), "rate_limited", "{r:?}");
+                    let reset: u64 = r.header("ratelimit-reset").unwrap().parse().unwrap();
+                    assert!(
+                        (1..=86_400).contains(&reset),
+                        "resets by the end of the UTC day: {r:?}"
+                    );
+                    false
+                }
+                s => panic!("unexpected {s}: {r:?}"),
+            }
+        })
+        .count()
+}
+
+/// `kill -9`s and restarts `edge`, then waits until it counts at least `used` of the quota.
+fn restart_knowing(edge: &mut EdgeNode, used: f64) {
+    edge.kill();
+    edge.spawn();
+    wait_for(
+        &format!("the restarted edge to know of {used}"),
+        Duration::from_secs(15),
+        || (quota_view(edge, "acme/daily").0 >= used).then_some(()),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_survives_an_edge_restart_and_a_leader_change() {
+    let upstream = Upstream::start();
+    let mut sb = Sandbox::cluster(3);
+    let doc = format!(
+        r#"
+tenants: [{{name: acme}}]
+upstreams: [{{name: be, tenant: acme, targets: [{{url: "{}"}}]}}]
+policies: [{{name: daily, tenant: acme, quota: {{limit: 30, period: day, key: service}}}}]
+services: [{{name: metered, tenant: acme, upstream: be, policies: [daily], routes: [{{paths: [/metered]}}]}}]
+"#,
+        upstream.url()
+    );
+    let file = sb.file("quota.yaml", &doc);
+    sb.cli(0, &["apply", "-f", &file]).ok();
+    let mut edge = EdgeNode::start(&sb, "edge-q");
+    wait_for("the quota to load", Duration::from_secs(15), || {
+        (quota_view(&edge, "acme/daily") == (0.0, 0) && edge.readyz() == Some(200)).then_some(())
+    });
+    assert_eq!(admitted_of(&edge, "/metered", 20), 20);
+    wait_for("the control plane to record 20", Duration::from_secs(10), || {
+        (quota_view(&edge, "acme/daily").1 == 20).then_some(())
+    });
+
+    // kill -9 and back: the count comes back from the control plane, not from zero.
+    restart_knowing(&mut edge, 20.0);
+    assert_eq!(admitted_of(&edge, "/metered", 15), 10, "30 a day in all");
+    wait_for("the control plane to record 30", Duration::from_secs(10), || {
+        (quota_view(&edge, "acme/daily").1 == 30).then_some(())
+    });
+
+    // The leader goes; the edge restarts again and reconnects to a survivor.
+    let leader = sb.leader().await;
+    let li = sb.nodes.iter().position(|n| n.id == leader).unwrap();
+    sb.nodes[li].kill();
+    let successor = tokio::time::timeout(Duration::from_secs(15), sb.leader())
+        .await
+        .expect("a new leader");
+    assert_ne!(successor, leader);
+    restart_knowing(&mut edge, 30.0);
+    assert_eq!(admitted_of(&edge, "/metered", 5), 0, "the day's quota is used up");
 }

@@ -379,6 +379,12 @@ fn edge_nacks_a_config_it_cannot_apply_and_status_shows_it() {
         assert!(peers.nonce.is_empty() && peers.upserts.is_empty(), "{peers:?}");
         assert_eq!(list.key.len(), 64, "{list:?}");
         assert!(list.edges.iter().all(|e| e.node_id != "fake-edge"), "{list:?}");
+        // Then the quota usage the control plane holds (none yet), also not acked.
+        let usage = next_push(&mut pushes, Duration::from_secs(5))
+            .await
+            .expect("the quota usage within 5s");
+        assert!(usage.nonce.is_empty() && usage.peers.is_none(), "{usage:?}");
+        assert_eq!(usage.usage.map(|u| u.entries.len()), Some(0));
 
         // Then the whole config as a snapshot: chunks in order, one nonce, the checksum on
         // the last chunk covering all of them.

@@ -216,3 +216,30 @@ services: [{name: orders, tenant: acme, approval: manual, auth: [api_key], upstr
         "{err}"
     );
 }
+
+#[test]
+fn recorded_usage_is_not_config_moves_no_version_and_is_not_audited() {
+    let mut s = ConfigState::default();
+    apply_doc(&mut s, 3, "tenants: [{name: acme}]", false).unwrap();
+    let record = crate::usage::UsageRecord {
+        quota: "day/10/app/acme/q".into(),
+        key: "app:m".into(),
+        period: 20_000,
+        node: "edge-a".into(),
+        epoch: 1,
+        count: 4,
+    };
+    let req = Request {
+        command: Command::RecordUsage(vec![record]),
+        actor: None,
+        at_ms: 0,
+    };
+    let audited = s.audit.len();
+    let out = s.apply_request(9, &req).unwrap();
+    assert_eq!((out.version, s.version), (3, 3), "the config version stays");
+    assert_eq!(s.audit.len(), audited, "no audit record");
+    assert_eq!(s.usage.total("day/10/app/acme/q", "app:m", 20_000), 4);
+    // It survives a snapshot.
+    let back: ConfigState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(back.usage.total("day/10/app/acme/q", "app:m", 20_000), 4);
+}

@@ -7,7 +7,9 @@
 //!      │ jittered backoff 100ms..5s, next cp                        ├─> Shared::install
 //!      └──────────── error / stream end / resync ───────────────────└─> lkg::save
 //! ```
-//! A push carrying only the peer list goes to the counters stage (`Peers::set_peers`).
+//! A push carrying only the peer list goes to the counters stage (`Peers::set_peers`), one
+//! carrying only quota usage too (`Peers::receive_usage`); while a stream is open, this
+//! edge's quota counts are reported to the same control plane every second.
 //!
 //! With `--tls-*` each connection is mutual TLS ([`ClusterTls`]: files re-read per connection).
 
@@ -17,9 +19,10 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::config_stream_client::ConfigStreamClient;
-use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello};
-use tonic::transport::Endpoint;
+use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello, RecordUsageRequest};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::config::cluster_tls::ClusterTls;
 use crate::config::lkg;
@@ -230,6 +233,11 @@ impl StreamClient {
             endpoint = endpoint.tls_config(tls.config()).map_err(StreamError::Connect)?;
         }
         let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
+        let _reporter = AbortOnDrop(tokio::spawn(report_usage(
+            self.peers.clone(),
+            AdminClient::new(channel.clone()),
+            self.cfg.join_token.clone(),
+        )));
         let mut client = ConfigStreamClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let hello = Hello {
@@ -259,6 +267,12 @@ impl StreamClient {
                 // The edges to share counters with; no config, nothing to acknowledge.
                 tracing::debug!(edges = list.edges.len(), "peer list received");
                 self.peers.set_peers(list);
+                continue;
+            }
+            if let Some(usage) = push.usage.take() {
+                // The quota usage the control plane holds; nothing to acknowledge.
+                tracing::debug!(entries = usage.entries.len(), "quota usage received");
+                self.peers.receive_usage(usage.entries);
                 continue;
             }
             let (nonce, version, snapshot) = (push.nonce.clone(), push.version, push.snapshot);
@@ -302,6 +316,49 @@ impl StreamClient {
             }
             Err(e) => {
                 tracing::warn!(version, error = %e, "saving the last-known-good config panicked")
+            }
+        }
+    }
+}
+
+/// How often quota counts are reported to the control plane (what a `kill -9` can lose).
+pub const USAGE_REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Aborts a task when dropped (the reporter lives as long as its session).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reports this edge's changed quota counts every [`USAGE_REPORT_EVERY`]: all of them first
+/// and after a failure (the control plane keeps the larger count, so resending is harmless).
+async fn report_usage(peers: Arc<Peers>, mut client: AdminClient<Channel>, token: Option<String>) {
+    let mut all = true;
+    let mut tick = tokio::time::interval(USAGE_REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let entries = peers.usage_report(all);
+        if entries.is_empty() {
+            all = false;
+            continue;
+        }
+        let count = entries.len();
+        let mut req = tonic::Request::new(RecordUsageRequest { entries });
+        if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
+            req.metadata_mut().insert("authorization", value);
+        }
+        match client.record_usage(req).await {
+            Ok(_) => {
+                all = false;
+                tracing::debug!(count, "quota usage reported");
+            }
+            Err(status) => {
+                all = true;
+                tracing::warn!(code = ?status.code(), error = %status.message(), "cannot report quota usage; will resend");
             }
         }
     }

@@ -49,6 +49,87 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+const DAY_MS: u64 = 86_400_000;
+
+/// How a limiter cuts time: into fixed windows, or UTC calendar days or months (quotas).
+/// The same on every edge, since it is read from the limiter's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Window(u64),
+    Day,
+    Month,
+}
+
+impl Period {
+    /// The period a limiter id names by its first segment: `<n>ms`, `day` or `month`.
+    pub fn of(limiter: &str) -> Option<Period> {
+        match limiter.split('/').next()? {
+            "day" => Some(Period::Day),
+            "month" => Some(Period::Month),
+            w => w
+                .strip_suffix("ms")?
+                .parse()
+                .ok()
+                .filter(|w| *w > 0)
+                .map(Period::Window),
+        }
+    }
+
+    /// Which period `unix_ms` falls in: windows, days or months since 1970-01-01 UTC.
+    pub fn index(self, unix_ms: u64) -> u64 {
+        match self {
+            Period::Window(w) => unix_ms / w,
+            Period::Day => unix_ms / DAY_MS,
+            Period::Month => {
+                let (y, m) = year_month(unix_ms / DAY_MS);
+                (y - 1970) * 12 + (m - 1)
+            }
+        }
+    }
+
+    /// Milliseconds from `unix_ms` to the end of its period.
+    pub fn until_end(self, unix_ms: u64) -> u64 {
+        match self {
+            Period::Window(w) => w - unix_ms % w,
+            Period::Day => DAY_MS - unix_ms % DAY_MS,
+            Period::Month => {
+                let i = self.index(unix_ms) + 1;
+                let (y, m) = (1970 + i / 12, i % 12 + 1);
+                days_from_civil(y, m) * DAY_MS - unix_ms
+            }
+        }
+    }
+
+    /// Whether counts of earlier periods are weighted in (sliding windows; a quota counts
+    /// its current period only).
+    fn slides(self) -> bool {
+        matches!(self, Period::Window(_))
+    }
+}
+
+/// (year, month 1-12) of a day count since 1970-01-01 (Howard Hinnant's civil calendar).
+fn year_month(days: u64) -> (u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(m <= 2), m)
+}
+
+/// Days since 1970-01-01 of the first of month `m` (1-12) of year `y`.
+fn days_from_civil(y: u64, m: u64) -> u64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// One limit as the counters see it. `id` names the policy and its shape (tenant, name,
 /// limit, window, key): edges with the same policy share counts, and a changed policy
 /// starts afresh.
@@ -66,6 +147,8 @@ pub enum LimiterKind {
     SlidingWindow { cluster: bool },
     /// This edge alone: `limit` tokens per window, at most `burst` saved.
     TokenBucket { burst: u64 },
+    /// `limit` per UTC day or month, shared with peers and recorded on the control plane.
+    Quota { period: Period },
 }
 
 /// How a cluster-scope limit is decided right now (see `peers.rs` for when each applies).
@@ -96,22 +179,27 @@ pub struct Decision {
 }
 
 /// A key's counts in the current and the previous window: `[previous, current]`.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct Slot {
-    window_ms: u64,
+    period: Period,
     window: u64,
     local: [u64; 2],
     peers: [u64; 2],
     /// Local counts changed since the last batch.
     dirty: bool,
+    /// Quotas: local counts changed since the last report to the control plane.
+    unreported: bool,
 }
 
 impl Slot {
-    fn new(window_ms: u64, window: u64) -> Self {
+    fn new(period: Period, window: u64) -> Self {
         Self {
-            window_ms,
+            period,
             window,
-            ..Self::default()
+            local: [0, 0],
+            peers: [0, 0],
+            dirty: false,
+            unreported: false,
         }
     }
 
@@ -129,16 +217,26 @@ impl Slot {
         self.window = w;
     }
 
-    /// Requests in the last `window_ms` at `now_ms`, counting the peers' or not.
+    /// Requests in the last window at `now_ms` (a quota: in its period), counting the
+    /// peers' or not.
     fn estimate(&self, now_ms: u64, with_peers: bool) -> f64 {
         let (mut prev, mut curr) = (self.local[0], self.local[1]);
         if with_peers {
             prev += self.peers[0];
             curr += self.peers[1];
         }
-        let elapsed = now_ms % self.window_ms;
-        let overlap = (self.window_ms - elapsed) as f64 / self.window_ms as f64;
-        prev as f64 * overlap + curr as f64
+        match self.period {
+            Period::Window(w) => {
+                let overlap = (w - now_ms % w) as f64 / w as f64;
+                prev as f64 * overlap + curr as f64
+            }
+            Period::Day | Period::Month => curr as f64,
+        }
+    }
+
+    /// Moves the slot to the period `now_ms` is in.
+    fn roll_to(&mut self, now_ms: u64) {
+        self.roll(self.period.index(now_ms));
     }
 }
 
@@ -214,13 +312,24 @@ impl Counters {
                 let mode = if cluster { mode } else { Mode::Cluster };
                 self.count(limiter, key, now_ms, mode, cluster)
             }
+            // A quota always counts what it knows of the cluster (peers and the control
+            // plane's record): a day's limit does not fall back for a lost link.
+            LimiterKind::Quota { .. } => self.count(limiter, key, now_ms, Mode::Cluster, true),
+        }
+    }
+
+    fn period(limiter: &Limiter) -> Period {
+        match limiter.kind {
+            LimiterKind::Quota { period } => period,
+            _ => Period::Window(limiter.window_ms.max(1)),
         }
     }
 
     fn count(&self, limiter: &Limiter, key: &str, now_ms: u64, mode: Mode, cluster: bool) -> Decision {
-        let window_ms = limiter.window_ms.max(1);
-        let w = now_ms / window_ms;
-        let reset_ms = window_ms - now_ms % window_ms;
+        let period = Self::period(limiter);
+        let w = period.index(now_ms);
+        let reset_ms = period.until_end(now_ms);
+        let quota = !period.slides();
         let (limit, with_peers) = match mode {
             Mode::Cluster => (limiter.limit, cluster),
             Mode::LocalShare { edges } => ((limiter.limit / edges.max(1) as u64).max(1), false),
@@ -242,6 +351,7 @@ impl Counters {
             if admitted {
                 slot.local[1] += 1;
                 slot.dirty = true;
+                slot.unreported |= quota;
             }
             (estimate, admitted)
         });
@@ -299,7 +409,7 @@ impl Counters {
             if key == OVERFLOW_KEY || self.reserve() {
                 let slot = keys
                     .entry(key.into())
-                    .or_insert_with(|| Slot::new(limiter.window_ms.max(1), w));
+                    .or_insert_with(|| Slot::new(Self::period(limiter), w));
                 return f(slot);
             }
         }
@@ -335,12 +445,13 @@ impl Counters {
     pub fn undo(&self, limiter: &Limiter, key: &str, now_ms: u64) {
         let mut shard = self.shard(&limiter.id, key);
         match limiter.kind {
-            LimiterKind::SlidingWindow { .. } => {
-                let w = now_ms / limiter.window_ms.max(1);
+            LimiterKind::SlidingWindow { .. } | LimiterKind::Quota { .. } => {
+                let w = Self::period(limiter).index(now_ms);
                 if let Some(slot) = shard.windows.get_mut(&*limiter.id).and_then(|k| k.get_mut(key)) {
                     if slot.window == w && slot.local[1] > 0 {
                         slot.local[1] -= 1;
                         slot.dirty = true;
+                        slot.unreported |= !slot.period.slides();
                     }
                 }
             }
@@ -385,10 +496,37 @@ impl Counters {
         out
     }
 
+    /// This edge's quota counts for the control plane: (limiter, key, period, count) of the
+    /// current and previous period, those changed since the last call (marking them
+    /// reported), or with `all` every one.
+    pub fn quota_counts(&self, all: bool) -> Vec<(String, String, u64, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            for (limiter, keys) in shard.windows.iter_mut() {
+                for (key, slot) in keys.iter_mut() {
+                    if slot.period.slides() || !(all || slot.unreported) {
+                        continue;
+                    }
+                    slot.unreported = false;
+                    for (i, count) in slot.local.iter().enumerate() {
+                        let Some(period) = (slot.window + i as u64).checked_sub(1) else {
+                            continue;
+                        };
+                        if *count > 0 {
+                            out.push((limiter.to_string(), key.to_string(), period, *count));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Adds `delta` more admitted requests of a peer in window `window` (its count there
     /// grew by that much). Unknown keys are created, as the peer may be ahead of this edge.
-    pub fn add_peer(&self, limiter: &str, key: &str, window_ms: u64, window: u64, delta: u64) {
-        if delta == 0 || window_ms == 0 {
+    pub fn add_peer(&self, limiter: &str, key: &str, period: Period, window: u64, delta: u64) {
+        if delta == 0 {
             return;
         }
         let mut shard = self.shard(limiter, key);
@@ -403,7 +541,7 @@ impl Counters {
                     return;
                 }
                 keys.entry(key.into())
-                    .or_insert_with(|| Slot::new(window_ms, window))
+                    .or_insert_with(|| Slot::new(period, window))
             }
         };
         if window > slot.window {
@@ -424,7 +562,7 @@ impl Counters {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
             shard.windows.retain(|_, keys| {
                 keys.retain(|_, slot| {
-                    let keep = slot.dirty || now_ms / slot.window_ms.max(1) <= slot.window + 1;
+                    let keep = slot.dirty || slot.unreported || slot.period.index(now_ms) <= slot.window + 1;
                     dropped += u64::from(!keep);
                     keep
                 });
@@ -451,7 +589,7 @@ impl Counters {
             if let Some(keys) = shard.windows.get(limiter) {
                 for (key, slot) in keys {
                     let mut slot = slot.clone();
-                    slot.roll(now_ms / slot.window_ms.max(1));
+                    slot.roll_to(now_ms);
                     out.push((
                         key.to_string(),
                         slot.estimate(now_ms, false),
@@ -473,7 +611,7 @@ impl Counters {
             if let Some(keys) = shard.windows.get(limiter) {
                 for slot in keys.values() {
                     let mut slot = slot.clone();
-                    slot.roll(now_ms / slot.window_ms.max(1));
+                    slot.roll_to(now_ms);
                     most = most.max(slot.peers[0]);
                 }
             }

@@ -36,11 +36,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tollgate_proto::v1::peers_client::PeersClient;
 use tollgate_proto::v1::peers_server::{Peers as PeersService, PeersServer};
-use tollgate_proto::v1::{CounterAck, CounterBatch, PeerEdge, PeerList};
+use tollgate_proto::v1::{CounterAck, CounterBatch, PeerCount, PeerEdge, PeerList, UsageEntry};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
-use super::{unix_ms, Counters, Mode};
+use super::{unix_ms, Counters, Mode, Period};
 use crate::listen::signalled;
 
 /// How often an edge sends its changed counts (and a heartbeat when nothing changed).
@@ -57,17 +57,6 @@ const MAX_FIELD: usize = 512;
 const SEND_TIMEOUT: Duration = Duration::from_millis(400);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// The window length a limiter id names (`<window_ms>ms/...`, see the rate-limit phase).
-pub fn window_of(limiter: &str) -> Option<u64> {
-    limiter
-        .split('/')
-        .next()?
-        .strip_suffix("ms")?
-        .parse()
-        .ok()
-        .filter(|w| *w > 0)
-}
 
 /// Batches and counts refused, by reason (`/metrics`).
 #[derive(Debug, Default)]
@@ -113,7 +102,11 @@ struct Inner {
     /// Listed edges, this one included when the control plane lists it.
     listed: usize,
     /// By (node id, epoch): a restarted peer's earlier counts stay until their windows pass.
+    /// Quota counts the control plane recorded merge in here too (the larger count wins), so
+    /// a count heard from both is counted once.
     tables: HashMap<(String, u64), Table>,
+    /// The control plane's quota totals per (quota, key, period), as last pushed.
+    stored: HashMap<(String, String, u64), u64>,
 }
 
 /// What a link reports back after an exchange.
@@ -349,7 +342,7 @@ impl Peers {
             let mut inner = self.inner();
             inner.tables.retain(|_, table| {
                 table.retain(|(limiter, _, window), _| {
-                    window_of(limiter).is_some_and(|w| now / w <= window + 1)
+                    Period::of(limiter).is_some_and(|p| p.index(now) <= window + 1)
                 });
                 !table.is_empty()
             });
@@ -363,41 +356,87 @@ impl Peers {
         if batch.node_id == self.node_id || batch.node_id.is_empty() || batch.node_id.len() > MAX_FIELD {
             return batch.counts.len();
         }
-        let mut skipped = 0;
-        let mut grew = Vec::new();
-        {
+        let (skipped, grew) = {
             let mut inner = self.inner();
             if let Some(link) = inner.links.get_mut(&batch.node_id) {
                 link.last_heard = Some(Instant::now());
             }
-            let table = inner
-                .tables
-                .entry((batch.node_id.clone(), batch.epoch))
-                .or_default();
-            for c in batch.counts {
-                let Some(window_ms) = window_of(&c.limiter)
-                    .filter(|_| c.limiter.len() <= MAX_FIELD && c.key.len() <= MAX_FIELD)
-                else {
-                    skipped += 1;
-                    continue;
-                };
-                let old = table
-                    .entry((c.limiter.clone(), c.key.clone(), c.window))
-                    .or_insert(0);
-                if c.count > *old {
-                    grew.push((c.limiter, c.key, window_ms, c.window, c.count - *old));
-                    *old = c.count;
-                }
-            }
+            let absorbed = absorb(&mut inner, (batch.node_id, batch.epoch), batch.counts);
             self.update_step(&inner);
-        }
-        for (limiter, key, window_ms, window, delta) in grew {
-            self.counters.add_peer(&limiter, &key, window_ms, window, delta);
+            absorbed
+        };
+        self.add_grown(grew, skipped)
+    }
+
+    /// Takes the control plane's record of quota usage: merged into the same tables as the
+    /// peers' batches, per edge and epoch (this edge's current epoch is its own live count).
+    pub fn receive_usage(&self, entries: Vec<UsageEntry>) -> usize {
+        let (skipped, grew) = {
+            let mut inner = self.inner();
+            inner.stored.clear();
+            let mut by_source: HashMap<(String, u64), Vec<PeerCount>> = HashMap::new();
+            for e in entries {
+                *inner
+                    .stored
+                    .entry((e.quota.clone(), e.key.clone(), e.period))
+                    .or_insert(0) += e.count;
+                if e.node_id == self.node_id && e.epoch == self.epoch {
+                    continue;
+                }
+                by_source
+                    .entry((e.node_id, e.epoch))
+                    .or_default()
+                    .push(PeerCount {
+                        limiter: e.quota,
+                        key: e.key,
+                        window: e.period,
+                        count: e.count,
+                    });
+            }
+            let mut all = (0, Vec::new());
+            for (source, counts) in by_source {
+                let (skipped, grew) = absorb(&mut inner, source, counts);
+                all.0 += skipped;
+                all.1.extend(grew);
+            }
+            all
+        };
+        self.add_grown(grew, skipped)
+    }
+
+    fn add_grown(&self, grew: Vec<Grown>, skipped: usize) -> usize {
+        for (limiter, key, period, window, delta) in grew {
+            self.counters.add_peer(&limiter, &key, period, window, delta);
         }
         if skipped > 0 {
             self.dropped.malformed.fetch_add(skipped as u64, Relaxed);
         }
         skipped
+    }
+
+    /// The control plane's recorded total for a quota key in a period.
+    pub fn stored(&self, quota: &str, key: &str, period: u64) -> Option<u64> {
+        self.inner()
+            .stored
+            .get(&(quota.to_string(), key.to_string(), period))
+            .copied()
+    }
+
+    /// This edge's quota counts for `RecordUsage`: those changed since the last report, or
+    /// with `all` every one (after a failed report, or on a new connection).
+    pub fn usage_report(&self, all: bool) -> Vec<UsageEntry> {
+        self.counters
+            .quota_counts(all)
+            .into_iter()
+            .map(|(quota, key, period, count)| UsageEntry {
+                quota,
+                key,
+                period,
+                node_id: self.node_id.clone(),
+                epoch: self.epoch,
+                count,
+            })
+            .collect()
     }
 
     fn authorized<T>(&self, req: &Request<T>) -> bool {
@@ -421,6 +460,33 @@ impl Peers {
 /// Whether this edge holds the peer's current counts: it heard from it within [`STALE`]
 /// (or the peer is a newcomer in its grace). Whether the peer takes this edge's batches is
 /// the peer's concern: it decides by what it hears.
+/// A count that grew: (limiter, key, period, window, by how much).
+type Grown = (String, String, Period, u64, u64);
+
+/// Keeps `counts` from `source` in its table; returns how many were skipped (unparsable or
+/// oversized) and what grew.
+fn absorb(inner: &mut Inner, source: (String, u64), counts: Vec<PeerCount>) -> (usize, Vec<Grown>) {
+    let mut skipped = 0;
+    let mut grew = Vec::new();
+    let table = inner.tables.entry(source).or_default();
+    for c in counts {
+        let Some(period) =
+            Period::of(&c.limiter).filter(|_| c.limiter.len() <= MAX_FIELD && c.key.len() <= MAX_FIELD)
+        else {
+            skipped += 1;
+            continue;
+        };
+        let old = table
+            .entry((c.limiter.clone(), c.key.clone(), c.window))
+            .or_insert(0);
+        if c.count > *old {
+            grew.push((c.limiter, c.key, period, c.window, c.count - *old));
+            *old = c.count;
+        }
+    }
+    (skipped, grew)
+}
+
 fn link_in_step(l: &Link, now: Instant) -> bool {
     let heard = l.last_heard.is_some_and(|t| now.duration_since(t) < STALE);
     heard || (l.newcomer && l.last_heard.is_none() && now.duration_since(l.listed_at) < JOIN_GRACE)

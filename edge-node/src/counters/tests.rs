@@ -43,7 +43,7 @@ fn peers_counts_share_the_limit_and_a_lost_link_falls_back() {
     let c = Counters::default();
     let l = window(10, true);
     let now = 80_000;
-    c.add_peer(&l.id, "a", 1000, now / 1000, 6);
+    c.add_peer(&l.id, "a", Period::Window(1000), now / 1000, 6);
     assert_eq!(fill(&c, &l, "a", now, Mode::Cluster), 4, "6 of 10 used by peers");
     // Out of step: this edge alone against a third of the limit (it already admitted 4).
     assert_eq!(fill(&c, &l, "b", now, Mode::LocalShare { edges: 3 }), 3);
@@ -52,7 +52,7 @@ fn peers_counts_share_the_limit_and_a_lost_link_falls_back() {
     assert_eq!(fill_some(&c, &l, "a", now, Mode::Open, 50), 50, "open admits");
     // A local-scope limit ignores both the peers and the fallback.
     let local = window(3, false);
-    c.add_peer(&local.id, "a", 1000, now / 1000, 100);
+    c.add_peer(&local.id, "a", Period::Window(1000), now / 1000, 100);
     assert_eq!(fill(&c, &local, "a", now, Mode::Closed), 3);
 }
 
@@ -134,4 +134,43 @@ fn sweeping_drops_passed_windows_and_keys_are_bounded() {
     let usage = c.usage(&l.id, now);
     assert_eq!(usage.len(), 1);
     assert_eq!((usage[0].0.as_str(), usage[0].1), (OVERFLOW_KEY, 3.0));
+}
+
+#[test]
+fn quotas_count_utc_days_and_months_and_are_reported_once() {
+    // 2026-12-31T23:59:59Z and a second later.
+    let before = 1_798_761_599_000;
+    let after = before + 1000;
+    assert_eq!(Period::Day.index(after), Period::Day.index(before) + 1);
+    assert_eq!(Period::Day.until_end(before), 1000);
+    assert_eq!(
+        Period::Month.index(before),
+        (2026 - 1970) * 12 + 11,
+        "December 2026"
+    );
+    assert_eq!(Period::Month.index(after), (2027 - 1970) * 12, "January 2027");
+    assert_eq!(Period::Month.until_end(before), 1000);
+    // 2024-02-29 is in February; March starts 24 h later.
+    let leap = 1_709_164_800_000;
+    assert_eq!(Period::Month.index(leap), (2024 - 1970) * 12 + 1);
+    assert_eq!(Period::Month.until_end(leap), 86_400_000);
+
+    let c = Counters::default();
+    let q = Limiter {
+        id: Arc::from("day/3/app/t/q"),
+        limit: 3,
+        window_ms: 0,
+        kind: LimiterKind::Quota { period: Period::Day },
+    };
+    // No sliding: the day's count is all that matters, whatever the peers' mode.
+    assert_eq!(fill(&c, &q, "a", before - 5000, Mode::Open), 3);
+    assert_eq!(fill(&c, &q, "a", before, Mode::Cluster), 0);
+    assert_eq!(fill(&c, &q, "a", after, Mode::Cluster), 3, "a new day");
+    let reported = c.quota_counts(false);
+    assert_eq!(reported.len(), 2, "{reported:?}");
+    assert!(c.quota_counts(false).is_empty(), "reported once");
+    assert_eq!(c.quota_counts(true).len(), 2, "unless all are asked for");
+    // A window limiter is never reported.
+    c.hit(&window(5, true), "a", after, Mode::Cluster);
+    assert!(c.quota_counts(false).is_empty());
 }

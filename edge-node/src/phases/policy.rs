@@ -1,6 +1,6 @@
 //! Policies the edge applies to a service's traffic, compiled once per config:
 //! `ip_filter` (403 `ip_denied`, see `ipfilter.rs`), `cors` (preflights and response
-//! headers, see `cors.rs`), `rate_limit` (429 `rate_limited`, see `ratelimit.rs`),
+//! headers, see `cors.rs`), `rate_limit` and `quota` (429 `rate_limited`, see `ratelimit.rs`),
 //! `headers` (request and response header transforms) and `request_size` (413 past a body
 //! size). A service naming a policy kind this edge cannot
 //! enforce does not compile, so the edge refuses (NACKs) that config and keeps enforcing the
@@ -126,13 +126,18 @@ impl Policies {
                     .add(&service.tenant, p, r)
                     .map_err(|m| format!("policies[{i}]: {m}"))?;
             }
+            if let Some(q) = &p.quota {
+                out.rate_limits
+                    .add_quota(&service.tenant, p, q)
+                    .map_err(|m| format!("policies[{i}]: {m}"))?;
+            }
             let unsupported: Vec<&str> = p
                 .kinds_set()
                 .into_iter()
                 .filter(|k| {
                     !matches!(
                         *k,
-                        "headers" | "request_size" | "ip_filter" | "cors" | "rate_limit"
+                        "headers" | "request_size" | "ip_filter" | "cors" | "rate_limit" | "quota"
                     )
                 })
                 .collect();
@@ -230,10 +235,13 @@ mod tests {
     #[test]
     fn policy_kinds_this_edge_cannot_enforce_do_not_compile() {
         let err = compile(&format!(
-            "{SVC}policies: [{{name: a, tenant: t, quota: {{limit: 1, period: day}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
+            "{SVC}policies: [{{name: a, tenant: t, token_limit: {{tokens_per_minute: 1}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
         ))
         .unwrap_err();
-        assert!(err.contains("policy t/a (quota) cannot be enforced"), "{err}");
+        assert!(
+            err.contains("policy t/a (token_limit) cannot be enforced"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The rate-limit phase: a service's `rate_limit` policies, compiled once per config and
+//! The rate-limit phase: a service's `rate_limit` and `quota` policies, compiled once per config and
 //! decided per request by the counters stage (`counters/`). It runs after authorization, so
 //! a limit counts only callers that may call, by app, tenant, service, client address,
 //! header or JWT claim.
@@ -8,18 +8,22 @@
 //! policy's `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (seconds), and a
 //! 429 adds `Retry-After`.
 //!
-//! A limiter's id is `<window>ms/<limit>/<key>/<tenant>/<policy>`: edges with the same policy
-//! share its counts, and changing a policy's limit, window or key starts afresh.
+//! A limiter's id is `<window>ms/<limit>/<key>/<tenant>/<policy>` (a quota's: `day/...` or
+//! `month/...`): edges with the same policy share its counts, and changing a policy's limit,
+//! window or key starts afresh. A quota counts per UTC calendar day or month; its counts
+//! are also recorded on the control plane, so they outlive edge restarts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use tollgate_proto::model::{LimitAlgorithm, LimitScope, OnStoreFailure, Policy, RateLimit};
+use tollgate_proto::model::{
+    LimitAlgorithm, LimitScope, OnStoreFailure, Policy, Quota, QuotaPeriod, RateLimit,
+};
 
 use crate::consumer::Consumer;
 use crate::counters::peers::Peers;
-use crate::counters::{unix_ms, Decision, Limiter, LimiterKind};
+use crate::counters::{unix_ms, Decision, Limiter, LimiterKind, Period};
 use crate::error::ProxyError;
 
 /// What a limit counts by.
@@ -168,10 +172,34 @@ impl RateLimits {
         Ok(())
     }
 
+    /// Adds `p`'s `quota`, named `tenant/name`.
+    pub fn add_quota(&mut self, tenant: &str, p: &Policy, q: &Quota) -> Result<(), String> {
+        let key = KeyOf::parse(&q.key)?;
+        let (period, name) = match q.period {
+            QuotaPeriod::Day => (Period::Day, "day"),
+            QuotaPeriod::Month => (Period::Month, "month"),
+        };
+        let id = format!("{name}/{}/{}/{tenant}/{}", q.limit, q.key, p.name);
+        self.limits.push(Limit {
+            limiter: Limiter {
+                id: Arc::from(id),
+                limit: q.limit,
+                window_ms: 0,
+                kind: LimiterKind::Quota { period },
+            },
+            key,
+            on_failure: OnStoreFailure::LocalShare,
+        });
+        Ok(())
+    }
+
     /// The policies by id, for `/limits` and `/metrics`: (id, cluster scope).
     pub fn ids(&self) -> impl Iterator<Item = (&Arc<str>, bool)> + '_ {
         self.limits.iter().map(|l| {
-            let cluster = matches!(l.limiter.kind, LimiterKind::SlidingWindow { cluster: true });
+            let cluster = matches!(
+                l.limiter.kind,
+                LimiterKind::SlidingWindow { cluster: true } | LimiterKind::Quota { .. }
+            );
             (&l.limiter.id, cluster)
         })
     }

@@ -26,6 +26,7 @@ fn snapshot_chunks(nonce: &str, version: u64, all: Vec<v1::Resource>, n: usize) 
             },
             base_version: 0,
             peers: None,
+            usage: None,
         })
         .collect()
 }
@@ -48,6 +49,7 @@ fn delta(
         removals,
         base_version: base,
         peers: None,
+        usage: None,
     }
 }
 

@@ -24,10 +24,41 @@ fn batch(node: &str, epoch: u64, counts: Vec<PeerCount>) -> CounterBatch {
 const L: &str = "1000ms/10/app/t/p";
 
 #[test]
-fn limiter_ids_name_their_window() {
-    assert_eq!(window_of(L), Some(1000));
-    assert_eq!(window_of("0ms/1/app/t/p"), None);
-    assert_eq!(window_of("garbage"), None);
+fn limiter_ids_name_their_period() {
+    assert_eq!(Period::of(L), Some(Period::Window(1000)));
+    assert_eq!(Period::of("day/5/app/t/q"), Some(Period::Day));
+    assert_eq!(Period::of("month/5/app/t/q"), Some(Period::Month));
+    assert_eq!(Period::of("0ms/1/app/t/p"), None);
+    assert_eq!(Period::of("garbage"), None);
+}
+
+#[test]
+fn the_control_planes_record_counts_once_with_what_peers_said() {
+    let p = Peers::new("me");
+    let q = "day/100/app/t/q";
+    let day = Period::Day.index(unix_ms());
+    p.receive(batch("b", 1, vec![count(q, "k", day, 7)]));
+    let stored = |node: &str, epoch: u64, count: u64| UsageEntry {
+        quota: q.into(),
+        key: "k".into(),
+        period: day,
+        node_id: node.into(),
+        epoch,
+        count,
+    };
+    // b's 5 are older than the 7 it told us; b's earlier run and ours before a restart add.
+    p.receive_usage(vec![
+        stored("b", 1, 5),
+        stored("b", 0, 4),
+        stored("me", 3, 2),
+        stored("me", p.epoch, 9),
+    ]);
+    let cluster = p.counters.usage(q, unix_ms())[0].2;
+    assert_eq!(
+        cluster, 13.0,
+        "7 + 4 + 2; this run's own count is live, not stored"
+    );
+    assert_eq!(p.stored(q, "k", day), Some(20));
 }
 
 #[test]
