@@ -17,6 +17,8 @@ const MAX_EDGES: usize = 10_000;
 /// The edges this node has seen, by their node id.
 pub struct EdgeRegistry {
     edges: Mutex<BTreeMap<String, EdgeStatus>>,
+    /// Edges connected to the other control-plane nodes (`edge_peers.rs` asks them).
+    remote: Mutex<Vec<PeerEdge>>,
     capacity: usize,
     /// Bumped whenever the peer list changes (an edge connects, goes, or moves its address).
     members: watch::Sender<u64>,
@@ -32,6 +34,7 @@ impl EdgeRegistry {
     fn with_capacity(capacity: usize) -> Self {
         Self {
             edges: Mutex::default(),
+            remote: Mutex::default(),
             capacity,
             members: watch::Sender::new(0),
         }
@@ -67,8 +70,33 @@ impl EdgeRegistry {
         true
     }
 
-    /// The connected edges that share counters (they told their peer address), by node id.
+    /// The edges that share counters, connected here or to another control-plane node, by
+    /// node id (an edge connected here wins over another node's word for it).
     pub fn peers(&self) -> Vec<PeerEdge> {
+        let mut by_id: BTreeMap<String, PeerEdge> = self
+            .remote
+            .lock()
+            .expect("edge registry poisoned")
+            .iter()
+            .map(|e| (e.node_id.clone(), e.clone()))
+            .collect();
+        by_id.extend(self.local_peers().into_iter().map(|e| (e.node_id.clone(), e)));
+        by_id.into_values().collect()
+    }
+
+    /// What the other control-plane nodes say is connected to them; announces a change.
+    pub fn set_remote(&self, mut edges: Vec<PeerEdge>) {
+        edges.sort_by(|a, b| (&a.node_id, &a.addr).cmp(&(&b.node_id, &b.addr)));
+        edges.dedup();
+        let mut remote = self.remote.lock().expect("edge registry poisoned");
+        if *remote != edges {
+            *remote = edges;
+            self.members.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// The edges connected to this node that share counters (they told their peer address).
+    pub fn local_peers(&self) -> Vec<PeerEdge> {
         let edges = self.edges.lock().expect("edge registry poisoned");
         edges
             .values()
@@ -164,5 +192,26 @@ mod tests {
         r.update("a", 3, |e| e.connected = false);
         assert!(changes.has_changed().unwrap());
         assert_eq!(r.peers().len(), 1);
+
+        // Edges of other control-plane nodes join the list; a local one wins.
+        changes.borrow_and_update();
+        let edge = |id: &str, addr: &str| PeerEdge {
+            node_id: id.into(),
+            addr: addr.into(),
+        };
+        r.set_remote(vec![edge("z", "127.0.0.1:7909"), edge("b", "10.0.0.1:1")]);
+        assert!(changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        r.set_remote(vec![edge("b", "10.0.0.1:1"), edge("z", "127.0.0.1:7909")]);
+        assert!(!changes.has_changed().unwrap(), "the same list in another order");
+        let peers: Vec<(String, String)> = r.peers().into_iter().map(|p| (p.node_id, p.addr)).collect();
+        assert_eq!(
+            peers,
+            [
+                ("b".into(), "127.0.0.1:7902".into()),
+                ("z".into(), "127.0.0.1:7909".into())
+            ]
+        );
+        assert_eq!(r.local_peers().len(), 1);
     }
 }

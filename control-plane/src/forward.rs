@@ -144,6 +144,9 @@ mod tests {
         async fn probe(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
             Err((self.0)())
         }
+        async fn edges(&self, _: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+            Err((self.0)())
+        }
     }
 
     async fn answering(answer: fn() -> Status) -> Status {

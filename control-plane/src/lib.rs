@@ -17,6 +17,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod edge_peers;
 pub mod edges;
 pub mod error;
 pub mod forward;
@@ -153,6 +154,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         edges: Default::default(),
         channels,
     });
+    let edges = node.edges.clone();
 
     let (stop, stopped) = watch::channel(false);
     let wait = |mut rx: watch::Receiver<bool>| async move {
@@ -169,9 +171,14 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         )
         .add_service(ConfigStreamServer::new(stream::StreamService::new(node.clone())))
         .add_service(
-            RaftServer::new(raft::RaftService::new(raft, opts.node_id, credential.clone()))
-                .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(raft::MAX_MESSAGE_BYTES),
+            RaftServer::new(raft::RaftService::new(
+                raft,
+                opts.node_id,
+                credential.clone(),
+                edges,
+            ))
+            .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(raft::MAX_MESSAGE_BYTES),
         );
     let server: std::pin::Pin<
         Box<dyn std::future::Future<Output = Result<(), tonic::transport::Error>> + Send>,
@@ -191,6 +198,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
             tracing::error!(error = %e, "grpc server failed");
         }
     }));
+    tasks.push(tokio::spawn(edge_peers::run(node.clone(), wait(stopped.clone()))));
     tasks.push(tokio::spawn(http::serve(
         http,
         node.clone(),

@@ -3,6 +3,7 @@
 //! node or the leader) and turning a [`Command`] into a committed outcome.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -33,7 +34,7 @@ pub struct Node {
     pub sm: StateMachineStore,
     pub data_dir: PathBuf,
     pub master_key: MasterKey,
-    pub edges: EdgeRegistry,
+    pub edges: Arc<EdgeRegistry>,
     pub channels: Channels,
     /// The cluster credential Raft peers present (derived from the master key).
     pub credential: String,

@@ -30,6 +30,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::edges::EdgeRegistry;
 use crate::mtls::{self, Connector};
 use crate::raft_types::{NodeId, Raft, TypeConfig};
 use crate::store::SNAPSHOT_EVERY;
@@ -245,11 +246,17 @@ pub struct RaftService {
     raft: Raft,
     id: NodeId,
     credential: String,
+    edges: Arc<EdgeRegistry>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, id: NodeId, credential: String) -> Self {
-        Self { raft, id, credential }
+    pub fn new(raft: Raft, id: NodeId, credential: String, edges: Arc<EdgeRegistry>) -> Self {
+        Self {
+            raft,
+            id,
+            credential,
+            edges,
+        }
     }
 
     /// Checks the caller's cluster credential, then decodes the JSON payload.
@@ -306,6 +313,17 @@ impl raft_server::Raft for RaftService {
     async fn probe(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let (_, _): (serde_json::Value, _) = self.decode(req)?;
         encode::<_, ()>(Ok(serde_json::json!({ "node_id": self.id })))
+    }
+
+    async fn edges(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let (_, _): (serde_json::Value, _) = self.decode(req)?;
+        let edges: Vec<serde_json::Value> = self
+            .edges
+            .local_peers()
+            .into_iter()
+            .map(|e| serde_json::json!({"node_id": e.node_id, "addr": e.addr}))
+            .collect();
+        encode::<_, ()>(Ok(edges))
     }
 }
 

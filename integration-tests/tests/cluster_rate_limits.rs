@@ -391,3 +391,45 @@ services: [{{name: metered, tenant: acme, upstream: be, policies: [daily], route
     restart_knowing(&mut edge, 30.0);
     assert_eq!(admitted_of(&edge, "/metered", 5), 0, "the day's quota is used up");
 }
+
+/// Edges streaming from different control-plane nodes still find each other: each node
+/// merges the others' connected edges into the peer list it sends.
+#[test]
+fn edges_on_different_control_plane_nodes_share_counts() {
+    let upstream = Upstream::start();
+    let sb = Sandbox::cluster(3);
+    let file = sb.file("config.yaml", &config(&upstream.url()));
+    sb.cli(0, &["apply", "-f", &file]).ok();
+    let edges: Vec<EdgeNode> = (0..2)
+        .map(|i| {
+            EdgeNode::start_with(
+                sb.dir.path(),
+                &format!("edge-{i}"),
+                vec![sb.nodes[i].url()],
+                &sb.edge_token,
+            )
+        })
+        .collect();
+    for edge in &edges {
+        wait_for(
+            &format!("{} in step with 2 edges", edge.node_id),
+            Duration::from_secs(15),
+            || {
+                let (_, body) = http_get(edge.admin, "/limits")?;
+                let l: Value = serde_json::from_str(&body).ok()?;
+                (l["in_step"] == true && l["edges"] == 2).then_some(())
+            },
+        );
+    }
+    // 30/s through each edge on a 40/s limit: 40/s in all, not 60 (2 s measured after 2 s).
+    let both = drive(
+        &[(edges[0].proxy, 30), (edges[1].proxy, 30)],
+        "/load",
+        Duration::from_secs(4),
+        Duration::from_secs(2),
+    );
+    assert!(
+        (76..=86).contains(&both.admitted),
+        "admitted {both:?} of 80 across two edges"
+    );
+}
