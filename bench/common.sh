@@ -38,7 +38,7 @@ upstream_nginx_conf() {
 
 # Applies the benchmark's config with tollgate $1 (TOLLGATE_SERVER and TOLLGATE_TOKEN set),
 # routing to the upstream on port $2, working in directory $3, and prints an API key for the
-# keyed service.
+# keyed and limited services.
 apply_bench_config() {
   local bin=$1 up_port=$2 dir=$3 key_json key
   cat >"$dir/bench.yaml" <<EOF
@@ -65,11 +65,25 @@ services:
     upstream: static
     routes:
       - paths: ["/keyed"]
+  - name: limited           # API-key auth, a subscription check and a cluster rate limit
+    tenant: bench
+    version: v1
+    auth: [api_key]
+    approval: auto
+    upstream: static
+    policies: [per-app]
+    routes:
+      - paths: ["/limited"]
+policies:
+  - name: per-app           # high enough never to refuse: measures the counting
+    tenant: bench
+    rate_limit: {limit: 1000000000, window: 1s, key: app, scope: cluster}
 apps:
   - name: bench-app
     tenant: bench
 subscriptions:
   - {app: bench-app, service: keyed, tenant: bench}
+  - {app: bench-app, service: limited, tenant: bench}
 EOF
   (cd "$dir" && timeout 120 "$bin" apply -f bench.yaml >"$dir/apply.log") || die "tollgate apply failed: $(cat "$dir/apply.log")"
   key_json=$(cd "$dir" && timeout 120 "$bin" key create --app bench-app --tenant bench -o json)

@@ -9,9 +9,11 @@
 # the upstream) and `tollgate dev` with a route `/` to the same upstream and no policies.
 # Each proxy gets core 1 (taskset); wrk and the upstream share core 0. Each proxy is warmed
 # up, then driven by wrk for the same duration, one after the other; a third scenario drives
-# Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key). The
-# three run in ROUNDS interleaved rounds (nginx, Tollgate, Tollgate with a key, again...), so
-# that drift in the machine's speed hits all three alike; the verdict uses the median ratio.
+# Tollgate with API-key auth on (`auth: [api_key]`, an app, a subscription and a key), a
+# fourth with API-key auth plus a cluster-scope rate limit (counted, never refusing). The
+# four run in ROUNDS interleaved rounds (nginx, Tollgate, with a key, with a key and a limit,
+# again...), so that drift in the machine's speed hits all alike; the verdict uses the
+# median ratio.
 # Prints requests/s, p50, p99, the proxy's CPU use (100% = its core saturated) and CPU time
 # per request (user + system), how busy the load core was (wrk + upstream), and the ratios,
 # then a Markdown table.
@@ -188,6 +190,7 @@ KEY=$(apply_bench_config "$TOLLGATE" "$UP_PORT" "$TMP")
 wait_http "http://127.0.0.1:$TG_LISTEN/" 10
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 401
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 200 -H "apikey: $KEY"
+wait_http "http://127.0.0.1:$TG_LISTEN/limited" 10 200 -H "apikey: $KEY"
 
 # --- measurement --------------------------------------------------------------------------
 # "user system" CPU time (clock ticks) used so far by a process (all its threads) and its
@@ -283,21 +286,24 @@ for r in $(seq "$ROUNDS"); do
   run_wrk "nginx.$r" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/"
   run_wrk "tollgate.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/"
   run_wrk "tollgate-auth.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/keyed" -H "apikey: $KEY"
+  run_wrk "tollgate-limit.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/limited" -H "apikey: $KEY"
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : sprintf("%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 verdict() { awk -v r="$1" -v min="$2" 'BEGIN {print (r >= min) ? "meets" : "BELOW"}'; }
-R_TGS=() R_AUTHS=() ROWS="" OTHERS=""
+R_TGS=() R_AUTHS=() R_LIMITS=() ROWS="" OTHERS=""
 for r in $(seq "$ROUNDS"); do
   rt=$(ratio "${RPS[tollgate.$r]}" "${RPS[nginx.$r]}")
   ra=$(ratio "${RPS[tollgate-auth.$r]}" "${RPS[tollgate.$r]}")
-  R_TGS+=("$rt") R_AUTHS+=("$ra")
-  for l in nginx tollgate tollgate-auth; do
+  rl=$(ratio "${RPS[tollgate-limit.$r]}" "${RPS[tollgate.$r]}")
+  R_TGS+=("$rt") R_AUTHS+=("$ra") R_LIMITS+=("$rl")
+  for l in nginx tollgate tollgate-auth tollgate-limit; do
     case $l in
       nginx) name="nginx, reverse proxy" rel="1.00 (baseline)" ;;
       tollgate) name="Tollgate, no policies" rel="${rt}x nginx" ;;
       tollgate-auth) name="Tollgate, API-key auth" rel="${ra}x no-policy" ;;
+      tollgate-limit) name="Tollgate, API-key auth + cluster rate limit" rel="${rl}x no-policy" ;;
     esac
     k="$l.$r"
     ROWS+="| $r | $name | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${CPU[$k]}% | ${USEC[$k]} | ${LOAD[$k]}% | $rel |"$'\n'
@@ -306,6 +312,7 @@ for r in $(seq "$ROUNDS"); do
 done
 R_TG=$(median "${R_TGS[@]}")
 R_AUTH=$(median "${R_AUTHS[@]}")
+R_LIMIT=$(median "${R_LIMITS[@]}")
 
 cat <<EOF
 
@@ -319,4 +326,5 @@ ${ROWS%$'\n'}
 
 - **Tollgate, no policies: ${R_TG}x nginx** (median of ${R_TGS[*]}; target >= 0.8x: $(verdict "$R_TG" 0.8))
 - **Tollgate with API-key auth: ${R_AUTH}x no-policy** (median of ${R_AUTHS[*]}; target >= 0.9x: $(verdict "$R_AUTH" 0.9))
+- **Tollgate with API-key auth and a cluster rate limit: ${R_LIMIT}x no-policy** (median of ${R_LIMITS[*]}; target >= 0.9x: $(verdict "$R_LIMIT" 0.9))
 EOF
