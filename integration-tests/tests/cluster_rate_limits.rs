@@ -433,3 +433,47 @@ fn edges_on_different_control_plane_nodes_share_counts() {
         "admitted {both:?} of 80 across two edges"
     );
 }
+
+/// An edge that joins under load, and later leaves (`kill -9`), moves the cluster's admitted
+/// total by no more than the bound: the joiner counts alone against its share until its
+/// peers' counts arrive, and the leaver's counts stay with its peers until their windows
+/// pass.
+#[test]
+fn an_edge_joining_and_leaving_under_load_admits_no_burst() {
+    let c = Cluster::start(&[false; 3]);
+    let (a, b) = (c.edges[0].proxy, c.edges[1].proxy);
+    let mut late = EdgeNode::for_sandbox(&c.sb, "edge-late", None);
+    let late_proxy = late.proxy;
+    // The two first edges take 1.5x the limit each for 20 s, measured after 2 s.
+    let steady = std::thread::spawn(move || {
+        drive(
+            &[(a, LIMIT * 3 / 2), (b, LIMIT * 3 / 2)],
+            "/load",
+            Duration::from_secs(20),
+            Duration::from_secs(2),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    late.spawn();
+    let joined = drive(
+        &[(late_proxy, LIMIT)],
+        "/load",
+        Duration::from_secs(8),
+        Duration::ZERO,
+    );
+    late.kill();
+    let steady = steady.join().expect("the steady load");
+    let total = Tally {
+        admitted: steady.admitted + joined.admitted,
+        refused: steady.refused + joined.refused,
+    };
+    let limit = (LIMIT * 18) as f64;
+    let bound = 3.0 * LIMIT as f64 * BATCH.as_secs_f64();
+    let admitted = total.admitted as f64;
+    eprintln!("join and leave: admitted {admitted} over 18 s (limit {limit}, bound {bound}); the late edge {joined:?}");
+    assert!(
+        admitted >= 0.95 * limit && admitted <= 1.05 * limit + bound,
+        "admitted {admitted}, limit {limit}, bound {bound}"
+    );
+    assert!(joined.admitted > 0, "the late edge admitted nothing: {joined:?}");
+}
