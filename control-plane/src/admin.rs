@@ -483,23 +483,27 @@ impl AdminService {
                 format!("at most {MAX_USAGE_ENTRIES} per report"),
             ));
         }
-        let bad = r.entries.iter().find(|e| {
+        // A malformed count is dropped, not the report: one bad key must not stop the rest.
+        let good = |e: &UsageEntry| {
             [&e.quota, &e.key, &e.node_id]
                 .iter()
-                .any(|f| f.is_empty() || f.len() > MAX_USAGE_FIELD)
-                || !(e.quota.starts_with("day/") || e.quota.starts_with("month/"))
-        });
-        if let Some(e) = bad {
-            return Err(AdminError::invalid(
-                "entries",
-                format!(
-                    "not a quota count: {:?} {:?} from {:?}",
-                    e.quota, e.key, e.node_id
-                ),
-            ));
+                .all(|f| !f.is_empty() && f.len() <= MAX_USAGE_FIELD)
+                && (e.quota.starts_with("day/") || e.quota.starts_with("month/"))
+        };
+        let total = r.entries.len();
+        let records: Vec<UsageRecord> = r
+            .entries
+            .into_iter()
+            .filter(good)
+            .map(UsageRecord::from)
+            .collect();
+        if records.len() < total {
+            tracing::warn!(
+                dropped = total - records.len(),
+                "usage report with malformed counts"
+            );
         }
-        if !r.entries.is_empty() {
-            let records = r.entries.into_iter().map(UsageRecord::from).collect();
+        if !records.is_empty() {
             self.node.write(Command::RecordUsage(records), None).await?;
         }
         Ok(RecordUsageResponse {})

@@ -33,6 +33,12 @@ fn policy_of(id: &str) -> String {
     format!("{tenant}/{name}")
 }
 
+/// Whether a limit falls back when peers are out of step: cluster-scope windows do; local
+/// limits and quotas never do.
+fn falls_back(id: &str, cluster: bool) -> bool {
+    cluster && matches!(Period::of(id), Some(Period::Window(_)))
+}
+
 /// A Prometheus label value.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -72,7 +78,7 @@ impl Admin {
                     "limiter": id.as_ref(),
                     "scope": if *cluster { "cluster" } else { "local" },
                     "error_bound": if *cluster { self.error_bound(id, now) } else { 0 },
-                    "fallback": *cluster && !self.peers.in_step(),
+                    "fallback": falls_back(id, *cluster) && !self.peers.in_step(),
                     "keys": keys.iter().map(|(k, local, cluster)| {
                         let mut row = json!({"key": k, "local": local.round(), "cluster": cluster.round()});
                         if let Some(p) = Period::of(id).filter(|p| !matches!(p, Period::Window(_))) {
@@ -122,7 +128,11 @@ impl Admin {
         }
         let _ = writeln!(out, "# HELP tollgate_ratelimit_fallback 1 while a cluster-wide rate limit is decided by its on_store_failure mode (peers out of step).");
         let _ = writeln!(out, "# TYPE tollgate_ratelimit_fallback gauge");
-        for id in limiters.iter().filter(|(_, c)| **c).map(|(id, _)| id) {
+        for id in limiters
+            .iter()
+            .filter(|(id, c)| falls_back(id, **c))
+            .map(|(id, _)| id)
+        {
             let _ = writeln!(
                 out,
                 "tollgate_ratelimit_fallback{{policy=\"{}\",limiter=\"{}\"}} {}",

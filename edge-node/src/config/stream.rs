@@ -324,6 +324,10 @@ impl StreamClient {
 /// How often quota counts are reported to the control plane (what a `kill -9` can lose).
 pub const USAGE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
+/// Most counts in one `RecordUsage` call (one Raft entry): far below the control plane's
+/// bounds on a report and on a Raft message.
+const USAGE_REPORT_CHUNK: usize = 10_000;
+
 /// Aborts a task when dropped (the reporter lives as long as its session).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -347,18 +351,24 @@ async fn report_usage(peers: Arc<Peers>, mut client: AdminClient<Channel>, token
             continue;
         }
         let count = entries.len();
-        let mut req = tonic::Request::new(RecordUsageRequest { entries });
-        if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
-            req.metadata_mut().insert("authorization", value);
-        }
-        match client.record_usage(req).await {
-            Ok(_) => {
-                all = false;
-                tracing::debug!(count, "quota usage reported");
+        let mut failed = None;
+        for part in entries.chunks(USAGE_REPORT_CHUNK) {
+            let mut req = tonic::Request::new(RecordUsageRequest {
+                entries: part.to_vec(),
+            });
+            if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
+                req.metadata_mut().insert("authorization", value);
             }
-            Err(status) => {
-                all = true;
-                tracing::warn!(code = ?status.code(), error = %status.message(), "cannot report quota usage; will resend");
+            if let Err(status) = client.record_usage(req).await {
+                failed = Some(status);
+                break;
+            }
+        }
+        all = failed.is_some();
+        match failed {
+            None => tracing::debug!(count, "quota usage reported"),
+            Some(status) => {
+                tracing::warn!(code = ?status.code(), error = %status.message(), "cannot report quota usage; will resend")
             }
         }
     }

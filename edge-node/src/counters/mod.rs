@@ -222,8 +222,8 @@ impl Slot {
     fn estimate(&self, now_ms: u64, with_peers: bool) -> f64 {
         let (mut prev, mut curr) = (self.local[0], self.local[1]);
         if with_peers {
-            prev += self.peers[0];
-            curr += self.peers[1];
+            prev = prev.saturating_add(self.peers[0]);
+            curr = curr.saturating_add(self.peers[1]);
         }
         match self.period {
             Period::Window(w) => {
@@ -548,9 +548,9 @@ impl Counters {
             slot.roll(window);
         }
         if window == slot.window {
-            slot.peers[1] += delta;
+            slot.peers[1] = slot.peers[1].saturating_add(delta);
         } else if window + 1 == slot.window {
-            slot.peers[0] += delta;
+            slot.peers[0] = slot.peers[0].saturating_add(delta);
         }
     }
 
@@ -602,8 +602,8 @@ impl Counters {
         out
     }
 
-    /// The peers' admitted requests in the previous window of `limiter`, summed over its
-    /// keys and the largest of one key: what the error bound is computed from.
+    /// The peers' admitted requests in the previous window of `limiter`, for its busiest
+    /// key: what the error bound is computed from.
     pub fn peer_load(&self, limiter: &str, now_ms: u64) -> u64 {
         let mut most = 0;
         for shard in self.shards.iter() {

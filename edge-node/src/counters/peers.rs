@@ -45,7 +45,7 @@ use crate::listen::signalled;
 
 /// How often an edge sends its changed counts (and a heartbeat when nothing changed).
 pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
-/// A peer not heard from (or not taking batches) for this long is out of step.
+/// A peer not heard from for this long is out of step.
 pub const STALE: Duration = Duration::from_millis(500);
 /// How long a newly listed peer that was never heard from is not waited for.
 pub const JOIN_GRACE: Duration = Duration::from_secs(2);
@@ -54,6 +54,8 @@ pub const MAX_BATCH_BYTES: usize = 8 << 20;
 pub const MAX_COUNTS: usize = 200_000;
 /// Longest limiter id and key accepted from a peer.
 const MAX_FIELD: usize = 512;
+/// Most counts kept from peers and the control plane, over all of them.
+const MAX_TABLE_ENTRIES: usize = 1 << 20;
 const SEND_TIMEOUT: Duration = Duration::from_millis(400);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -147,8 +149,9 @@ impl Peers {
             node_id: node_id.to_string(),
             epoch: unix_ms() * 1000 + u64::from(std::process::id() % 1000),
             inner: Mutex::default(),
-            // Alone until the control plane names peers: in step by definition.
-            in_step: AtomicBool::new(true),
+            // Out of step until the control plane has listed the peers: an edge serving its
+            // last-known-good config before it reaches one must not admit a whole limit.
+            in_step: AtomicBool::new(false),
             edges: AtomicUsize::new(1),
             dropped: Dropped::default(),
             reports,
@@ -271,7 +274,7 @@ impl Peers {
 
     fn update_step(&self, inner: &Inner) {
         let now = Instant::now();
-        let in_step = inner.links.values().all(|l| link_in_step(l, now));
+        let in_step = inner.key.is_some() && inner.links.values().all(|l| link_in_step(l, now));
         self.edges.store(inner.listed.max(1), Relaxed);
         let was = self.in_step.swap(in_step, Relaxed);
         if was != in_step {
@@ -351,21 +354,18 @@ impl Peers {
     }
 
     /// Takes a peer's batch: checks each count, keeps it in the peer's table, adds what grew.
-    /// Returns how many counts were skipped.
-    pub fn receive(&self, batch: CounterBatch) -> usize {
-        if batch.node_id == self.node_id || batch.node_id.is_empty() || batch.node_id.len() > MAX_FIELD {
-            return batch.counts.len();
-        }
+    /// Returns how many counts were skipped, or `None` for a sender the control plane did not
+    /// list (it is told so, and sends everything once it is listed).
+    pub fn receive(&self, batch: CounterBatch) -> Option<usize> {
         let (skipped, grew) = {
             let mut inner = self.inner();
-            if let Some(link) = inner.links.get_mut(&batch.node_id) {
-                link.last_heard = Some(Instant::now());
-            }
+            let link = inner.links.get_mut(&batch.node_id)?;
+            link.last_heard = Some(Instant::now());
             let absorbed = absorb(&mut inner, (batch.node_id, batch.epoch), batch.counts);
             self.update_step(&inner);
             absorbed
         };
-        self.add_grown(grew, skipped)
+        Some(self.add_grown(grew, skipped))
     }
 
     /// Takes the control plane's record of quota usage: merged into the same tables as the
@@ -376,10 +376,11 @@ impl Peers {
             inner.stored.clear();
             let mut by_source: HashMap<(String, u64), Vec<PeerCount>> = HashMap::new();
             for e in entries {
-                *inner
+                let total = inner
                     .stored
                     .entry((e.quota.clone(), e.key.clone(), e.period))
-                    .or_insert(0) += e.count;
+                    .or_insert(0);
+                *total = total.saturating_add(e.count);
                 if e.node_id == self.node_id && e.epoch == self.epoch {
                     continue;
                 }
@@ -457,28 +458,40 @@ impl Peers {
     }
 }
 
-/// Whether this edge holds the peer's current counts: it heard from it within [`STALE`]
-/// (or the peer is a newcomer in its grace). Whether the peer takes this edge's batches is
-/// the peer's concern: it decides by what it hears.
 /// A count that grew: (limiter, key, period, window, by how much).
 type Grown = (String, String, Period, u64, u64);
 
-/// Keeps `counts` from `source` in its table; returns how many were skipped (unparsable or
-/// oversized) and what grew.
+/// Keeps `counts` from `source` in its table; returns how many were skipped (unparsable,
+/// oversized, for a window other than the previous, current or next one, or past the
+/// table's bound) and what grew.
 fn absorb(inner: &mut Inner, source: (String, u64), counts: Vec<PeerCount>) -> (usize, Vec<Grown>) {
     let mut skipped = 0;
     let mut grew = Vec::new();
+    let now = unix_ms();
+    let entries: usize = inner.tables.values().map(HashMap::len).sum();
+    let mut room = MAX_TABLE_ENTRIES.saturating_sub(entries);
     let table = inner.tables.entry(source).or_default();
     for c in counts {
-        let Some(period) =
-            Period::of(&c.limiter).filter(|_| c.limiter.len() <= MAX_FIELD && c.key.len() <= MAX_FIELD)
-        else {
+        let usable = |p: &Period| {
+            let current = p.index(now);
+            c.limiter.len() <= MAX_FIELD
+                && c.key.len() <= MAX_FIELD
+                && c.window.saturating_add(1) >= current
+                && c.window <= current.saturating_add(1)
+        };
+        let Some(period) = Period::of(&c.limiter).filter(usable) else {
             skipped += 1;
             continue;
         };
-        let old = table
-            .entry((c.limiter.clone(), c.key.clone(), c.window))
-            .or_insert(0);
+        let id = (c.limiter.clone(), c.key.clone(), c.window);
+        if !table.contains_key(&id) {
+            if room == 0 {
+                skipped += 1;
+                continue;
+            }
+            room -= 1;
+        }
+        let old = table.entry(id).or_insert(0);
         if c.count > *old {
             grew.push((c.limiter, c.key, period, c.window, c.count - *old));
             *old = c.count;
@@ -487,9 +500,41 @@ fn absorb(inner: &mut Inner, source: (String, u64), counts: Vec<PeerCount>) -> (
     (skipped, grew)
 }
 
+/// Whether this edge holds the peer's current counts: it heard from it within [`STALE`]
+/// (or the peer is a newcomer in its grace). Whether the peer takes this edge's batches is
+/// the peer's concern: it decides by what it hears.
 fn link_in_step(l: &Link, now: Instant) -> bool {
     let heard = l.last_heard.is_some_and(|t| now.duration_since(t) < STALE);
     heard || (l.newcomer && l.last_heard.is_none() && now.duration_since(l.listed_at) < JOIN_GRACE)
+}
+
+/// Most counts, and about the most bytes, one batch carries: well inside what a peer takes
+/// ([`MAX_COUNTS`], [`MAX_BATCH_BYTES`]), so a full batch of a big table goes in parts.
+const CHUNK_COUNTS: usize = MAX_COUNTS / 4;
+const CHUNK_BYTES: usize = MAX_BATCH_BYTES / 4;
+
+/// `batch` cut into parts of at most [`CHUNK_COUNTS`] counts and about [`CHUNK_BYTES`];
+/// always at least one (an empty batch is a heartbeat).
+fn chunks(batch: CounterBatch) -> Vec<CounterBatch> {
+    let part = |counts| CounterBatch {
+        node_id: batch.node_id.clone(),
+        epoch: batch.epoch,
+        full: batch.full,
+        counts,
+    };
+    let mut out = Vec::new();
+    let (mut current, mut bytes) = (Vec::new(), 0);
+    for c in batch.counts.iter().cloned() {
+        let size = c.limiter.len() + c.key.len() + 32;
+        if !current.is_empty() && (current.len() == CHUNK_COUNTS || bytes + size > CHUNK_BYTES) {
+            out.push(part(std::mem::take(&mut current)));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(c);
+    }
+    out.push(part(current));
+    out
 }
 
 /// Sends the batches of one link, in order; after a failure or when told, everything.
@@ -509,26 +554,30 @@ async fn link_loop(
             (*changes).clone()
         };
         let Some(key) = peers.key() else { continue };
-        let mut req = Request::new(batch);
-        match format!("Bearer {key}").parse() {
-            Ok(v) => {
-                req.metadata_mut().insert("authorization", v);
-            }
-            Err(_) => continue,
-        }
-        let started = Instant::now();
-        let report = match tokio::time::timeout(SEND_TIMEOUT, client.exchange(req)).await {
-            Ok(Ok(ack)) => Report::Taken {
-                node: node.clone(),
-                epoch: ack.into_inner().epoch,
-                rtt_us: started.elapsed().as_micros() as u64,
-            },
-            Ok(Err(status)) => {
-                tracing::debug!(peer = %node, code = ?status.code(), error = %status.message(), "peer refused a batch");
-                Report::Failed { node: node.clone() }
-            }
-            Err(_) => Report::Failed { node: node.clone() },
+        let Ok(auth) = format!("Bearer {key}").parse::<tonic::metadata::MetadataValue<_>>() else {
+            continue;
         };
+        let mut report = Report::Failed { node: node.clone() };
+        for part in chunks(batch) {
+            let mut req = Request::new(part);
+            req.metadata_mut().insert("authorization", auth.clone());
+            let started = Instant::now();
+            report = match tokio::time::timeout(SEND_TIMEOUT, client.exchange(req)).await {
+                Ok(Ok(ack)) => Report::Taken {
+                    node: node.clone(),
+                    epoch: ack.into_inner().epoch,
+                    rtt_us: started.elapsed().as_micros() as u64,
+                },
+                Ok(Err(status)) => {
+                    tracing::debug!(peer = %node, code = ?status.code(), error = %status.message(), "peer refused a batch");
+                    Report::Failed { node: node.clone() }
+                }
+                Err(_) => Report::Failed { node: node.clone() },
+            };
+            if matches!(report, Report::Failed { .. }) {
+                break;
+            }
+        }
         if matches!(report, Report::Failed { .. }) {
             needs_full.store(true, Relaxed);
         }
@@ -556,8 +605,12 @@ impl PeersService for Service {
             peers.dropped.oversized.fetch_add(1, Relaxed);
             return Err(Status::resource_exhausted("too many counts in one batch"));
         }
-        peers.receive(batch);
-        Ok(Response::new(CounterAck { epoch: peers.epoch }))
+        match peers.receive(batch) {
+            Some(_) => Ok(Response::new(CounterAck { epoch: peers.epoch })),
+            None => Err(Status::failed_precondition(
+                "not a peer the control plane listed to this edge",
+            )),
+        }
     }
 }
 
@@ -566,7 +619,21 @@ pub async fn run(peers: Arc<Peers>, listener: tokio::net::TcpListener, mut shutd
     let Some(mut reports) = peers.reports_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
-    let service = PeersServer::new(Service(peers.clone())).max_decoding_message_size(MAX_BATCH_BYTES);
+    // The key is checked before a batch is decoded: strangers cost no decoding.
+    let gate = peers.clone();
+    let service = tonic::service::interceptor::InterceptedService::new(
+        PeersServer::new(Service(peers.clone())).max_decoding_message_size(MAX_BATCH_BYTES),
+        move |req: Request<()>| {
+            if gate.authorized(&req) {
+                Ok(req)
+            } else {
+                gate.dropped.unauthenticated.fetch_add(1, Relaxed);
+                Err(Status::unauthenticated(
+                    "a peer batch needs the cluster's peer key",
+                ))
+            }
+        },
+    );
     let mut stop = shutdown.clone();
     let server = tonic::transport::Server::builder()
         .add_service(service)

@@ -74,9 +74,10 @@ impl Caller<'_> {
             KeyOf::Service => format!("service:{}", self.service),
             KeyOf::Ip => by_ip(),
             KeyOf::Header(h) => match self.headers.get(h).map(|v| v.as_bytes()) {
-                Some(v) if !v.is_empty() => {
-                    format!("header:{}", String::from_utf8_lossy(&v[..v.len().min(256)]))
-                }
+                Some(v) if !v.is_empty() => keyed(
+                    "header:",
+                    &String::from_utf8_lossy(&v[..v.len().min(MAX_KEY_BYTES)]),
+                ),
                 _ => by_ip(),
             },
             KeyOf::Claim(name) => {
@@ -85,7 +86,7 @@ impl Caller<'_> {
                     .and_then(|c| c.claims.as_ref())
                     .and_then(|c| c.get(name));
                 match claim {
-                    Some(serde_json::Value::String(s)) => format!("claim:{}", &s[..s.len().min(256)]),
+                    Some(serde_json::Value::String(s)) => keyed("claim:", s),
                     Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
                         format!("claim:{v}")
                     }
@@ -94,6 +95,19 @@ impl Caller<'_> {
             }
         }
     }
+}
+
+/// Most bytes of a header's or claim's value a key keeps (longer values share a key with
+/// those they start like): keys stay far below what peers and the control plane accept.
+const MAX_KEY_BYTES: usize = 256;
+
+/// `prefix` and at most [`MAX_KEY_BYTES`] of `value`, cut on a character boundary.
+fn keyed(prefix: &str, value: &str) -> String {
+    let mut end = value.len().min(MAX_KEY_BYTES);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{prefix}{}", &value[..end])
 }
 
 /// One compiled `rate_limit` policy.

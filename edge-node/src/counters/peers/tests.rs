@@ -23,6 +23,21 @@ fn batch(node: &str, epoch: u64, counts: Vec<PeerCount>) -> CounterBatch {
 
 const L: &str = "1000ms/10/app/t/p";
 
+/// Lists `ids` as this edge's peers (batches from others are refused).
+fn listed(p: &Arc<Peers>, ids: &[&str]) {
+    let edges = ids
+        .iter()
+        .map(|id| PeerEdge {
+            node_id: id.to_string(),
+            addr: "127.0.0.1:9".into(),
+        })
+        .collect();
+    p.set_peers(PeerList {
+        edges,
+        key: "k".into(),
+    });
+}
+
 #[test]
 fn limiter_ids_name_their_period() {
     assert_eq!(Period::of(L), Some(Period::Window(1000)));
@@ -32,9 +47,10 @@ fn limiter_ids_name_their_period() {
     assert_eq!(Period::of("garbage"), None);
 }
 
-#[test]
-fn the_control_planes_record_counts_once_with_what_peers_said() {
+#[tokio::test]
+async fn the_control_planes_record_counts_once_with_what_peers_said() {
     let p = Peers::new("me");
+    listed(&p, &["b"]);
     let q = "day/100/app/t/q";
     let day = Period::Day.index(unix_ms());
     p.receive(batch("b", 1, vec![count(q, "k", day, 7)]));
@@ -61,9 +77,10 @@ fn the_control_planes_record_counts_once_with_what_peers_said() {
     assert_eq!(p.stored(q, "k", day), Some(20));
 }
 
-#[test]
-fn batches_carry_absolute_counts_so_repeats_add_nothing_and_epochs_add_up() {
+#[tokio::test]
+async fn batches_carry_absolute_counts_so_repeats_add_nothing_and_epochs_add_up() {
     let p = Peers::new("me");
+    listed(&p, &["b", "c"]);
     let now = unix_ms();
     let w = now / 1000;
     p.receive(batch("b", 1, vec![count(L, "k", w, 3)]));
@@ -77,24 +94,37 @@ fn batches_carry_absolute_counts_so_repeats_add_nothing_and_epochs_add_up() {
     // A count for the previous window lands there.
     p.receive(batch("c", 1, vec![count(L, "old", w - 1, 4)]));
     assert_eq!(p.counters.peer_load(L, now), 4);
-    // Our own batches coming back are ignored.
-    assert_eq!(p.receive(batch("me", 1, vec![count(L, "k", w, 100)])), 1);
+    // Our own batches coming back, and a sender nobody listed, are refused.
+    assert_eq!(p.receive(batch("me", 1, vec![count(L, "k", w, 100)])), None);
+    assert_eq!(p.receive(batch("stranger", 1, vec![count(L, "k", w, 100)])), None);
+    // Counts for windows far from now could hold a key refused for good: skipped.
+    assert_eq!(
+        p.receive(batch(
+            "b",
+            1,
+            vec![count(L, "k", u64::MAX, 1), count(L, "k", w + 5, 1)]
+        )),
+        Some(2)
+    );
+    assert!((cluster(&p) - 7.0).abs() < 1e-9, "{}", cluster(&p));
 }
 
-#[test]
-fn malformed_counts_are_skipped_and_counted() {
+#[tokio::test]
+async fn malformed_counts_are_skipped_and_counted() {
     let p = Peers::new("me");
+    listed(&p, &["b"]);
     let long = "k".repeat(MAX_FIELD + 1);
+    let w = unix_ms() / 1000;
     let skipped = p.receive(batch(
         "b",
         1,
         vec![
-            count("no-window", "k", 1, 1),
-            count(L, &long, 1, 1),
-            count(L, "ok", 1, 1),
+            count("no-window", "k", w, 1),
+            count(L, &long, w, 1),
+            count(L, "ok", w, 1),
         ],
     ));
-    assert_eq!(skipped, 2);
+    assert_eq!(skipped, Some(2));
     assert_eq!(p.dropped.malformed.load(Relaxed), 2);
 }
 
@@ -109,7 +139,10 @@ async fn batches_need_the_cluster_key_and_a_bounded_size() {
         "no key yet: nobody is trusted"
     );
     p.set_peers(PeerList {
-        edges: vec![],
+        edges: vec![PeerEdge {
+            node_id: "b".into(),
+            addr: "127.0.0.1:9".into(),
+        }],
         key: "k3y".into(),
     });
     let mut req = Request::new(batch("b", 1, vec![]));
@@ -137,7 +170,13 @@ async fn batches_need_the_cluster_key_and_a_bounded_size() {
 #[tokio::test]
 async fn an_edge_is_out_of_step_until_its_first_peers_are_heard_but_newcomers_get_grace() {
     let p = Peers::new("me");
-    assert!(p.in_step(), "alone");
+    assert!(
+        !p.in_step(),
+        "out of step until the control plane lists the peers"
+    );
+    let alone = Peers::new("solo");
+    listed(&alone, &["solo"]);
+    assert!(alone.in_step() && alone.edges() == 1, "alone");
     let edge = |id: &str| PeerEdge {
         node_id: id.into(),
         addr: "127.0.0.1:9".into(),
@@ -188,4 +227,28 @@ async fn an_edge_is_out_of_step_until_its_first_peers_are_heard_but_newcomers_ge
         key: "k".into(),
     });
     assert!(p.links().is_empty() && p.in_step());
+}
+
+#[test]
+fn big_batches_go_in_parts_a_peer_takes() {
+    let counts: Vec<PeerCount> = (0..CHUNK_COUNTS * 2 + 3)
+        .map(|i| count(L, &format!("k{i}"), 1, 1))
+        .collect();
+    let parts = chunks(batch("me", 1, counts));
+    assert_eq!(parts.len(), 3);
+    assert!(parts
+        .iter()
+        .all(|p| p.counts.len() <= CHUNK_COUNTS && p.epoch == 1));
+    assert_eq!(
+        parts.iter().map(|p| p.counts.len()).sum::<usize>(),
+        CHUNK_COUNTS * 2 + 3
+    );
+    let big = "x".repeat(400);
+    let parts = chunks(batch(
+        "me",
+        1,
+        (0..10_000).map(|_| count(L, &big, 1, 1)).collect(),
+    ));
+    assert!(parts.len() > 1, "by bytes too");
+    assert_eq!(chunks(batch("me", 1, vec![])).len(), 1, "a heartbeat");
 }

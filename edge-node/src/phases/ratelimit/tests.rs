@@ -55,6 +55,15 @@ fn keys_count_by_app_header_claim_or_the_address_when_missing() {
         assert_eq!(caller.key(&KeyOf::parse(key).unwrap()), want, "{key}");
     }
     assert!(KeyOf::parse("header:bad name").is_err());
+    // Long values are cut on a character boundary, never inside one (no panic), and stay
+    // short whatever bytes a client sends.
+    let long = app("m", Some(serde_json::json!({"name": "é".repeat(300)})));
+    let key = caller(&h, Some(&long)).key(&KeyOf::parse("claim:name").unwrap());
+    assert!(key.len() <= 6 + MAX_KEY_BYTES && key.ends_with('é'), "{key}");
+    let mut raw = HeaderMap::new();
+    raw.insert("x-user", HeaderValue::from_bytes(&[0xff; 400]).unwrap());
+    let key = caller(&raw, None).key(&KeyOf::parse("header:x-user").unwrap());
+    assert!(key.len() <= 7 + MAX_KEY_BYTES, "{}", key.len());
 }
 
 #[test]
