@@ -183,9 +183,8 @@ fn shown_resource(stored: &crate::state::Stored) -> Resource {
     shown.to_resource(stored.version)
 }
 
-/// Most entries one usage report may carry, and the longest field.
+/// Most entries one usage report may carry.
 const MAX_USAGE_ENTRIES: usize = 100_000;
-const MAX_USAGE_FIELD: usize = 512;
 
 #[tonic::async_trait]
 impl Admin for AdminService {
@@ -484,12 +483,8 @@ impl AdminService {
             ));
         }
         // A malformed count is dropped, not the report: one bad key must not stop the rest.
-        let good = |e: &UsageEntry| {
-            [&e.quota, &e.key, &e.node_id]
-                .iter()
-                .all(|f| !f.is_empty() && f.len() <= MAX_USAGE_FIELD)
-                && (e.quota.starts_with("day/") || e.quota.starts_with("month/"))
-        };
+        let now = crate::node::now_ms();
+        let good = |e: &UsageEntry| crate::usage::usable(e, now);
         let total = r.entries.len();
         let records: Vec<UsageRecord> = r
             .entries

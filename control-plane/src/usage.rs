@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tollgate_proto::period::Period;
 use tollgate_proto::v1::UsageEntry;
 
 /// Most (quota, key, period) rows kept; past it, new rows are ignored (existing ones still
@@ -19,7 +20,25 @@ pub const MAX_ROWS: usize = 500_000;
 /// Most (edge, epoch) counts kept per row.
 pub const MAX_SOURCES: usize = 256;
 
+/// Longest quota id, key or node id accepted.
+pub const MAX_FIELD: usize = 512;
+
 type Row = (String, String, u64);
+
+/// Whether a reported count may be recorded at `now_ms` (this node's clock): a quota id, key
+/// and node id of sane length, and a period that is the previous, current or next one (a far
+/// one would wipe the quota's real periods, see [`Usage::record`]).
+pub fn usable(e: &UsageEntry, now_ms: u64) -> bool {
+    let fields = [&e.quota, &e.key, &e.node_id]
+        .iter()
+        .all(|f| !f.is_empty() && f.len() <= MAX_FIELD);
+    let period = match Period::of(&e.quota) {
+        Some(p @ (Period::Day | Period::Month)) => p,
+        _ => return false,
+    };
+    let current = period.index(now_ms);
+    fields && e.period.saturating_add(1) >= current && e.period <= current.saturating_add(1)
+}
 type Source = (String, u64);
 
 /// One count, as a command carries it and a snapshot stores it.
@@ -173,6 +192,38 @@ mod tests {
             10,
             "a restarted edge keeps its past"
         );
+    }
+
+    #[test]
+    fn only_sane_counts_for_near_periods_are_usable() {
+        let now = 1_798_761_599_000; // 2026-12-31T23:59:59Z
+        let today = Period::Day.index(now);
+        let entry = |quota: &str, key: &str, period: u64| UsageEntry {
+            quota: quota.into(),
+            key: key.into(),
+            period,
+            node_id: "e1".into(),
+            epoch: 1,
+            count: 1,
+        };
+        assert!(usable(&entry("day/5/app/t/q", "k", today), now));
+        assert!(
+            usable(&entry("day/5/app/t/q", "k", today + 1), now),
+            "a clock a little ahead"
+        );
+        assert!(usable(&entry("day/5/app/t/q", "k", today - 1), now));
+        assert!(
+            !usable(&entry("day/5/app/t/q", "k", u64::MAX), now),
+            "would wipe the real periods"
+        );
+        assert!(!usable(&entry("day/5/app/t/q", "k", today - 2), now));
+        assert!(!usable(&entry("1000ms/5/app/t/p", "k", 1), now), "not a quota");
+        assert!(!usable(
+            &entry("day/5/app/t/q", &"k".repeat(MAX_FIELD + 1), today),
+            now
+        ));
+        let month = Period::Month.index(now);
+        assert!(usable(&entry("month/5/app/t/q", "k", month + 1), now));
     }
 
     #[test]

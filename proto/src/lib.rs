@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod keys;
 pub mod model;
+pub mod period;
 pub mod stream;
 pub mod validate;
 

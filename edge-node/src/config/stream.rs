@@ -324,9 +324,9 @@ impl StreamClient {
 /// How often quota counts are reported to the control plane (what a `kill -9` can lose).
 pub const USAGE_REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// Most counts in one `RecordUsage` call (one Raft entry): far below the control plane's
-/// bounds on a report and on a Raft message.
-const USAGE_REPORT_CHUNK: usize = 10_000;
+/// Most counts in one `RecordUsage` call (one Raft entry, under 1 MB even with the longest
+/// keys, so 64 entries fit one Raft message).
+const USAGE_REPORT_CHUNK: usize = 2_000;
 
 /// Aborts a task when dropped (the reporter lives as long as its session).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
