@@ -2,9 +2,12 @@
 //! rate-limit counters with every edge of the cluster. Every second each node asks the other
 //! members (the Raft `Edges` call, with the cluster credential) which edges are connected to
 //! them, and keeps the union in its registry (`EdgeRegistry::set_remote`); a change is
-//! streamed to its edges as a new peer list. A member that does not answer contributes
-//! nothing: its edges are reconnecting elsewhere, or it is partitioned with them.
+//! streamed to its edges as a new peer list. A member that misses one answer keeps its last
+//! list (a slow second must not tear down every edge's links to its edges); one that misses
+//! [`FORGET_AFTER`] in a row contributes nothing: its edges are reconnecting elsewhere, or it
+//! is partitioned with them.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,12 +23,16 @@ const EVERY: Duration = Duration::from_secs(1);
 const ASK_TIMEOUT: Duration = Duration::from_millis(800);
 /// Most edges taken from one member's answer.
 const MAX_EDGES: usize = 10_000;
+/// Missed answers in a row after which a member's last list is dropped.
+const FORGET_AFTER: u32 = 3;
 
 /// Merges the other members' edges into this node's peer list every second, until `stop`.
 pub async fn run(node: Arc<Node>, stop: impl Future<Output = ()>) {
     let ticker = async {
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Per member address: its last list and how many answers it missed since.
+        let mut last: HashMap<String, (Vec<PeerEdge>, u32)> = HashMap::new();
         loop {
             tick.tick().await;
             let others: Vec<String> = {
@@ -36,7 +43,21 @@ pub async fn run(node: Arc<Node>, stop: impl Future<Output = ()>) {
                     .collect()
             };
             let answers = futures::future::join_all(others.iter().map(|addr| ask(&node, addr))).await;
-            node.edges.set_remote(answers.into_iter().flatten().collect());
+            last.retain(|addr, _| others.contains(addr));
+            for (addr, answer) in others.into_iter().zip(answers) {
+                let entry = last.entry(addr).or_default();
+                match answer {
+                    Some(list) => *entry = (list, 0),
+                    None => {
+                        entry.1 += 1;
+                        if entry.1 >= FORGET_AFTER {
+                            entry.0.clear();
+                        }
+                    }
+                }
+            }
+            node.edges
+                .set_remote(last.values().flat_map(|(list, _)| list.iter().cloned()).collect());
         }
     };
     tokio::select! {
@@ -45,8 +66,8 @@ pub async fn run(node: Arc<Node>, stop: impl Future<Output = ()>) {
     }
 }
 
-/// The edges connected to the member at `addr`; none if it does not answer in time.
-async fn ask(node: &Node, addr: &str) -> Vec<PeerEdge> {
+/// The edges connected to the member at `addr`; `None` if it does not answer in time.
+async fn ask(node: &Node, addr: &str) -> Option<Vec<PeerEdge>> {
     let call = async {
         let mut client = RaftClient::new(node.channels.get(addr).ok()?);
         let mut req = Request::new(RaftPayload {
@@ -74,9 +95,5 @@ async fn ask(node: &Node, addr: &str) -> Vec<PeerEdge> {
                 .collect(),
         )
     };
-    tokio::time::timeout(ASK_TIMEOUT, call)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    tokio::time::timeout(ASK_TIMEOUT, call).await.ok().flatten()
 }
