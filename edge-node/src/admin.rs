@@ -60,13 +60,19 @@ impl Admin {
         (load * lag.as_millis() as f64 / window_ms as f64).ceil() as u64
     }
 
+    /// The config's rate limits and quotas: (limiter id, cluster-wide).
+    fn limiters(&self) -> Vec<(Arc<str>, bool)> {
+        let snapshot = self.shared.snapshot();
+        snapshot
+            .iter()
+            .flat_map(|s| &s.limiters)
+            .map(|(id, c)| (id.clone(), *c))
+            .collect()
+    }
+
     fn limits(&self) -> serde_json::Value {
         let now = unix_ms();
-        let limiters = self
-            .shared
-            .snapshot()
-            .map(|s| s.limiters.clone())
-            .unwrap_or_default();
+        let limiters = self.limiters();
         let limits: Vec<serde_json::Value> = limiters
             .iter()
             .map(|(id, cluster)| {
@@ -107,17 +113,12 @@ impl Admin {
     fn metrics(&self) -> String {
         use std::fmt::Write;
         let now = unix_ms();
-        let limiters = self
-            .shared
-            .snapshot()
-            .map(|s| s.limiters.clone())
-            .unwrap_or_default();
+        let limiters = self.limiters();
         let mut out = String::new();
         let in_step = self.peers.in_step();
         let _ = writeln!(out, "# HELP tollgate_ratelimit_error_bound Requests a cluster-wide rate limit may admit past its limit now (peers' load in one batch interval plus a round trip).");
         let _ = writeln!(out, "# TYPE tollgate_ratelimit_error_bound gauge");
-        for (id, cluster) in limiters.iter().filter(|(_, c)| **c) {
-            let _ = cluster;
+        for (id, _) in limiters.iter().filter(|(_, c)| *c) {
             let _ = writeln!(
                 out,
                 "tollgate_ratelimit_error_bound{{policy=\"{}\",limiter=\"{}\"}} {}",
@@ -130,7 +131,7 @@ impl Admin {
         let _ = writeln!(out, "# TYPE tollgate_ratelimit_fallback gauge");
         for id in limiters
             .iter()
-            .filter(|(id, c)| falls_back(id, **c))
+            .filter(|(id, c)| falls_back(id, *c))
             .map(|(id, _)| id)
         {
             let _ = writeln!(

@@ -12,6 +12,17 @@ pub enum Period {
     Month,
 }
 
+/// How a limiter id names it: `<n>ms`, `day` or `month` (its first segment).
+impl std::fmt::Display for Period {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Period::Window(w) => write!(f, "{w}ms"),
+            Period::Day => f.write_str("day"),
+            Period::Month => f.write_str("month"),
+        }
+    }
+}
+
 impl Period {
     /// The period a limiter id names by its first segment: `<n>ms`, `day` or `month`.
     pub fn of(limiter: &str) -> Option<Period> {

@@ -285,23 +285,44 @@ const METHODS: [&str; 9] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
 ];
 
+/// What a limit's `key` counts by, parsed (the grammar of [`LimitKey`]); the edge compiles
+/// the same parse, so what validates is what it enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitKeyOf<'a> {
+    App,
+    Tenant,
+    Service,
+    Ip,
+    /// A header name (an HTTP token).
+    Header(&'a str),
+    /// A JWT claim name: 1–64 printable characters.
+    Claim(&'a str),
+}
+
+impl<'a> LimitKeyOf<'a> {
+    pub fn parse(key: &'a str) -> Option<LimitKeyOf<'a>> {
+        Some(match key {
+            "app" => LimitKeyOf::App,
+            "tenant" => LimitKeyOf::Tenant,
+            "service" => LimitKeyOf::Service,
+            "ip" => LimitKeyOf::Ip,
+            k => match (k.strip_prefix("header:"), k.strip_prefix("claim:")) {
+                (Some(h), _) if is_token(h) => LimitKeyOf::Header(h),
+                (_, Some(c)) if !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic()) => {
+                    LimitKeyOf::Claim(c)
+                }
+                _ => return None,
+            },
+        })
+    }
+}
+
 fn check_limit_key(c: &mut Checker<'_>, field: &str, key: &str) {
-    match key {
-        "app" | "tenant" | "service" | "ip" => {}
-        k => {
-            let named = k.strip_prefix("header:").filter(|h| is_token(h)).is_some()
-                || k.strip_prefix("claim:").is_some_and(|c| {
-                    !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_graphic())
-                });
-            if !named {
-                c.err(
-                    field,
-                    format!(
-                        "invalid key {key:?}: use app, tenant, service, ip, header:<name> or claim:<name>"
-                    ),
-                );
-            }
-        }
+    if LimitKeyOf::parse(key).is_none() {
+        c.err(
+            field,
+            format!("invalid key {key:?}: use app, tenant, service, ip, header:<name> or claim:<name>"),
+        );
     }
 }
 

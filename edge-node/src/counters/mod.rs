@@ -58,7 +58,8 @@ pub use tollgate_proto::period::Period;
 pub struct Limiter {
     pub id: Arc<str>,
     pub limit: u64,
-    pub window_ms: u64,
+    /// Windows of a rate limit or token bucket; a quota's day or month. The id names it too.
+    pub period: Period,
     pub kind: LimiterKind,
 }
 
@@ -69,7 +70,7 @@ pub enum LimiterKind {
     /// This edge alone: `limit` tokens per window, at most `burst` saved.
     TokenBucket { burst: u64 },
     /// `limit` per UTC day or month, shared with peers and recorded on the control plane.
-    Quota { period: Period },
+    Quota,
 }
 
 /// How a cluster-scope limit is decided right now (see `peers.rs` for when each applies).
@@ -235,19 +236,12 @@ impl Counters {
             }
             // A quota always counts what it knows of the cluster (peers and the control
             // plane's record): a day's limit does not fall back for a lost link.
-            LimiterKind::Quota { .. } => self.count(limiter, key, now_ms, Mode::Cluster, true),
-        }
-    }
-
-    fn period(limiter: &Limiter) -> Period {
-        match limiter.kind {
-            LimiterKind::Quota { period } => period,
-            _ => Period::Window(limiter.window_ms.max(1)),
+            LimiterKind::Quota => self.count(limiter, key, now_ms, Mode::Cluster, true),
         }
     }
 
     fn count(&self, limiter: &Limiter, key: &str, now_ms: u64, mode: Mode, cluster: bool) -> Decision {
-        let period = Self::period(limiter);
+        let period = limiter.period;
         let w = period.index(now_ms);
         let reset_ms = period.until_end(now_ms);
         let quota = !period.slides();
@@ -287,7 +281,11 @@ impl Counters {
     }
 
     fn take_token(&self, limiter: &Limiter, burst: u64, key: &str, now_ms: u64) -> Decision {
-        let window_ms = limiter.window_ms.max(1) as f64;
+        // Token buckets are compiled with windows only (`phases/ratelimit.rs`).
+        let window_ms = match limiter.period {
+            Period::Window(w) => w as f64,
+            Period::Day | Period::Month => f64::from(u32::MAX),
+        };
         let rate = limiter.limit as f64 / window_ms; // tokens per millisecond
         let new = Bucket {
             tokens: burst as f64,
@@ -330,7 +328,7 @@ impl Counters {
             if key == OVERFLOW_KEY || self.reserve() {
                 let slot = keys
                     .entry(key.into())
-                    .or_insert_with(|| Slot::new(Self::period(limiter), w));
+                    .or_insert_with(|| Slot::new(limiter.period, w));
                 return f(slot);
             }
         }
@@ -366,8 +364,8 @@ impl Counters {
     pub fn undo(&self, limiter: &Limiter, key: &str, now_ms: u64) {
         let mut shard = self.shard(&limiter.id, key);
         match limiter.kind {
-            LimiterKind::SlidingWindow { .. } | LimiterKind::Quota { .. } => {
-                let w = Self::period(limiter).index(now_ms);
+            LimiterKind::SlidingWindow { .. } | LimiterKind::Quota => {
+                let w = limiter.period.index(now_ms);
                 if let Some(slot) = shard.windows.get_mut(&*limiter.id).and_then(|k| k.get_mut(key)) {
                     if slot.window == w && slot.local[1] > 0 {
                         slot.local[1] -= 1;

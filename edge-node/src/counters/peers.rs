@@ -293,6 +293,9 @@ impl Peers {
 
     /// One tick: hands each link its batch, applies links' reports, updates the step.
     fn tick(&self, reports: &mut mpsc::UnboundedReceiver<Report>) {
+        // Built before `inner` is taken: it visits every shard. With no peer to tell, it
+        // forgets what changed all the same.
+        let changes = Arc::new(self.batch(false));
         let mut inner = self.inner();
         while let Ok(report) = reports.try_recv() {
             match report {
@@ -314,17 +317,11 @@ impl Peers {
                 }
             }
         }
-        if !inner.links.is_empty() {
-            let changes = Arc::new(self.batch(false));
-            for link in inner.links.values() {
-                // A link still busy with an earlier batch sends everything once it is free.
-                if link.tx.try_send(changes.clone()).is_err() {
-                    link.needs_full.store(true, Relaxed);
-                }
+        for link in inner.links.values() {
+            // A link still busy with an earlier batch sends everything once it is free.
+            if link.tx.try_send(changes.clone()).is_err() {
+                link.needs_full.store(true, Relaxed);
             }
-        } else {
-            // Nobody to tell: forget what changed.
-            self.counters.local_counts(false);
         }
         self.update_step(&inner);
     }
@@ -587,19 +584,29 @@ async fn link_loop(
     }
 }
 
-/// The peer port's gRPC service.
+/// The peer port's key check, run on a call's metadata before its batch is decoded:
+/// strangers cost no decoding.
+fn gate(peers: Arc<Peers>) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req| {
+        if peers.authorized(&req) {
+            Ok(req)
+        } else {
+            peers.dropped.unauthenticated.fetch_add(1, Relaxed);
+            Err(Status::unauthenticated(
+                "a peer batch needs the cluster's peer key",
+            ))
+        }
+    }
+}
+
+/// The peer port's gRPC service (behind [`gate`]).
 struct Service(Arc<Peers>);
 
 #[tonic::async_trait]
 impl PeersService for Service {
     async fn exchange(&self, req: Request<CounterBatch>) -> Result<Response<CounterAck>, Status> {
+        // The key was checked by `gate`, before the batch was decoded.
         let peers = &self.0;
-        if !peers.authorized(&req) {
-            peers.dropped.unauthenticated.fetch_add(1, Relaxed);
-            return Err(Status::unauthenticated(
-                "a peer batch needs the cluster's peer key",
-            ));
-        }
         let batch = req.into_inner();
         if batch.counts.len() > MAX_COUNTS {
             peers.dropped.oversized.fetch_add(1, Relaxed);
@@ -619,20 +626,9 @@ pub async fn run(peers: Arc<Peers>, listener: tokio::net::TcpListener, mut shutd
     let Some(mut reports) = peers.reports_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
         return;
     };
-    // The key is checked before a batch is decoded: strangers cost no decoding.
-    let gate = peers.clone();
     let service = tonic::service::interceptor::InterceptedService::new(
         PeersServer::new(Service(peers.clone())).max_decoding_message_size(MAX_BATCH_BYTES),
-        move |req: Request<()>| {
-            if gate.authorized(&req) {
-                Ok(req)
-            } else {
-                gate.dropped.unauthenticated.fetch_add(1, Relaxed);
-                Err(Status::unauthenticated(
-                    "a peer batch needs the cluster's peer key",
-                ))
-            }
-        },
+        gate(peers.clone()),
     );
     let mut stop = shutdown.clone();
     let server = tonic::transport::Server::builder()

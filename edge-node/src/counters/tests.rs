@@ -4,7 +4,7 @@ fn window(limit: u64, cluster: bool) -> Limiter {
     Limiter {
         id: Arc::from(format!("1000ms/{limit}/app/t/p")),
         limit,
-        window_ms: 1000,
+        period: Period::Window(1000),
         kind: LimiterKind::SlidingWindow { cluster },
     }
 }
@@ -87,7 +87,7 @@ fn token_buckets_refill_evenly_up_to_their_burst() {
     let l = Limiter {
         id: Arc::from("1000ms/10/ip/t/tb"),
         limit: 10,
-        window_ms: 1000,
+        period: Period::Window(1000),
         kind: LimiterKind::TokenBucket { burst: 5 },
     };
     let now = 10_000;
@@ -159,8 +159,8 @@ fn quotas_count_utc_days_and_months_and_are_reported_once() {
     let q = Limiter {
         id: Arc::from("day/3/app/t/q"),
         limit: 3,
-        window_ms: 0,
-        kind: LimiterKind::Quota { period: Period::Day },
+        period: Period::Day,
+        kind: LimiterKind::Quota,
     };
     // No sliding: the day's count is all that matters, whatever the peers' mode.
     assert_eq!(fill(&c, &q, "a", before - 5000, Mode::Open), 3);

@@ -20,6 +20,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_proto::model::{
     LimitAlgorithm, LimitScope, OnStoreFailure, Policy, Quota, QuotaPeriod, RateLimit,
 };
+use tollgate_proto::validate::LimitKeyOf;
 
 use crate::consumer::Consumer;
 use crate::counters::peers::Peers;
@@ -38,20 +39,30 @@ enum KeyOf {
 }
 
 impl KeyOf {
+    /// Compiles a key of the grammar the control plane validated ([`LimitKeyOf`]).
     fn parse(key: &str) -> Result<KeyOf, String> {
-        Ok(match key {
-            "app" => KeyOf::App,
-            "tenant" => KeyOf::Tenant,
-            "service" => KeyOf::Service,
-            "ip" => KeyOf::Ip,
-            k => match (k.strip_prefix("header:"), k.strip_prefix("claim:")) {
-                (Some(h), _) => KeyOf::Header(
+        Ok(
+            match LimitKeyOf::parse(key).ok_or_else(|| format!("invalid limit key {key:?}"))? {
+                LimitKeyOf::App => KeyOf::App,
+                LimitKeyOf::Tenant => KeyOf::Tenant,
+                LimitKeyOf::Service => KeyOf::Service,
+                LimitKeyOf::Ip => KeyOf::Ip,
+                LimitKeyOf::Header(h) => KeyOf::Header(
                     HeaderName::from_bytes(h.as_bytes()).map_err(|_| format!("invalid header name {h:?}"))?,
                 ),
-                (_, Some(c)) if !c.is_empty() => KeyOf::Claim(c.to_string()),
-                _ => return Err(format!("invalid limit key {key:?}")),
+                LimitKeyOf::Claim(c) => KeyOf::Claim(c.to_string()),
             },
-        })
+        )
+    }
+}
+
+/// A limiter named by the policy's shape (the module doc's id format).
+fn limiter(tenant: &str, p: &Policy, limit: u64, period: Period, key: &str, kind: LimiterKind) -> Limiter {
+    Limiter {
+        id: Arc::from(format!("{period}/{limit}/{key}/{tenant}/{}", p.name)),
+        limit,
+        period,
+        kind,
     }
 }
 
@@ -159,8 +170,6 @@ fn headers_of(d: &Decision, refused: bool) -> LimitHeaders {
 impl RateLimits {
     /// Adds `p`'s `rate_limit`, named `tenant/name`.
     pub fn add(&mut self, tenant: &str, p: &Policy, r: &RateLimit) -> Result<(), String> {
-        let key = KeyOf::parse(&r.key)?;
-        let window_ms = (r.window.0.as_millis() as u64).max(1);
         let kind = match (r.algorithm, r.scope) {
             (LimitAlgorithm::SlidingWindow, scope) => LimiterKind::SlidingWindow {
                 cluster: scope == LimitScope::Cluster,
@@ -172,37 +181,27 @@ impl RateLimits {
                 return Err("a token_bucket rate limit needs scope: local".into())
             }
         };
-        let id = format!("{window_ms}ms/{}/{}/{tenant}/{}", r.limit, r.key, p.name);
-        self.limits.push(Limit {
-            limiter: Limiter {
-                id: Arc::from(id),
-                limit: r.limit,
-                window_ms,
-                kind,
-            },
-            key,
-            on_failure: r.on_store_failure,
-        });
-        Ok(())
+        let period = Period::Window((r.window.0.as_millis() as u64).max(1));
+        let limiter = limiter(tenant, p, r.limit, period, &r.key, kind);
+        self.push(limiter, &r.key, r.on_store_failure)
     }
 
     /// Adds `p`'s `quota`, named `tenant/name`.
     pub fn add_quota(&mut self, tenant: &str, p: &Policy, q: &Quota) -> Result<(), String> {
-        let key = KeyOf::parse(&q.key)?;
-        let (period, name) = match q.period {
-            QuotaPeriod::Day => (Period::Day, "day"),
-            QuotaPeriod::Month => (Period::Month, "month"),
+        let period = match q.period {
+            QuotaPeriod::Day => Period::Day,
+            QuotaPeriod::Month => Period::Month,
         };
-        let id = format!("{name}/{}/{}/{tenant}/{}", q.limit, q.key, p.name);
+        let limiter = limiter(tenant, p, q.limit, period, &q.key, LimiterKind::Quota);
+        // A quota never falls back; the mode is not read.
+        self.push(limiter, &q.key, OnStoreFailure::LocalShare)
+    }
+
+    fn push(&mut self, limiter: Limiter, key: &str, on_failure: OnStoreFailure) -> Result<(), String> {
         self.limits.push(Limit {
-            limiter: Limiter {
-                id: Arc::from(id),
-                limit: q.limit,
-                window_ms: 0,
-                kind: LimiterKind::Quota { period },
-            },
-            key,
-            on_failure: OnStoreFailure::LocalShare,
+            limiter,
+            key: KeyOf::parse(key)?,
+            on_failure,
         });
         Ok(())
     }
@@ -212,7 +211,7 @@ impl RateLimits {
         self.limits.iter().map(|l| {
             let cluster = matches!(
                 l.limiter.kind,
-                LimiterKind::SlidingWindow { cluster: true } | LimiterKind::Quota { .. }
+                LimiterKind::SlidingWindow { cluster: true } | LimiterKind::Quota
             );
             (&l.limiter.id, cluster)
         })

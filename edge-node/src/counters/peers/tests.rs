@@ -128,11 +128,26 @@ async fn malformed_counts_are_skipped_and_counted() {
     assert_eq!(p.dropped.malformed.load(Relaxed), 2);
 }
 
+/// A call to the peer port as tonic runs it: the key gate on the metadata, then the service.
+async fn call(p: &Arc<Peers>, req: Request<CounterBatch>) -> Result<CounterAck, Status> {
+    let (metadata, extensions, batch) = req.into_parts();
+    let checked = gate(p.clone())(Request::from_parts(metadata, extensions, ()))?;
+    let (metadata, extensions, ()) = checked.into_parts();
+    let req = Request::from_parts(metadata, extensions, batch);
+    Service(p.clone()).exchange(req).await.map(Response::into_inner)
+}
+
+fn with_key(batch: CounterBatch, key: &str) -> Request<CounterBatch> {
+    let mut req = Request::new(batch);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    req
+}
+
 #[tokio::test]
 async fn batches_need_the_cluster_key_and_a_bounded_size() {
     let p = Peers::new("me");
-    let service = Service(p.clone());
-    let unauthenticated = service.exchange(Request::new(batch("b", 1, vec![]))).await;
+    let unauthenticated = call(&p, Request::new(batch("b", 1, vec![]))).await;
     assert_eq!(
         unauthenticated.unwrap_err().code(),
         tonic::Code::Unauthenticated,
@@ -145,24 +160,21 @@ async fn batches_need_the_cluster_key_and_a_bounded_size() {
         }],
         key: "k3y".into(),
     });
-    let mut req = Request::new(batch("b", 1, vec![]));
-    req.metadata_mut()
-        .insert("authorization", "Bearer wrong".parse().unwrap());
+    let wrong = call(&p, with_key(batch("b", 1, vec![]), "wrong")).await;
+    assert_eq!(wrong.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let big = batch("b", 1, vec![count(L, "k", 1, 1); MAX_COUNTS + 1]);
     assert_eq!(
-        service.exchange(req).await.unwrap_err().code(),
-        tonic::Code::Unauthenticated
-    );
-    let mut req = Request::new(batch("b", 1, vec![count(L, "k", 1, 1); MAX_COUNTS + 1]));
-    req.metadata_mut()
-        .insert("authorization", "Bearer k3y".parse().unwrap());
-    assert_eq!(
-        service.exchange(req).await.unwrap_err().code(),
+        call(&p, with_key(big, "k3y")).await.unwrap_err().code(),
         tonic::Code::ResourceExhausted
     );
-    let mut req = Request::new(batch("b", 1, vec![]));
-    req.metadata_mut()
-        .insert("authorization", "Bearer k3y".parse().unwrap());
-    assert_eq!(service.exchange(req).await.unwrap().into_inner().epoch, p.epoch);
+    let ok = call(&p, with_key(batch("b", 1, vec![]), "k3y")).await;
+    assert_eq!(ok.unwrap().epoch, p.epoch);
+    let stranger = call(&p, with_key(batch("stranger", 1, vec![]), "k3y")).await;
+    assert_eq!(
+        stranger.unwrap_err().code(),
+        tonic::Code::FailedPrecondition,
+        "not listed"
+    );
     assert_eq!(p.dropped.unauthenticated.load(Relaxed), 2);
     assert_eq!(p.dropped.oversized.load(Relaxed), 1);
 }
