@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/tollgate/v1/stream.proto",
         "proto/tollgate/v1/raft.proto",
         "proto/tollgate/v1/peer.proto",
+        "proto/opentelemetry/otlp.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

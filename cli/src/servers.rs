@@ -33,6 +33,78 @@ pub struct DevArgs {
     /// off when not given
     #[arg(long, value_parser = parse_addr)]
     tls_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    observe: ObserveArgs,
+}
+
+/// The call log, traces and OTLP export of an edge.
+#[derive(Args)]
+pub struct ObserveArgs {
+    /// Where call records are written as JSON lines (default <data-dir>/calls; `off`: none)
+    #[arg(long)]
+    call_log_dir: Option<String>,
+    /// Size at which the active call-log file is rotated (bytes; KiB, MiB, GiB suffixes)
+    #[arg(long, default_value = "64MiB", value_parser = parse_bytes)]
+    call_log_file_bytes: u64,
+    /// Most bytes the call-log directory holds; the oldest rotated files go first
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    call_log_total_bytes: u64,
+    /// Age at which the active call-log file is rotated
+    #[arg(long, default_value = "1h", value_parser = parse_timeout)]
+    call_log_max_age: std::time::Duration,
+    /// OTLP/HTTP collector base URL (http://127.0.0.1:4318): call records go to /v1/logs,
+    /// sampled traces to /v1/traces, metrics to /v1/metrics; off when not given
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// Fraction of new traces sampled, 0 to 1 (a client's traceparent keeps its own flag)
+    #[arg(long, default_value_t = 1.0)]
+    trace_sample_ratio: f64,
+    /// How often metrics are exported over OTLP
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    otlp_metrics_interval: std::time::Duration,
+}
+
+impl ObserveArgs {
+    fn options(&self, data_dir: &std::path::Path, node_id: &str) -> tollgate_edge::ObserveOptions {
+        let dir = match self.call_log_dir.as_deref() {
+            Some("off") => None,
+            Some(d) => Some(PathBuf::from(d)),
+            None => Some(data_dir.join("calls")),
+        };
+        tollgate_edge::ObserveOptions {
+            call_log: dir.map(|dir| tollgate_edge::LogConfig {
+                dir,
+                max_file_bytes: self.call_log_file_bytes,
+                max_total_bytes: self.call_log_total_bytes,
+                max_age: self.call_log_max_age,
+            }),
+            otlp: self
+                .otlp_endpoint
+                .clone()
+                .map(|endpoint| tollgate_edge::OtlpConfig {
+                    endpoint,
+                    node_id: node_id.to_string(),
+                    metrics_interval: self.otlp_metrics_interval,
+                }),
+            sample_ratio: self.trace_sample_ratio,
+        }
+    }
+}
+
+/// A size in bytes: `4096`, `64KiB`, `64MiB`, `1GiB`.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (like 4096 or 64MiB)"))?;
+    let scale = match unit {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("{s:?}: the unit must be KiB, MiB or GiB")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 #[derive(Args)]
@@ -101,6 +173,8 @@ pub struct EdgeArgs {
     /// (408, or the exchange is cut once the answer has started)
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     body_read_timeout: std::time::Duration,
+    #[command(flatten)]
+    observe: ObserveArgs,
     // mTLS towards the control plane (then its URLs are https://).
     #[command(flatten)]
     pub(crate) tls: crate::cert::ClusterTlsArgs,
@@ -165,8 +239,10 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
 }
 
 pub async fn edge(a: EdgeArgs) -> CliResult {
+    let node_id = a.node_id.unwrap_or_else(|| default_edge_id(a.listen));
     let opts = EdgeOptions {
-        node_id: a.node_id.unwrap_or_else(|| default_edge_id(a.listen)),
+        observe: a.observe.options(&a.data_dir, &node_id),
+        node_id,
         control_planes: a.control_plane,
         listen: a.listen,
         admin: a.admin,
@@ -255,6 +331,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             tls_listen: a.tls_listen,
             body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
             cluster_tls: None,
+            observe: a.observe.options(&a.data_dir.join("edge"), "dev-edge"),
         },
         async move {
             let _ = edge_stopped.await;
@@ -265,7 +342,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
     if let Some(tls) = a.tls_listen {
         println!("  proxy (tls)    https://{tls} (certificates from the config, by SNI)");
     }
-    println!("  edge admin     http://{}/readyz", a.admin);
+    println!("  edge admin     http://{}/readyz, /metrics", a.admin);
     println!("  admin API      {server}");
     println!(
         "  control plane  http://{}/healthz, /metrics (the portal will be served here)",

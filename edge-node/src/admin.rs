@@ -1,8 +1,9 @@
 //! The admin listener: `GET /healthz` (the process is up), `GET /readyz` (200 only once a
 //! complete config is loaded, from the control plane or the last-known-good file),
 //! `GET /config/version`, `GET /limits` (rate limits: usage per key, peers, whether this edge
-//! is in step) and `GET /metrics` (Prometheus text: the rate limits' error bounds and
-//! fallback state, counter sharing).
+//! is in step) and `GET /metrics` (Prometheus text: requests, latency and bytes by route,
+//! rate-limit decisions, error bounds and fallback state, counter sharing, config version
+//! and control-plane connection, the call log and OTLP export).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,11 +17,14 @@ use crate::counters::peers::{Peers, BATCH_INTERVAL};
 use crate::counters::{unix_ms, Period};
 use crate::error::{error_body, json_response};
 use crate::listen::Handler;
+use crate::observe::metrics::{header, label};
+use crate::observe::Observer;
 
 #[derive(Clone)]
 pub struct Admin {
     shared: Arc<Shared>,
     peers: Arc<Peers>,
+    observer: Arc<Observer>,
 }
 
 /// Most keys `/limits` lists per limit (the busiest).
@@ -39,14 +43,13 @@ fn falls_back(id: &str, cluster: bool) -> bool {
     cluster && matches!(Period::of(id), Some(Period::Window(_)))
 }
 
-/// A Prometheus label value.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
 impl Admin {
-    pub fn new(shared: Arc<Shared>, peers: Arc<Peers>) -> Self {
-        Self { shared, peers }
+    pub fn new(shared: Arc<Shared>, peers: Arc<Peers>, observer: Arc<Observer>) -> Self {
+        Self {
+            shared,
+            peers,
+            observer,
+        }
     }
 
     /// Requests a cluster-wide limit may admit past its limit now: what the peers admit in
@@ -115,6 +118,8 @@ impl Admin {
         let now = unix_ms();
         let limiters = self.limiters();
         let mut out = String::new();
+        self.observer.metrics.render(&mut out);
+        self.edge_metrics(&mut out, now);
         let in_step = self.peers.in_step();
         let _ = writeln!(out, "# HELP tollgate_ratelimit_error_bound Requests a cluster-wide rate limit may admit past its limit now (peers' load in one batch interval plus a round trip).");
         let _ = writeln!(out, "# TYPE tollgate_ratelimit_error_bound gauge");
@@ -172,6 +177,90 @@ impl Admin {
             );
         }
         out
+    }
+
+    /// The config, the control-plane connection, the call log and the exporter.
+    fn edge_metrics(&self, out: &mut String, now: u64) {
+        use std::fmt::Write;
+        use std::sync::atomic::Ordering::Relaxed;
+        let gauge = |out: &mut String, name: &str, help: &str, value: String| {
+            header(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        };
+        gauge(
+            out,
+            "tollgate_config_version",
+            "Version of the config being served (0: none yet).",
+            self.shared.version().unwrap_or(0).to_string(),
+        );
+        gauge(
+            out,
+            "tollgate_control_plane_connected",
+            "1 while a config stream to a control plane is open.",
+            u8::from(self.shared.connected.load(Relaxed)).to_string(),
+        );
+        let installed = self.shared.installed_ms.load(Relaxed);
+        if installed > 0 {
+            gauge(
+                out,
+                "tollgate_config_age_seconds",
+                "Seconds since the config being served was installed.",
+                format!("{:.3}", now.saturating_sub(installed) as f64 / 1e3),
+            );
+        }
+        let log = &self.observer.log;
+        for (name, help, n) in [
+            (
+                "tollgate_call_records_written_total",
+                "Call records written to the call log.",
+                &log.written,
+            ),
+            (
+                "tollgate_call_records_dropped_total",
+                "Call records dropped because the call-log writer fell behind.",
+                &log.dropped,
+            ),
+            (
+                "tollgate_call_records_failed_total",
+                "Call records lost to a write error.",
+                &log.failed,
+            ),
+            (
+                "tollgate_call_log_rotations_total",
+                "Call-log files rotated.",
+                &log.rotations,
+            ),
+        ] {
+            header(out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", n.load(Relaxed));
+        }
+        if let Some(otlp) = &self.observer.otlp {
+            for (name, help, n) in [
+                (
+                    "tollgate_otlp_spans_exported_total",
+                    "Spans an OTLP collector accepted.",
+                    &otlp.spans,
+                ),
+                (
+                    "tollgate_otlp_logs_exported_total",
+                    "Log records an OTLP collector accepted.",
+                    &otlp.logs,
+                ),
+                (
+                    "tollgate_otlp_export_failures_total",
+                    "OTLP exports that failed or were refused.",
+                    &otlp.failures,
+                ),
+                (
+                    "tollgate_otlp_dropped_total",
+                    "Call records dropped because the OTLP export queue was full.",
+                    &otlp.dropped,
+                ),
+            ] {
+                header(out, name, "counter", help);
+                let _ = writeln!(out, "{name} {}", n.load(Relaxed));
+            }
+        }
     }
 
     fn answer(&self, method: &Method, path: &str) -> Response<Body> {
@@ -236,7 +325,11 @@ mod tests {
     #[tokio::test]
     async fn ready_only_with_a_config() {
         let shared = Arc::new(Shared::default());
-        let admin = Admin::new(shared.clone(), Peers::new("test-edge"));
+        let admin = Admin::new(
+            shared.clone(),
+            Peers::new("test-edge"),
+            Observer::metrics_only(Default::default()),
+        );
         assert_eq!(
             get(&admin, "/healthz").await,
             (StatusCode::OK, json!({"status": "ok"}))

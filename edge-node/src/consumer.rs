@@ -13,6 +13,8 @@ pub struct Consumer {
     pub app: String,
     /// The header that carried the credential (stripped before forwarding).
     pub credential_header: HeaderName,
+    /// The credential's public part, for the call record: `tgk_<id>` for an API key.
+    pub key_id: Option<String>,
     /// The verified claims of the caller's JWT (a rate limit may count by one).
     pub claims: Option<Arc<Map<String, Value>>>,
 }

@@ -32,6 +32,7 @@ mod consumer;
 mod counters;
 mod error;
 mod listen;
+mod observe;
 mod phases;
 mod proxy;
 mod request_id;
@@ -91,6 +92,9 @@ use config::state::Shared;
 use config::{cluster_tls, lkg, stream, sync};
 use counters::peers::Peers;
 use listen::tls;
+pub use observe::calllog::LogConfig;
+pub use observe::otlp::OtlpConfig;
+pub use observe::ObserveOptions;
 
 /// Default proxy address.
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
@@ -137,6 +141,8 @@ pub struct EdgeOptions {
     /// How long a client may send no request body bytes before the request is abandoned
     /// (408 while no answer has started, else the exchange is cut).
     pub body_read_timeout: Duration,
+    /// The call log, traces and OTLP export.
+    pub observe: ObserveOptions,
 }
 
 /// A started edge node. Dropping it stops it without waiting; prefer
@@ -289,7 +295,13 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
     };
 
     let shared = Arc::new(Shared::default());
-    let (clients, loaded) = load_last_known_good(&opts.data_dir, Retained::default()).await;
+    let registry = Arc::new(observe::metrics::Registry::default());
+    let observer = observe::start(&opts.observe, registry.clone())?;
+    let kept = Retained {
+        stats: registry,
+        ..Retained::default()
+    };
+    let (clients, loaded) = load_last_known_good(&opts.data_dir, kept).await;
     let initial = match loaded {
         Some((state, snapshot)) => {
             shared.install(Arc::new(snapshot));
@@ -309,7 +321,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         tokio::spawn(listen::serve(
             "proxy",
             proxy_listener,
-            proxy::Proxy::new(shared.clone(), peers.clone()).with_body_read_timeout(opts.body_read_timeout),
+            proxy::Proxy::new(shared.clone(), peers.clone(), observer.clone())
+                .with_body_read_timeout(opts.body_read_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
@@ -318,7 +331,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         tokio::spawn(listen::serve(
             "admin",
             admin_listener,
-            admin::Admin::new(shared.clone(), peers.clone()),
+            admin::Admin::new(shared.clone(), peers.clone(), observer.clone()),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             ADMIN_MAX_CONNECTIONS,
@@ -329,7 +342,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         servers.push(tokio::spawn(listen::serve(
             "tls",
             listener,
-            proxy::Proxy::new(shared.clone(), peers.clone()).with_body_read_timeout(opts.body_read_timeout),
+            proxy::Proxy::new(shared.clone(), peers.clone(), observer.clone())
+                .with_body_read_timeout(opts.body_read_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,

@@ -22,11 +22,12 @@
 //! added to every answer after that phase, errors included, so a browser can read a 401.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response};
-use http_body_util::Limited;
+use http_body_util::{BodyExt, Limited};
 
 use crate::body::{Body, ClientBody};
 use crate::config::state::Shared;
@@ -34,6 +35,9 @@ use crate::counters::peers::Peers;
 use crate::error::{Fault, ProxyError};
 use crate::listen::tls::ClientTls;
 use crate::listen::Handler;
+use crate::observe::record::CallRecord;
+use crate::observe::trace::TraceContext;
+use crate::observe::{phase_end, phase_start, Observer, Recorded};
 use crate::phases::ctx::RequestCtx;
 use crate::phases::service::Backend;
 use crate::phases::{auth, authorize, cors, normalize, ratelimit, route};
@@ -46,14 +50,16 @@ use crate::upstream::forward;
 pub struct Proxy {
     shared: Arc<Shared>,
     peers: Arc<Peers>,
+    observer: Arc<Observer>,
     body_read_timeout: Duration,
 }
 
 impl Proxy {
-    pub fn new(shared: Arc<Shared>, peers: Arc<Peers>) -> Self {
+    pub fn new(shared: Arc<Shared>, peers: Arc<Peers>, observer: Arc<Observer>) -> Self {
         Self {
             shared,
             peers,
+            observer,
             body_read_timeout: crate::DEFAULT_BODY_READ_TIMEOUT,
         }
     }
@@ -71,11 +77,13 @@ impl Proxy {
         req: Request<B>,
     ) -> Result<Response<Body>, ProxyError> {
         normalize::check_framing(req.headers())?;
+        let timed = phase_start(ctx.timing);
         let mut req = normalize::check_path(req)?;
         let snapshot = self.shared.snapshot().ok_or(ProxyError::NotReady)?;
 
         let preflight = cors::Preflight::of(&req);
         route::route(ctx, &snapshot.router, &req, preflight.as_ref())?;
+        phase_end(&mut ctx.phases, "route", timed);
         let service = ctx.route()?.service.clone();
 
         service.policies.check_ip(ctx.remote, req.headers())?;
@@ -87,8 +95,11 @@ impl Proxy {
         }
 
         authorize::check_lifecycle(&service)?;
+        let timed = phase_start(ctx.timing);
         auth::authenticate(ctx, &snapshot.credentials, req.headers()).await?;
         authorize::check_subscription(ctx, &snapshot.subscriptions)?;
+        phase_end(&mut ctx.phases, "authenticate", timed);
+        let timed = phase_start(ctx.timing);
         let caller = ratelimit::Caller {
             remote: ctx.remote,
             consumer: ctx.consumer.as_ref(),
@@ -97,7 +108,11 @@ impl Proxy {
             headers: req.headers(),
         };
         let (limit, verdict) = service.policies.rate_limits.check(&caller, &self.peers);
+        if limit.is_some() {
+            ctx.route()?.stats.limit_decision(verdict.is_ok());
+        }
         ctx.limit = limit;
+        phase_end(&mut ctx.phases, "rate_limit", timed);
         verdict?;
 
         service.policies.check_request_size(req.headers())?;
@@ -109,17 +124,25 @@ impl Proxy {
             Backend::Upstream(pool) => pool,
             Backend::Ai => return Err(ProxyError::NotImplemented("the ai gateway")),
         };
+        if self.observer.traces() {
+            ctx.traceparent = Some(ctx.trace.upstream_header());
+        }
         let dispatch = Dispatch {
             pool,
             headers: &service.policies,
             forward: ctx.forward()?,
         };
+        let sent_at = Instant::now();
         // Only a size policy wraps the body (it then fails with BodyTooLarge past the limit
         // while streaming); otherwise the client's body goes on as it is.
-        let resp = match service.policies.max_body {
-            Some(max) => dispatch::send(req.map(|b| Limited::new(b, max as usize)), &dispatch).await?,
-            None => dispatch::send(req, &dispatch).await?,
+        let sent = match service.policies.max_body {
+            Some(max) => dispatch::send(req.map(|b| Limited::new(b, max as usize)), &dispatch).await,
+            None => dispatch::send(req, &dispatch).await,
         };
+        ctx.upstream_latency = Some(sent_at.elapsed());
+        phase_end(&mut ctx.phases, "upstream", ctx.timing.then_some(sent_at));
+        let (resp, target) = sent?;
+        ctx.upstream = Some(pool.targets[target].public.clone());
         let mut resp = match client_upgrade {
             Some(client) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
                 forward::splice_upgrade(client, resp, &ctx.request_id)
@@ -135,19 +158,48 @@ impl Proxy {
 impl Handler for Proxy {
     async fn handle<B: ClientBody + Unpin>(&self, remote: SocketAddr, req: Request<B>) -> Response<Body> {
         let timeout = self.body_read_timeout;
-        self.answer(remote, req.map(|b| StallGuard::new(b, timeout)))
-            .await
+        // Bytes in are counted only for requests that have a body.
+        let received = (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0)));
+        let counter = received.clone();
+        self.serve(
+            remote,
+            req.map(|b| StallGuard::new(b, timeout).counting(counter)),
+            received,
+        )
+        .await
     }
 }
 
 impl Proxy {
     /// Answers one request (any body type, so tests need no sockets).
+    #[cfg(test)]
     pub async fn answer<B: ClientBody>(&self, remote: SocketAddr, req: Request<B>) -> Response<Body> {
+        self.serve(remote, req, None).await
+    }
+
+    /// Answers one request; `received` counts its body bytes, for the call record.
+    async fn serve<B: ClientBody>(
+        &self,
+        remote: SocketAddr,
+        req: Request<B>,
+        received: Option<Arc<AtomicU64>>,
+    ) -> Response<Body> {
         let request_id = request_id::from_headers(req.headers());
-        let mut ctx = RequestCtx::new(request_id, remote, req.method().clone(), req.uri().clone());
+        let trace = TraceContext::from_headers(req.headers(), self.observer.sampler);
+        let timing = trace.sampled && self.observer.traces();
+        let mut ctx = RequestCtx::new(
+            request_id,
+            remote,
+            req.method().clone(),
+            req.uri().clone(),
+            trace,
+            timing,
+        );
+        let mut error = None;
         let mut resp = match self.proxy(&mut ctx, req).await {
             Ok(resp) => resp,
             Err(e) => {
+                error = Some(e.code());
                 let (id, method, path) = (
                     ctx.request_id.to_str().unwrap_or_default(),
                     &ctx.method,
@@ -178,8 +230,43 @@ impl Proxy {
             elapsed_ms = ctx.started.elapsed().as_millis() as u64,
             "request answered"
         );
-        resp.headers_mut().insert(request_id::HEADER, ctx.request_id);
-        resp
+        resp.headers_mut()
+            .insert(request_id::HEADER, ctx.request_id.clone());
+        let record = self.record(ctx, resp.status().as_u16(), error);
+        let observer = self.observer.clone();
+        resp.map(|body| Recorded::new(body, record, observer, received).boxed())
+    }
+
+    /// The call record of a request, finished when its answer's body ends.
+    fn record(&self, ctx: RequestCtx, status: u16, error: Option<&'static str>) -> CallRecord {
+        let stats = match &ctx.route {
+            Some(m) => m.stats.clone(),
+            None => self.observer.metrics.unrouted.clone(),
+        };
+        let (app, key) = match ctx.consumer {
+            Some(c) => (Some(c.app), c.key_id),
+            None => (None, None),
+        };
+        CallRecord {
+            time: ctx.time,
+            started: ctx.started,
+            request_id: ctx.request_id,
+            trace: ctx.trace,
+            stats,
+            app,
+            key,
+            method: ctx.method,
+            uri: ctx.uri,
+            status,
+            error,
+            latency: Duration::ZERO,
+            upstream_latency: ctx.upstream_latency,
+            upstream: ctx.upstream,
+            bytes_in: 0,
+            bytes_out: 0,
+            remote: ctx.remote.ip(),
+            phases: ctx.phases,
+        }
     }
 }
 

@@ -13,6 +13,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,6 +37,8 @@ pub struct StallGuard<B> {
     /// Armed while waiting for the client; created on the first wait.
     clock: Option<Pin<Box<Sleep>>>,
     waiting: bool,
+    /// Bytes received so far, for the call record.
+    received: Option<Arc<AtomicU64>>,
 }
 
 impl<B> StallGuard<B> {
@@ -44,7 +48,14 @@ impl<B> StallGuard<B> {
             timeout,
             clock: None,
             waiting: false,
+            received: None,
         }
+    }
+
+    /// Counts the body's bytes into `received`.
+    pub fn counting(mut self, received: Option<Arc<AtomicU64>>) -> Self {
+        self.received = received;
+        self
     }
 }
 
@@ -64,6 +75,11 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
+                if let (Some(n), Some(Ok(f))) = (&this.received, &frame) {
+                    if let Some(data) = f.data_ref() {
+                        n.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {

@@ -17,5 +17,11 @@ pub mod v1 {
     tonic::include_proto!("tollgate.v1");
 }
 
+/// OpenTelemetry's OTLP messages (a wire-compatible subset, `proto/opentelemetry/otlp.proto`).
+pub mod otlp {
+    #![allow(clippy::all, missing_docs, unreachable_pub)]
+    tonic::include_proto!("tollgate.otlp");
+}
+
 pub use model::{Document, Kind, ResourceKey, Spec};
 pub use validate::{ValidationError, ValidationErrors};

@@ -3,17 +3,18 @@
 //! path and swapped in atomically; never changed afterwards (the balancers' counters are
 //! atomics).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use tollgate_proto::model::{Policy, ServiceState, Spec};
 
 use crate::config::resources::{ConfigState, ResourceError};
 use crate::listen::tls::CertStore;
+use crate::observe::metrics::Registry;
 use crate::phases::auth::{Credentials, Idp, KeyEntry};
 use crate::phases::authorize::Subscriptions;
 use crate::phases::router::{Router, RouterBuilder};
-use crate::phases::service::ServiceEntry;
+use crate::phases::service::{Routed, ServiceEntry};
 use crate::upstream::{Clients, UpstreamPool};
 
 /// What outlives snapshots, so that a config change keeps what it does not change: the
@@ -24,13 +25,15 @@ use crate::upstream::{Clients, UpstreamPool};
 pub struct Retained {
     pub upstreams: Clients,
     pub idp: Idp,
+    /// Each route's request metrics, handed from config to config.
+    pub stats: Arc<Registry>,
 }
 
 /// A compiled config.
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: u64,
-    pub router: Router<Arc<ServiceEntry>>,
+    pub router: Router<Routed>,
     /// API keys, apps, JWT issuers and introspection endpoints (phase authenticate).
     pub credentials: Credentials,
     /// Phase authorize.
@@ -71,6 +74,7 @@ impl Snapshot {
         let mut credentials = Credentials::default();
         let mut subscriptions = Subscriptions::default();
         let mut limiters = BTreeMap::new();
+        let mut live = HashSet::new();
         for spec in &specs {
             match spec {
                 Spec::App(a) => {
@@ -98,7 +102,13 @@ impl Snapshot {
                             }
                             let entry = Arc::new(entry);
                             for (i, r) in s.routes.iter().enumerate() {
-                                if let Err(m) = router.add_route(r, entry.clone()) {
+                                let label = r.paths.first().map_or("", String::as_str);
+                                let routed = Routed {
+                                    service: entry.clone(),
+                                    stats: kept.stats.route(&s.tenant, &s.name, label),
+                                };
+                                live.insert(routed.stats.labels.clone());
+                                if let Err(m) = router.add_route(r, routed) {
                                     errors.push(ResourceError::new(&key, format!("routes[{i}].{m}")));
                                 }
                             }
@@ -133,6 +143,7 @@ impl Snapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
+        kept.stats.keep_only(&live);
         Ok(Snapshot {
             version: state.version,
             router: router.build(),

@@ -1,6 +1,7 @@
 //! State shared between the config stream (the one writer) and the listeners (readers): the
 //! current compiled config, swapped whole. Readers never lock.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -13,6 +14,10 @@ use crate::listen::tls::CertSource;
 #[derive(Debug, Default)]
 pub struct Shared {
     config: ArcSwapOption<Snapshot>,
+    /// Whether a config stream to a control plane is open.
+    pub connected: AtomicBool,
+    /// When the config being served was installed (unix ms).
+    pub installed_ms: AtomicU64,
 }
 
 impl Shared {
@@ -24,6 +29,7 @@ impl Shared {
     /// Replaces the config for every later request (in-flight ones keep theirs).
     pub fn install(&self, snapshot: Arc<Snapshot>) {
         self.config.store(Some(snapshot));
+        self.installed_ms.store(crate::counters::unix_ms(), Relaxed);
     }
 
     /// The version of the current config, if any.

@@ -261,6 +261,7 @@ impl StreamClient {
             .map_err(StreamError::Open)?
             .into_inner();
         tracing::info!(control_plane = %url, last_version = announce, "config stream open");
+        let _connected = Connected::mark(self.shared.clone());
         while let Some(mut push) = pushes.message().await? {
             backoff.reset();
             if let Some(list) = push.peers.take() {
@@ -327,6 +328,24 @@ pub const USAGE_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Most counts in one `RecordUsage` call (one Raft entry, under 1 MB even with the longest
 /// keys, so 64 entries fit one Raft message).
 const USAGE_REPORT_CHUNK: usize = 2_000;
+
+/// `Shared::connected` while the stream is open.
+struct Connected(Arc<Shared>);
+
+impl Connected {
+    fn mark(shared: Arc<Shared>) -> Self {
+        shared.connected.store(true, std::sync::atomic::Ordering::Relaxed);
+        Connected(shared)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0
+            .connected
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Aborts a task when dropped (the reporter lives as long as its session).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -189,6 +189,7 @@ async fn consumer(
         tenant: service.tenant.clone(),
         app,
         credential_header: AUTHORIZATION,
+        key_id: None,
         claims,
     }))
 }
@@ -278,6 +279,7 @@ fn api_key(
         tenant: stored.tenant.clone(),
         app: stored.app.clone(),
         credential_header: header,
+        key_id: Some(format!("{}{id}", tollgate_proto::keys::PREFIX)),
         claims: None,
     })
 }

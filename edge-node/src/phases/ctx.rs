@@ -6,19 +6,22 @@
 //! ```text
 //!  arrival: request id, peer, clock, method and URI
 //!   ─> route: `route` ─> cors: `cors` ─> authenticate: `consumer` ─> rate limit: `limit`
-//!   ─> forward: `upgrade`
+//!   ─> forward: `upgrade`, `upstream`, `upstream_latency`
 //!   ─> answer: the cors grant, the limit's headers and the request id go on it, whatever
-//!      it is; the log line
+//!      it is; the call record is made of the rest (`observe`)
 //! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
 
 use crate::consumer::Consumer;
 use crate::error::ProxyError;
+use crate::observe::metrics::RouteStats;
+use crate::observe::record::Phase;
+use crate::observe::trace::TraceContext;
 use crate::phases::cors::CorsReply;
 use crate::phases::ratelimit::LimitHeaders;
 use crate::phases::service::ServiceEntry;
@@ -31,8 +34,15 @@ pub struct RequestCtx {
     pub request_id: HeaderValue,
     /// The TCP peer (the client, or the proxy in front of it).
     pub remote: SocketAddr,
-    /// When the request arrived.
+    /// When the request arrived (monotonic, and on the wall clock).
     pub started: Instant,
+    pub time: SystemTime,
+    /// Its place in a trace (continued from the client's `traceparent`, or new).
+    pub trace: TraceContext,
+    /// Whether the phases are timed (a sampled request while spans are exported).
+    pub timing: bool,
+    /// The timed phases, for the trace's child spans.
+    pub phases: Vec<Phase>,
     pub method: Method,
     pub uri: Uri,
     /// Phase route: the service and how the path is forwarded.
@@ -47,22 +57,41 @@ pub struct RequestCtx {
     pub upgrade: Option<HeaderValue>,
     /// The request arrived over TLS (`--tls-listen`).
     pub client_tls: bool,
+    /// Phase forward: the `traceparent` sent upstream (when the trace is the edge's to pass on).
+    pub traceparent: Option<HeaderValue>,
+    /// Phase forward: the target that answered (`scheme://host:port`), and how long it took
+    /// to answer (all attempts, until the answer head).
+    pub upstream: Option<Arc<str>>,
+    pub upstream_latency: Option<Duration>,
 }
 
 /// What routing found.
 #[derive(Debug, Clone)]
 pub struct Matched {
     pub service: Arc<ServiceEntry>,
+    /// The route's request metrics.
+    pub stats: Arc<RouteStats>,
     /// How many leading bytes of the path `strip_prefix` drops.
     pub strip_len: Option<usize>,
 }
 
 impl RequestCtx {
-    pub fn new(request_id: HeaderValue, remote: SocketAddr, method: Method, uri: Uri) -> Self {
+    pub fn new(
+        request_id: HeaderValue,
+        remote: SocketAddr,
+        method: Method,
+        uri: Uri,
+        trace: TraceContext,
+        timing: bool,
+    ) -> Self {
         Self {
             request_id,
             remote,
             started: Instant::now(),
+            time: SystemTime::now(),
+            trace,
+            timing,
+            phases: Vec::new(),
             method,
             uri,
             route: None,
@@ -71,6 +100,9 @@ impl RequestCtx {
             limit: None,
             upgrade: None,
             client_tls: false,
+            traceparent: None,
+            upstream: None,
+            upstream_latency: None,
         }
     }
 
@@ -88,6 +120,7 @@ impl RequestCtx {
             consumer: self.consumer.as_ref(),
             upgrade: self.upgrade.as_ref(),
             client_tls: self.client_tls,
+            traceparent: self.traceparent.as_ref(),
         })
     }
 }

@@ -2,21 +2,19 @@
 //! A CORS preflight is routed by the method it asks about, so the service that would get
 //! that method answers it when it has a cors policy; otherwise OPTIONS routes as usual.
 
-use std::sync::Arc;
-
 use http::{Method, Request};
 
 use crate::error::ProxyError;
 use crate::phases::cors::Preflight;
 use crate::phases::ctx::{Matched, RequestCtx};
 use crate::phases::router::{RequestInfo, Router};
-use crate::phases::service::ServiceEntry;
+use crate::phases::service::Routed;
 use crate::upstream::forward::request_host;
 
 /// Notes the matched service in `ctx.route`, or answers 404 `no_route`.
 pub fn route<B>(
     ctx: &mut RequestCtx,
-    router: &Router<Arc<ServiceEntry>>,
+    router: &Router<Routed>,
     req: &Request<B>,
     preflight: Option<&Preflight>,
 ) -> Result<(), ProxyError> {
@@ -28,7 +26,8 @@ pub fn route<B>(
             headers: req.headers(),
         };
         router.route(&info).map(|m| Matched {
-            service: m.target.clone(),
+            service: m.target.service.clone(),
+            stats: m.target.stats.clone(),
             strip_len: m.strip_len,
         })
     };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 use tollgate_proto::model::{Approval, AuthKind, Policy, ResourceKey, Service, ServiceState};
 
+use crate::observe::metrics::RouteStats;
 use crate::phases::policy::Policies;
 use crate::upstream::UpstreamPool;
 
@@ -16,6 +17,13 @@ pub enum Backend {
     Upstream(Arc<UpstreamPool>),
     /// An AI service (the AI gateway comes later).
     Ai,
+}
+
+/// What a route leads to: its service, and the route's request metrics.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub service: Arc<ServiceEntry>,
+    pub stats: Arc<RouteStats>,
 }
 
 /// A service as the request path needs it.

@@ -117,9 +117,13 @@ async fn fixture() -> Fixture {
     let shared = Arc::new(Shared::default());
     shared.install(compile(3, res));
     Fixture {
-        proxy: Proxy::new(shared, Peers::new("test-edge")),
+        proxy: Proxy::new(shared, Peers::new("test-edge"), metrics_only()),
         keys,
     }
+}
+
+fn metrics_only() -> Arc<Observer> {
+    Observer::metrics_only(Default::default())
 }
 
 struct Answer {
@@ -160,7 +164,11 @@ async fn expect_error(proxy: &Proxy, req: Request<Full<Bytes>>, status: StatusCo
 
 #[tokio::test]
 async fn not_ready_without_config() {
-    let proxy = Proxy::new(Arc::new(Shared::default()), Peers::new("test-edge"));
+    let proxy = Proxy::new(
+        Arc::new(Shared::default()),
+        Peers::new("test-edge"),
+        metrics_only(),
+    );
     expect_error(
         &proxy,
         empty(get("/orders")),
@@ -370,7 +378,7 @@ services:
     ));
     let shared = Arc::new(Shared::default());
     shared.install(compile(1, res));
-    let p = Proxy::new(shared, Peers::new("test-edge"));
+    let p = Proxy::new(shared, Peers::new("test-edge"), metrics_only());
     // CLIENT (10.1.2.3) is outside the allow list: 403 before any credential is asked for.
     expect_error(&p, empty(get("/walled")), StatusCode::FORBIDDEN, "ip_denied").await;
     // A preflight needs no credential, and is routed by the method it asks about.
@@ -415,4 +423,91 @@ services:
     // HeaderValue; the parsers refuse them on the wire: see cve_regressions.rs).
     let tab = get("/open").header("x-evil", HeaderValue::from_bytes(b"a\tb").unwrap());
     assert_eq!(call(&p, empty(tab)).await.status, StatusCode::OK);
+}
+
+/// A proxy whose observer queues every call record here, and exports spans.
+fn recording(f: &Fixture) -> (Proxy, std::sync::mpsc::Receiver<Arc<CallRecord>>) {
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    let observer = Observer::new(
+        Default::default(),
+        Default::default(),
+        Some(Default::default()),
+        Some(tx),
+        crate::observe::trace::Sampler { ratio: 1.0 },
+    );
+    let proxy = Proxy {
+        observer,
+        ..f.proxy.clone()
+    };
+    (proxy, rx)
+}
+
+#[tokio::test]
+async fn every_answer_leaves_one_call_record_with_its_trace() {
+    let f = fixture().await;
+    let (p, records) = recording(&f);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let a = call(
+        &p,
+        empty(
+            get("/orders/7?apikey=hidden")
+                .header("apikey", &f.keys["mobile"])
+                .header("traceparent", traceparent),
+        ),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK);
+    let r = records.try_recv().expect("a record once the body was read");
+    assert!(records.try_recv().is_err(), "one record per call");
+    assert_eq!((r.status, r.error), (200, None));
+    let l = &r.stats.labels;
+    assert_eq!(
+        (&*l.tenant, &*l.service, &*l.route),
+        ("acme", "orders", "/orders")
+    );
+    assert_eq!(r.app.as_deref(), Some("mobile"));
+    let key_id = r.key.clone().unwrap();
+    assert!(key_id.starts_with("tgk_") && key_id.len() == 16, "{key_id}");
+    assert!(!f.keys["mobile"].ends_with(&key_id[4..]), "only the public id");
+    assert!(r.upstream.as_deref().unwrap().starts_with("http://127.0.0.1:"));
+    assert!(r.upstream_latency.unwrap() <= r.latency);
+    assert!(r.bytes_out > 0);
+    let phases: Vec<_> = r.phases.iter().map(|p| p.name).collect();
+    assert_eq!(phases, ["route", "authenticate", "rate_limit", "upstream"]);
+    // The trace is the client's, and the upstream's parent is the edge's upstream span.
+    assert_eq!(r.trace.trace_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    let sent = a.json["headers"]["traceparent"].as_str().unwrap();
+    assert_eq!(
+        sent,
+        format!(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01",
+            hex::encode(r.trace.upstream_span)
+        )
+    );
+    let line = serde_json::to_string(&r.json()).unwrap();
+    assert!(
+        !line.contains("hidden") && !line.contains(&f.keys["mobile"]),
+        "{line}"
+    );
+
+    // Refusals and unrouted requests are recorded too, with their error code.
+    call(&p, empty(get("/nowhere"))).await;
+    let r = records.try_recv().unwrap();
+    assert_eq!((r.status, r.error), (404, Some("no_route")));
+    assert_eq!(&*r.stats.labels.service, "");
+    assert_eq!(r.stats.requests(3), 1, "counted as unrouted 4xx");
+    call(&p, empty(get("/orders/1"))).await;
+    let r = records.try_recv().unwrap();
+    assert_eq!((r.status, r.error), (401, Some("missing_credential")));
+    assert_eq!(&*r.stats.labels.service, "orders");
+}
+
+#[tokio::test]
+async fn without_export_a_client_traceparent_passes_unchanged() {
+    let f = fixture().await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let a = call(&f.proxy, empty(get("/open").header("traceparent", traceparent))).await;
+    assert_eq!(a.json["headers"]["traceparent"], traceparent);
+    let a = call(&f.proxy, empty(get("/open"))).await;
+    assert!(a.json["headers"].get("traceparent").is_none(), "none invented");
 }

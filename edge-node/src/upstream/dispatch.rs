@@ -85,10 +85,11 @@ fn replay(parts: &http::request::Parts) -> Request<Empty<Bytes>> {
 }
 
 /// Sends `req` to a target of the pool, retrying on others where the retry rule allows.
+/// Returns the answer and the index of the target that gave it.
 pub async fn send<B: ClientBody>(
     req: Request<B>,
     d: &Dispatch<'_>,
-) -> Result<Response<Tracked<UpstreamBody>>, ProxyError> {
+) -> Result<(Response<Tracked<UpstreamBody>>, usize), ProxyError> {
     let pool = d.pool;
     let key = pool.balancer.hash_key(req.headers(), d.forward.remote.ip());
     if pool.retries == 0 || !replayable(&req) {
@@ -96,7 +97,7 @@ pub async fn send<B: ClientBody>(
             .balancer
             .pick(key, &[])
             .ok_or(ProxyError::NoHealthyUpstream)?;
-        return attempt(req, i, d).await.map_err(ProxyError::from);
+        return attempt(req, i, d).await.map(|r| (r, i)).map_err(ProxyError::from);
     }
     // The body is empty: keep the head and send it again as often as needed.
     let (parts, _) = req.into_parts();
@@ -108,7 +109,7 @@ pub async fn send<B: ClientBody>(
         };
         tried.push(i);
         match attempt(replay(&parts), i, d).await {
-            Ok(resp) => return Ok(resp),
+            Ok(resp) => return Ok((resp, i)),
             Err(e) if e.unsent => last = e.error,
             Err(e) => return Err(e.error),
         }

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version};
 use crate::body::{self, Body, ClientBody};
 use crate::consumer::Consumer;
 use crate::error::{self, ProxyError};
+use crate::observe::trace::TRACEPARENT;
 use crate::request_id;
 use crate::upstream::client::{ClientError, Connection, UpstreamBody};
 use crate::upstream::endpoint::Endpoint;
@@ -159,6 +160,8 @@ pub struct Forward<'a> {
     pub upgrade: Option<&'a HeaderValue>,
     /// The client spoke TLS to the edge (the upstream hears `x-forwarded-proto: https`).
     pub client_tls: bool,
+    /// The `traceparent` the upstream gets instead of the client's (the edge's span as parent).
+    pub traceparent: Option<&'a HeaderValue>,
 }
 
 /// The `Upgrade` header of an HTTP/1.1 request that asks for a protocol switch.
@@ -260,6 +263,9 @@ pub fn upstream_request<B: ClientBody>(
         None => h.remove(X_FORWARDED_HOST),
     };
     h.insert(request_id::HEADER, f.request_id.clone());
+    if let Some(tp) = f.traceparent {
+        h.insert(TRACEPARENT, tp.clone());
+    }
 
     Ok(Request::from_parts(parts, body::stream(incoming)))
 }

@@ -9,6 +9,8 @@ use crate::upstream::client::Destination;
 #[derive(Debug)]
 pub struct Target {
     pub url: String,
+    /// `scheme://host:port`, without user info or path: how records and logs name it.
+    pub public: std::sync::Arc<str>,
     /// Path of the target URL without a trailing `/` (often empty), prefixed to every
     /// forwarded path.
     pub base_path: String,
@@ -39,7 +41,7 @@ impl Target {
         }
         let dest = Destination {
             connect_uri: http::Uri::builder()
-                .scheme(scheme)
+                .scheme(scheme.clone())
                 .authority(authority.clone())
                 .path_and_query("/")
                 .build()
@@ -47,8 +49,10 @@ impl Target {
             host: HeaderValue::from_str(authority.as_str())
                 .map_err(|e| format!("invalid target URL {url:?}: {e}"))?,
         };
+        let host_port = authority.as_str().rsplit('@').next().unwrap_or_default();
         Ok(Target {
             url: url.to_string(),
+            public: format!("{scheme}://{host_port}").into(),
             base_path: uri.path().trim_end_matches('/').to_string(),
             dest,
         })

@@ -29,6 +29,7 @@ fn app(name: &str, claims: Option<serde_json::Value>) -> Consumer {
         tenant: "t".into(),
         app: name.into(),
         credential_header: http::header::AUTHORIZATION,
+        key_id: None,
         claims: claims.map(|c| Arc::new(c.as_object().unwrap().clone())),
     }
 }

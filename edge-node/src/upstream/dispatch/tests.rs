@@ -70,13 +70,14 @@ fn dispatch(pool: &UpstreamPool) -> Dispatch<'_> {
             consumer: None,
             upgrade: None,
             client_tls: false,
+            traceparent: None,
         },
     }
 }
 
 async fn call(pool: &UpstreamPool, req: Request<Full<Bytes>>) -> Result<StatusCode, ProxyError> {
     let d = dispatch(pool);
-    let resp = send(req, &d).await?;
+    let (resp, _) = send(req, &d).await?;
     let status = resp.status();
     resp.into_body().collect().await.unwrap();
     Ok(status)
@@ -185,13 +186,13 @@ async fn requests_count_in_flight_until_the_answer_body_ends() {
     let live = upstream(200, Arc::new(AtomicUsize::new(0))).await;
     let p = pool(&[live], 0);
     let d = dispatch(&p);
-    let resp = send(request(Method::GET, b""), &d).await.unwrap();
+    let (resp, _) = send(request(Method::GET, b""), &d).await.unwrap();
     assert_eq!(p.balancer.endpoint(0).in_flight(), 1);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"hello");
     assert_eq!(p.balancer.endpoint(0).in_flight(), 0);
     // Dropped unread, it ends too.
-    let resp = send(request(Method::GET, b""), &d).await.unwrap();
+    let (resp, _) = send(request(Method::GET, b""), &d).await.unwrap();
     drop(resp);
     assert_eq!(p.balancer.endpoint(0).in_flight(), 0);
 }
@@ -294,7 +295,7 @@ async fn connections_are_reused_only_after_the_whole_exchange() {
     // A body that never ends, answered before it does.
     let trickle =
         http_body_util::StreamBody::new(futures::stream::pending::<Result<Frame<Bytes>, Infallible>>());
-    let resp = send(Request::post("/x").body(trickle).unwrap(), &d)
+    let (resp, _) = send(Request::post("/x").body(trickle).unwrap(), &d)
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
