@@ -2,6 +2,7 @@
 //! The developer portal and REST API will be served here too.
 
 use std::convert::Infallible;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,7 +31,7 @@ fn metrics(node: &Node) -> String {
     let purged = m.purged.map_or(0, |l| l.index);
     let edges = node.edges.connected();
     let resources = node.sm.read(|s| s.resources.len());
-    format!(
+    let mut out = format!(
         "# HELP tollgate_cp_is_leader 1 when this node is the Raft leader.\n\
          # TYPE tollgate_cp_is_leader gauge\ntollgate_cp_is_leader {leader}\n\
          # HELP tollgate_cp_raft_term Current Raft term.\n\
@@ -46,9 +47,29 @@ fn metrics(node: &Node) -> String {
          # HELP tollgate_cp_edges_connected Edge nodes streaming config from this node.\n\
          # TYPE tollgate_cp_edges_connected gauge\ntollgate_cp_edges_connected {edges}\n\
          # HELP tollgate_cp_resources Resources stored.\n\
-         # TYPE tollgate_cp_resources gauge\ntollgate_cp_resources {resources}\n",
-        m.current_term
-    )
+         # TYPE tollgate_cp_resources gauge\ntollgate_cp_resources {resources}\n\
+         # HELP tollgate_cp_log_entries Raft log entries kept (last index less the purged one).\n\
+         # TYPE tollgate_cp_log_entries gauge\ntollgate_cp_log_entries {}\n\
+         # HELP tollgate_cp_leader_id The node this node believes leads (0: none known).\n\
+         # TYPE tollgate_cp_leader_id gauge\ntollgate_cp_leader_id {}\n",
+        m.current_term,
+        last_log.saturating_sub(purged),
+        m.current_leader.unwrap_or(0),
+    );
+    // Config lag of the edges streaming from this node (bounded by the edges that exist).
+    out.push_str(
+        "# HELP tollgate_cp_edge_config_lag Config versions an edge connected here is behind.\n\
+         # TYPE tollgate_cp_edge_config_lag gauge\n",
+    );
+    for e in node.edges.list(node.id, 0).iter().filter(|e| e.connected) {
+        let _ = writeln!(
+            out,
+            "tollgate_cp_edge_config_lag{{edge=\"{}\"}} {}",
+            tollgate_proto::prom::label(&e.node_id),
+            applied.saturating_sub(e.applied_version)
+        );
+    }
+    out
 }
 
 async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {

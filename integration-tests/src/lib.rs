@@ -130,13 +130,19 @@ impl Proc {
 
     /// Like [`Proc::spawn`], in working directory `cwd`.
     pub fn spawn_in(name: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
+        Self::spawn_program(&tollgate_bin(), name, args, log, cwd)
+    }
+
+    /// Another program (a Prometheus server, a Python receiver), its output into `log`;
+    /// killed when dropped, like the rest.
+    pub fn spawn_program(program: &Path, name: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("opening process log");
         let err = out.try_clone().expect("cloning log handle");
-        let child = Command::new(tollgate_bin())
+        let child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .env("TOLLGATE_LOG", "info,openraft=warn,sled=warn")

@@ -8,6 +8,7 @@ pub mod duration;
 pub mod keys;
 pub mod model;
 pub mod period;
+pub mod prom;
 pub mod stream;
 pub mod validate;
 

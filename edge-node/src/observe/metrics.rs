@@ -291,10 +291,7 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// A Prometheus label value, escaped.
-pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
+pub use tollgate_proto::prom::label;
 
 fn service_labels(l: &Labels) -> String {
     format!(
@@ -397,8 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_escaped() {
-        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    fn status_classes() {
         assert_eq!(status_class(99), 0);
         assert_eq!(status_class(200), 1);
         assert_eq!(status_class(599), 4);

@@ -1,0 +1,377 @@
+//! Observability end to end, with real third-party consumers: a real Prometheus server
+//! (Debian's package) scrapes an edge and the control plane and answers, through its HTTP
+//! API, exactly the request counts the test sent; the official OpenTelemetry protobuf
+//! definitions (PyPI's `opentelemetry-proto`, in `tools/otlp_receiver.py`) decode the spans,
+//! log records and metrics the edge exports, carrying the trace id the client sent; the call
+//! log stays under its bound through a load run.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_integration_tests::edge::{EdgeNode, Upstream};
+use tollgate_integration_tests::{free_port, http_get, loopback, wait_for, Proc, Sandbox};
+
+fn config(upstream: &str) -> String {
+    format!(
+        r#"
+tenants: [{{name: acme}}]
+upstreams: [{{name: be, tenant: acme, targets: [{{url: "{upstream}"}}]}}]
+apps: [{{name: shop, tenant: acme}}]
+subscriptions: [{{app: shop, service: orders, tenant: acme, status: approved}}]
+services:
+  - {{name: orders, tenant: acme, upstream: be, auth: [api_key], routes: [{{paths: [/orders]}}]}}
+  - {{name: open, tenant: acme, upstream: be, routes: [{{paths: [/open]}}]}}
+"#
+    )
+}
+
+/// A control plane with the config applied, an upstream, and an API key of app `shop`.
+fn setup() -> (Sandbox, Upstream, String) {
+    let upstream = Upstream::start();
+    let sb = Sandbox::cluster(1);
+    let file = sb.file("config.yaml", &config(&upstream.url()));
+    sb.cli(0, &["apply", "-f", &file]).ok();
+    let out = sb
+        .cli(0, &["key", "create", "--app", "shop", "--tenant", "acme"])
+        .ok()
+        .stdout;
+    let key = out
+        .split_whitespace()
+        .find(|w| w.starts_with("tgk_"))
+        .unwrap_or_else(|| panic!("no key in {out:?}"))
+        .to_string();
+    (sb, upstream, key)
+}
+
+fn start_edge(sb: &Sandbox, name: &str, args: &[String]) -> EdgeNode {
+    let mut edge = EdgeNode::for_sandbox(sb, name, None);
+    edge.extra_args = args.to_vec();
+    edge.spawn();
+    // Readiness from the admin port: no request through the proxy before the test's own.
+    wait_for("the edge to be ready", Duration::from_secs(20), || {
+        (edge.readyz() == Some(200)).then_some(())
+    });
+    edge
+}
+
+/// A program from PATH; the error says how to get it.
+fn program(name: &str, how: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("`{name}` is not installed: {how} (.ci/run does)"))
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of a Prometheus instant query, when it has exactly one sample.
+fn prom_value(prom: std::net::SocketAddr, query: &str) -> Option<f64> {
+    let (status, body) = http_get(prom, &format!("/api/v1/query?query={}", percent_encode(query)))?;
+    if status != 200 {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&body).ok()?;
+    let result = v["data"]["result"].as_array()?;
+    if result.len() != 1 {
+        return None;
+    }
+    result[0]["value"][1].as_str()?.parse().ok()
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_exact_counts_and_the_call_log_stays_bounded() {
+    let prometheus = program("prometheus", "apt-get install prometheus");
+    let (sb, _upstream, key) = setup();
+    let (file_bytes, total_bytes) = (8 << 10, 32 << 10);
+    let edge = start_edge(
+        &sb,
+        "prom",
+        &[
+            "--call-log-file-bytes".into(),
+            file_bytes.to_string(),
+            "--call-log-total-bytes".into(),
+            total_bytes.to_string(),
+        ],
+    );
+    for i in 0..25 {
+        assert_eq!(edge.get_with_key(&format!("/orders/{i}"), &key).status, 200);
+    }
+    for _ in 0..4 {
+        assert_eq!(edge.get_with_key("/orders/x", "").status, 401);
+    }
+    for _ in 0..3 {
+        assert_eq!(edge.request("GET", "/nowhere", &[]).status, 404);
+    }
+
+    let prom_addr = loopback(free_port());
+    let cp_http = sb.nodes[0].http;
+    let yml = sb.file(
+        "prometheus.yml",
+        &format!(
+            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+             scrape_configs:\n\
+             - {{job_name: edge, static_configs: [{{targets: ['{}']}}]}}\n\
+             - {{job_name: cp, static_configs: [{{targets: ['{cp_http}']}}]}}\n",
+            edge.admin
+        ),
+    );
+    let data = sb.dir.path().join("prometheus-data");
+    let _prom = Proc::spawn_program(
+        &prometheus,
+        "prometheus",
+        &[
+            format!("--config.file={yml}"),
+            format!("--storage.tsdb.path={}", data.display()),
+            format!("--web.listen-address={prom_addr}"),
+        ],
+        sb.dir.path().join("prometheus.log"),
+        sb.dir.path(),
+    );
+    let expect = |query: &str, want: f64| {
+        wait_for(
+            &format!("prometheus to answer {query} = {want}"),
+            Duration::from_secs(60),
+            || (prom_value(prom_addr, query) == Some(want)).then_some(()),
+        )
+    };
+    expect(
+        r#"sum(tollgate_requests_total{job="edge",service="orders",status_class="2xx"})"#,
+        25.0,
+    );
+    expect(
+        r#"sum(tollgate_requests_total{job="edge",service="orders",status_class="4xx"})"#,
+        4.0,
+    );
+    expect(
+        r#"sum(tollgate_requests_total{job="edge",service="",status_class="4xx"})"#,
+        3.0,
+    );
+    expect(
+        r#"tollgate_request_duration_seconds_count{job="edge",service="orders"}"#,
+        29.0,
+    );
+    expect(r#"tollgate_control_plane_connected{job="edge"}"#, 1.0);
+    expect(r#"tollgate_cp_is_leader{job="cp"}"#, 1.0);
+    let version = edge.config_version().unwrap() as f64;
+    expect(r#"tollgate_config_version{job="edge"}"#, version);
+    assert!(prom_value(prom_addr, r#"tollgate_cp_applied_index{job="cp"}"#).unwrap() >= version);
+
+    // The call log: every call recorded, and the directory under its bound through a load.
+    let calls = edge.dir.join("calls");
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        for _ in 0..50 {
+            assert_eq!(
+                edge.get_with_key("/orders/load?apikey=not-logged", &key).status,
+                200
+            );
+            sent += 1;
+        }
+        let bytes = dir_bytes(&calls);
+        assert!(
+            bytes <= total_bytes + 4096,
+            "{bytes} bytes in the call log after {sent} calls"
+        );
+    }
+    assert!(sent > 500, "only {sent} calls in 4 s");
+    let rotations = wait_for(
+        "rotations and every record written",
+        Duration::from_secs(10),
+        || {
+            let (_, m) = http_get(edge.admin, "/metrics")?;
+            let read = |name: &str| -> Option<u64> {
+                m.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            };
+            let written = read("tollgate_call_records_written_total")?;
+            (written >= sent + 32 && read("tollgate_call_records_dropped_total")? == 0)
+                .then(|| read("tollgate_call_log_rotations_total"))
+                .flatten()
+        },
+    );
+    assert!(rotations >= 3, "{rotations} rotations");
+    let active = std::fs::read_to_string(calls.join("calls.jsonl")).unwrap();
+    assert!(
+        !active.contains("not-logged") && !active.contains(&key),
+        "no query, no key"
+    );
+    let last: Value = serde_json::from_str(active.lines().last().unwrap()).unwrap();
+    assert_eq!(last["service"], "orders");
+    assert_eq!(last["app"], "shop");
+    assert_eq!(last["key"].as_str().unwrap(), &key[..16]);
+    assert_eq!(last["status"], 200);
+    assert!(last["latency_ms"].as_f64().unwrap() > 0.0);
+}
+
+/// The OTLP receiver on the official protobuf definitions, writing what it decodes to `out`.
+fn otlp_receiver(dir: &Path, out: &Path) -> (Proc, u16) {
+    let python = program("python3", "install Python 3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/otlp_receiver.py");
+    let log = dir.join("otlp-receiver.log");
+    let proc = Proc::spawn_program(
+        &python,
+        "otlp receiver",
+        &[
+            "-u".into(),
+            script.display().to_string(),
+            out.display().to_string(),
+        ],
+        log.clone(),
+        dir,
+    );
+    let port = wait_for("the otlp receiver to listen", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        assert!(
+            !text.contains("ModuleNotFoundError"),
+            "pip install opentelemetry-proto (.ci/run does): {text}"
+        );
+        let line = text.lines().find(|l| l.starts_with("listening "))?;
+        line.rsplit(':').next()?.trim().parse().ok()
+    });
+    (proc, port)
+}
+
+fn decoded(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn an_otlp_receiver_decodes_spans_logs_and_metrics_with_the_clients_trace_id() {
+    let (sb, upstream, key) = setup();
+    let out = sb.dir.path().join("otlp.jsonl");
+    let (_receiver, port) = otlp_receiver(sb.dir.path(), &out);
+    let edge = start_edge(
+        &sb,
+        "otlp",
+        &[
+            "--otlp-endpoint".into(),
+            format!("http://127.0.0.1:{port}"),
+            "--otlp-metrics-interval".into(),
+            "1s".into(),
+        ],
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace}-{parent}-01");
+    let r = edge.request(
+        "GET",
+        "/orders/7",
+        &[("apikey", &key), ("traceparent", &traceparent)],
+    );
+    assert_eq!(r.status, 200);
+    let seen = r.upstream_headers()["traceparent"].as_str().unwrap().to_string();
+    assert!(
+        seen.starts_with(&format!("00-{trace}-")) && seen.ends_with("-01"),
+        "{seen}"
+    );
+    let upstream_span = &seen[36..52];
+    assert_ne!(upstream_span, parent, "the upstream's parent is the edge's span");
+    // An unsampled caller: recorded as a log, not traced.
+    let quiet = format!("00-{}-{parent}-00", "1".repeat(32));
+    assert_eq!(
+        edge.request("GET", "/open/q", &[("traceparent", &quiet)]).status,
+        200
+    );
+
+    let lines = wait_for(
+        "spans, logs and metrics at the receiver",
+        Duration::from_secs(30),
+        || {
+            let lines = decoded(&out);
+            let has = |signal: &str| lines.iter().any(|l| l["signal"] == signal);
+            let traced = lines
+                .iter()
+                .any(|l| l["signal"] == "span" && l["trace_id"] == trace);
+            let quiet_logged = lines
+                .iter()
+                .any(|l| l["signal"] == "log" && l["trace_id"] == "1".repeat(32));
+            (traced && quiet_logged && has("metric")).then_some(lines)
+        },
+    );
+    assert!(
+        lines.iter().all(|l| l.get("error").is_none()),
+        "decode errors: {lines:?}"
+    );
+    assert!(
+        lines.iter().all(|l| l["unknown_fields"] == false),
+        "fields the official protos do not know"
+    );
+    let spans: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["signal"] == "span" && l["trace_id"] == trace)
+        .collect();
+    let server = spans
+        .iter()
+        .find(|s| s["parent_span_id"] == parent)
+        .expect("the server span's parent is the client's span");
+    assert_eq!(server["name"], "GET /orders");
+    assert_eq!(server["kind"], 2);
+    assert_eq!(server["attributes"]["http.response.status_code"], 200);
+    assert_eq!(server["attributes"]["tollgate.app"], "shop");
+    assert_eq!(server["resource"]["service.name"], "tollgate-edge");
+    let children: Vec<&str> = spans
+        .iter()
+        .filter(|s| s["parent_span_id"] == server["span_id"])
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for phase in ["route", "authenticate", "rate_limit", "upstream"] {
+        assert!(children.contains(&phase), "no {phase} span in {children:?}");
+    }
+    let up = spans.iter().find(|s| s["name"] == "upstream").unwrap();
+    assert_eq!(
+        up["span_id"], upstream_span,
+        "the span the upstream saw as its parent"
+    );
+    assert_eq!(up["kind"], 3);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["signal"] == "span" && l["trace_id"] == "1".repeat(32)),
+        "an unsampled trace exports no span"
+    );
+    let log = lines
+        .iter()
+        .find(|l| l["signal"] == "log" && l["trace_id"] == trace)
+        .expect("the call's log record");
+    assert_eq!(log["span_id"], server["span_id"]);
+    assert_eq!(log["attributes"]["tollgate.service"], "orders");
+    assert_eq!(log["attributes"]["tollgate.key"].as_str().unwrap(), &key[..16]);
+    assert!(
+        !serde_json::to_string(&lines).unwrap().contains(&key),
+        "the key never leaves"
+    );
+    let requests: f64 = lines
+        .iter()
+        .filter(|l| l["signal"] == "metric" && l["name"] == "tollgate.requests")
+        .filter(|l| l["attributes"]["service"] == "orders")
+        .filter_map(|l| l["value"].as_f64())
+        .fold(0.0, f64::max);
+    assert_eq!(requests, 1.0);
+    drop(upstream);
+}
