@@ -100,9 +100,9 @@ enum Command {
     Token(verbs::TokenCmd),
     /// Who changed what, when: the admin writes, newest first
     Audit(verbs::AuditArgs),
-    /// What the edges count (rate limits)
-    #[command(subcommand)]
-    Stats(stats::StatsCmd),
+    /// Traffic over a time range (requests, errors, latency percentiles, tokens, cost),
+    /// grouped by service, app, status or model; `stats limits`: an edge's rate limits
+    Stats(stats::StatsArgs),
     /// Create a CA and certificates for mTLS inside the cluster (offline)
     #[command(subcommand)]
     Cert(cert::CertCmd),
@@ -209,7 +209,7 @@ fn main() {
             Command::Secret(c) => verbs::secret(&g, c).await,
             Command::Token(c) => verbs::token(&g, c).await,
             Command::Audit(a) => verbs::audit(&g, a).await,
-            Command::Stats(c) => stats::stats(&g, c),
+            Command::Stats(a) => stats::stats(&g, a).await,
             Command::Cert(c) => cert::cert(c),
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut command(), "tollgate", &mut std::io::stdout());

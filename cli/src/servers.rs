@@ -135,6 +135,33 @@ pub struct ControlPlaneArgs {
     master_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: crate::cert::ClusterTlsArgs,
+    #[command(flatten)]
+    retention: RetentionArgs,
+}
+
+/// How long traffic rollups are kept; the leader's apply, so give every node the same.
+#[derive(Args)]
+pub struct RetentionArgs {
+    /// How long per-minute rollups are kept before they are merged into hours
+    #[arg(long, default_value = "24h")]
+    rollup_minutes: tollgate_proto::duration::HumanDuration,
+    /// How long per-hour rollups are kept before they are merged into days
+    #[arg(long, default_value = "30days")]
+    rollup_hours: tollgate_proto::duration::HumanDuration,
+    /// How long per-day rollups are kept
+    #[arg(long, default_value = "400days")]
+    rollup_days: tollgate_proto::duration::HumanDuration,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> Result<tollgate_control_plane::rollups::Retention, crate::client::Failure> {
+        tollgate_control_plane::rollups::Retention::from_durations(
+            self.rollup_minutes.0,
+            self.rollup_hours.0,
+            self.rollup_days.0,
+        )
+        .map_err(|message| crate::client::Failure { message, code: 2 })
+    }
 }
 
 #[derive(Args)]
@@ -233,6 +260,7 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
         join_token: a.token,
         master_key_file: a.master_key_file,
         tls: a.tls.files()?,
+        rollup_retention: a.retention.retention()?,
     };
     tollgate_control_plane::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -274,6 +302,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
         join_token: None,
         master_key_file: None,
         tls: None,
+        rollup_retention: Default::default(),
     })
     .await?;
     let server = format!("http://{}", cp.grpc_addr);

@@ -22,6 +22,7 @@ use crate::access;
 use crate::error::AdminError;
 use crate::forward::{forwarded, retryable};
 use crate::node::{now_ms, Node, Route, LEADER_WAIT};
+use crate::rollups::{GroupBy, Query, RollupRecord};
 use crate::secrets::{random_bytes, random_token, write_private};
 use crate::state::{Actor, AdminToken, Change as StateChange, Command, CommandError, Outcome, Role};
 use crate::usage::UsageRecord;
@@ -183,6 +184,28 @@ fn shown_resource(stored: &crate::state::Stored) -> Resource {
     shown.to_resource(stored.version)
 }
 
+/// Most rows one rollup report may carry.
+const MAX_ROLLUP_ROWS: usize = 10_000;
+
+/// One row of `tollgate stats`.
+fn stats_row(group: &str, g: &crate::rollups::Group) -> StatsRow {
+    let v = &g.value;
+    let ms = |q: f64| v.latency.quantile(q) / 1e3;
+    StatsRow {
+        group: group.to_string(),
+        requests: v.requests,
+        by_class: g.by_class.to_vec(),
+        p50_ms: ms(0.5),
+        p95_ms: ms(0.95),
+        p99_ms: ms(0.99),
+        bytes_in: v.bytes_in,
+        bytes_out: v.bytes_out,
+        input_tokens: v.input_tokens,
+        output_tokens: v.output_tokens,
+        cost: v.cost,
+    }
+}
+
 /// Most entries one usage report may carry.
 const MAX_USAGE_ENTRIES: usize = 100_000;
 
@@ -193,6 +216,17 @@ impl Admin for AdminService {
         req: Request<RecordUsageRequest>,
     ) -> Result<Response<RecordUsageResponse>, Status> {
         lead!(self, req, record_usage, record_usage_local, [Role::Edge])
+    }
+
+    async fn record_rollups(
+        &self,
+        req: Request<RecordRollupsRequest>,
+    ) -> Result<Response<RecordRollupsResponse>, Status> {
+        lead!(self, req, record_rollups, record_rollups_local, [Role::Edge])
+    }
+
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        lead!(self, req, stats, stats_local)
     }
 
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {
@@ -502,6 +536,102 @@ impl AdminService {
             self.node.write(Command::RecordUsage(records), None).await?;
         }
         Ok(RecordUsageResponse {})
+    }
+
+    async fn record_rollups_local(
+        &self,
+        _t: &AdminToken,
+        r: RecordRollupsRequest,
+    ) -> Result<RecordRollupsResponse, AdminError> {
+        if r.rollups.len() > MAX_ROLLUP_ROWS {
+            return Err(AdminError::invalid(
+                "rollups",
+                format!("at most {MAX_ROLLUP_ROWS} per report"),
+            ));
+        }
+        // A malformed row is dropped, not the report.
+        let total = r.rollups.len();
+        let rows: Vec<RollupRecord> = r
+            .rollups
+            .iter()
+            .filter_map(tollgate_proto::rollup::from_proto)
+            .map(|(minute, key, value, node, epoch)| RollupRecord {
+                minute,
+                key,
+                value,
+                node,
+                epoch,
+            })
+            .collect();
+        if rows.len() < total {
+            tracing::warn!(dropped = total - rows.len(), "rollup report with malformed rows");
+        }
+        if !rows.is_empty() {
+            let cmd = Command::RecordRollups {
+                now_ms: crate::node::now_ms(),
+                retention: self.node.rollup_retention,
+                rows,
+            };
+            self.node.write(cmd, None).await?;
+        }
+        Ok(RecordRollupsResponse {})
+    }
+
+    async fn stats_local(&self, t: &AdminToken, r: StatsRequest) -> Result<StatsResponse, AdminError> {
+        // Who may read which tenant's traffic: as for the audit log.
+        let scope = access::audit_scope(t)?.map(str::to_string);
+        let tenant = match (&scope, r.tenant.is_empty()) {
+            (Some(own), false) if own != &r.tenant => {
+                return Err(AdminError::PermissionDenied {
+                    who: format!("a tenant-admin token of tenant {own}"),
+                    what: format!("read the traffic of tenant {}", r.tenant),
+                })
+            }
+            (Some(own), _) => Some(own.clone()),
+            (None, false) => Some(r.tenant.clone()),
+            (None, true) => None,
+        };
+        let group_by = GroupBy::parse(&r.group_by).ok_or_else(|| {
+            AdminError::invalid(
+                "group_by",
+                "one of service, app, status, model, tenant (or empty for a total)",
+            )
+        })?;
+        let to_ms = if r.to_ms == 0 {
+            crate::node::now_ms()
+        } else {
+            r.to_ms
+        };
+        if r.from_ms >= to_ms {
+            return Err(AdminError::invalid(
+                "from_ms",
+                "the range must start before it ends",
+            ));
+        }
+        let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        let q = Query {
+            from_ms: r.from_ms,
+            to_ms,
+            tenant,
+            service: nonempty(&r.service),
+            app: nonempty(&r.app),
+            group_by,
+        };
+        let groups = self.node.sm.read(|s| s.rollups.query(&q));
+        let mut total = crate::rollups::Group::default();
+        for g in groups.values() {
+            total.value.merge(&g.value);
+            total
+                .by_class
+                .iter_mut()
+                .zip(g.by_class)
+                .for_each(|(t, n)| *t += n);
+        }
+        Ok(StatsResponse {
+            rows: groups.iter().map(|(name, g)| stats_row(name, g)).collect(),
+            total: Some(stats_row("total", &total)),
+            relative_error: tollgate_proto::rollup::RELATIVE_ERROR,
+        })
     }
 
     async fn revoke_key_local(

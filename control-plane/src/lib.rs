@@ -26,6 +26,7 @@ pub mod mtls;
 pub mod node;
 pub mod raft;
 pub mod raft_types;
+pub mod rollups;
 pub mod secrets;
 pub mod state;
 pub mod status;
@@ -67,6 +68,9 @@ pub struct ControlPlaneOptions {
     /// mTLS inside the cluster: this node's certificate and key and the cluster CA; `None`
     /// serves and connects in plaintext.
     pub tls: Option<mtls::TlsFiles>,
+    /// How long traffic rollups are kept per minute, per hour and per day (the leader's
+    /// applies: give every node the same).
+    pub rollup_retention: rollups::Retention,
 }
 
 /// A running control-plane node.
@@ -153,6 +157,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         master_key,
         edges: Default::default(),
         channels,
+        rollup_retention: opts.rollup_retention,
     });
     let edges = node.edges.clone();
 

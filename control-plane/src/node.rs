@@ -38,6 +38,8 @@ pub struct Node {
     pub channels: Channels,
     /// The cluster credential Raft peers present (derived from the master key).
     pub credential: String,
+    /// How long rollups are kept, stamped on the rollup commands this node leads.
+    pub rollup_retention: crate::rollups::Retention,
 }
 
 /// Who answers a call.

@@ -21,6 +21,7 @@ use tollgate_proto::validate::{
 };
 use tollgate_proto::{Document, Kind, ResourceKey, Spec};
 
+use crate::rollups::{Retention, RollupRecord, Rollups};
 use crate::usage::{Usage, UsageRecord};
 
 /// How many deletions are remembered for deltas; an edge older than the oldest one forgotten
@@ -72,6 +73,13 @@ pub enum Command {
     },
     /// Quota counts reported by edges (not config: no version, no audit record).
     RecordUsage(Vec<UsageRecord>),
+    /// Traffic rollups reported by edges (not config either), stamped with the leader's
+    /// clock and retention so every replica compacts alike.
+    RecordRollups {
+        now_ms: u64,
+        retention: Retention,
+        rows: Vec<RollupRecord>,
+    },
 }
 
 impl Command {
@@ -87,9 +95,10 @@ impl Command {
             | Command::DeleteSecret { tenant, .. } => vec![tenant.clone()],
             Command::PutSecret(s) => vec![s.tenant.clone()],
             Command::AddAdminToken(t) => t.tenant.iter().cloned().collect(),
-            Command::Bootstrap { .. } | Command::RevokeAdminToken { .. } | Command::RecordUsage(_) => {
-                Vec::new()
-            }
+            Command::Bootstrap { .. }
+            | Command::RevokeAdminToken { .. }
+            | Command::RecordUsage(_)
+            | Command::RecordRollups { .. } => Vec::new(),
         };
         t.sort();
         t.dedup();
@@ -110,6 +119,7 @@ impl Command {
             Command::AddAdminToken(_) => "token create",
             Command::RevokeAdminToken { .. } => "token revoke",
             Command::RecordUsage(_) => "usage record",
+            Command::RecordRollups { .. } => "rollup record",
         }
     }
 }
@@ -322,6 +332,9 @@ pub struct ConfigState {
     /// Quota usage reported by edges.
     #[serde(default)]
     pub usage: Usage,
+    /// Traffic rollups reported by edges.
+    #[serde(default)]
+    pub rollups: Rollups,
 }
 
 /// The planned effect of a command: new content per touched key (`None` deletes).
@@ -337,7 +350,7 @@ impl ConfigState {
     /// Applies `cmd` at log `index`. All or nothing.
     /// Applies one log entry and records it in the audit log, whether it succeeded or not.
     pub fn apply_request(&mut self, index: u64, req: &Request) -> Result<Outcome, CommandError> {
-        if let Command::RecordUsage(_) = &req.command {
+        if let Command::RecordUsage(_) | Command::RecordRollups { .. } = &req.command {
             return self.apply(index, &req.command);
         }
         let mut tenants = req.command.tenants();
@@ -385,6 +398,18 @@ impl ConfigState {
         if let Command::RecordUsage(records) = cmd {
             // Not config: the version stays, nothing is pushed to edges as config.
             self.usage.record(records);
+            return Ok(Outcome {
+                version: self.version,
+                changes: Vec::new(),
+            });
+        }
+        if let Command::RecordRollups {
+            now_ms,
+            retention,
+            rows,
+        } = cmd
+        {
+            self.rollups.record(*now_ms, *retention, rows);
             return Ok(Outcome {
                 version: self.version,
                 changes: Vec::new(),
@@ -600,7 +625,8 @@ impl ConfigState {
             Command::Bootstrap { .. }
             | Command::AddAdminToken(_)
             | Command::RevokeAdminToken { .. }
-            | Command::RecordUsage(_) => {}
+            | Command::RecordUsage(_)
+            | Command::RecordRollups { .. } => {}
         }
         self.cascade(&mut writes);
         self.settle_subscriptions(&mut writes);

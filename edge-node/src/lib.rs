@@ -296,7 +296,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
 
     let shared = Arc::new(Shared::default());
     let registry = Arc::new(observe::metrics::Registry::default());
-    let observer = observe::start(&opts.observe, registry.clone())?;
+    let observer = observe::start(&opts.observe, registry.clone(), &opts.node_id)?;
     let kept = Retained {
         stats: registry,
         ..Retained::default()
@@ -364,6 +364,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         peers.clone(),
         sync::Applier::new(initial),
         clients,
+        observer.rollups.clone(),
     );
     let stream = tokio::spawn(client.run(shutdown_rx));
     tracing::info!(node_id = %opts.node_id, proxy = %proxy_addr, admin = %admin_addr, tls = ?tls_addr, "edge node started");

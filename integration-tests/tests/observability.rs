@@ -375,3 +375,135 @@ fn an_otlp_receiver_decodes_spans_logs_and_metrics_with_the_clients_trace_id() {
     assert_eq!(requests, 1.0);
     drop(upstream);
 }
+
+/// `tollgate stats -o json` through control-plane node `i`.
+fn stats(sb: &Sandbox, i: usize, by: &str) -> Option<Value> {
+    let out = sb.cli(i, &["stats", "--by", by, "--since", "1h", "-o", "json"]);
+    (out.code == 0)
+        .then(|| serde_json::from_str(&out.stdout).ok())
+        .flatten()
+}
+
+/// Every call's latency in ms, from the edges' call logs (the exact values).
+fn logged_latencies(edges: &[&EdgeNode]) -> Vec<f64> {
+    let mut all = Vec::new();
+    for e in edges {
+        let text = std::fs::read_to_string(e.dir.join("calls/calls.jsonl")).unwrap_or_default();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            all.push(v["latency_ms"].as_f64().unwrap());
+        }
+    }
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_over_two_edges_and_a_leader_change_are_exact() {
+    let upstream = Upstream::start();
+    let mut sb = Sandbox::cluster(3);
+    let file = sb.file("config.yaml", &config(&upstream.url()));
+    sb.cli(0, &["apply", "-f", &file]).ok();
+    let key = {
+        let out = sb
+            .cli(0, &["key", "create", "--app", "shop", "--tenant", "acme"])
+            .ok()
+            .stdout;
+        out.split_whitespace()
+            .find(|w| w.starts_with("tgk_"))
+            .unwrap()
+            .to_string()
+    };
+    // Each edge streams from its own control-plane node.
+    let edges: Vec<EdgeNode> = (0..2)
+        .map(|i| {
+            EdgeNode::start_with(
+                sb.dir.path(),
+                &format!("stats-{i}"),
+                vec![sb.nodes[i].url(), sb.nodes[2].url()],
+                &sb.edge_token,
+            )
+        })
+        .collect();
+    for e in &edges {
+        wait_for("the edge to be ready", Duration::from_secs(20), || {
+            (e.readyz() == Some(200)).then_some(())
+        });
+    }
+    let (a, b) = (&edges[0], &edges[1]);
+    let send = |e: &EdgeNode, path: &str, key: &str, n: usize, want: u16| {
+        for _ in 0..n {
+            assert_eq!(e.get_with_key(path, key).status, want, "{path}");
+        }
+    };
+    send(a, "/orders/1", &key, 30, 200);
+    send(a, "/orders/1", "", 10, 401);
+    send(b, "/open/x", "", 20, 200);
+    send(b, "/nowhere", "", 5, 404);
+
+    // The leader goes; the edges keep reporting through the survivors.
+    let leader = sb.leader().await;
+    let li = sb.nodes.iter().position(|n| n.id == leader).unwrap();
+    sb.nodes[li].kill();
+    let successor = tokio::time::timeout(Duration::from_secs(20), sb.leader())
+        .await
+        .expect("a new leader");
+    assert_ne!(successor, leader);
+    send(a, "/orders/2", &key, 10, 200);
+    send(b, "/open/y", "", 7, 200);
+    let survivor = (0..3).find(|i| *i != li).unwrap();
+
+    let total = 30 + 10 + 20 + 5 + 10 + 7;
+    let by_status = tokio::task::block_in_place(|| {
+        wait_for("stats to count every call", Duration::from_secs(30), || {
+            let v = stats(&sb, survivor, "status")?;
+            (v["total"]["requests"] == total).then_some(v)
+        })
+    });
+    let class = |c: &str| {
+        by_status["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == c)
+            .map_or(0, |r| r["requests"].as_u64().unwrap())
+    };
+    assert_eq!((class("2xx"), class("4xx"), class("5xx")), (67, 15, 0));
+    let by_service = tokio::task::block_in_place(|| stats(&sb, survivor, "service")).unwrap();
+    let service = |g: &str| {
+        by_service["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == g)
+            .unwrap_or_else(|| panic!("no {g} in {by_service}"))
+            .clone()
+    };
+    assert_eq!(service("acme/orders")["requests"], 50);
+    assert_eq!(service("acme/orders")["by_status"]["4xx"], 10);
+    assert_eq!(service("acme/open")["requests"], 27);
+    assert_eq!(service("/")["requests"], 5, "unrouted calls");
+
+    // Percentiles within the sketch's stated error of the exact latencies in the call logs.
+    let truth = logged_latencies(&[a, b]);
+    assert_eq!(truth.len() as u64, total);
+    let error = by_status["relative_error"].as_f64().unwrap();
+    assert_eq!(error, 0.01);
+    for (q, field) in [(0.5, "p50_ms"), (0.95, "p95_ms"), (0.99, "p99_ms")] {
+        let exact = truth[(q * (truth.len() - 1) as f64).floor() as usize];
+        let got = by_status["total"][field].as_f64().unwrap();
+        // The log rounds to the microsecond.
+        assert!(
+            (got - exact).abs() <= exact * error + 0.001,
+            "{field}: {got} vs {exact}"
+        );
+    }
+    // The table form names the same total.
+    let table = tokio::task::block_in_place(|| sb.cli(survivor, &["stats", "--by", "status"]).ok().stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("total") && l.split_whitespace().nth(1) == Some("82")),
+        "{table}"
+    );
+}

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod model;
 pub mod period;
 pub mod prom;
+pub mod rollup;
 pub mod stream;
 pub mod validate;
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::config_stream_client::ConfigStreamClient;
-use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello, RecordUsageRequest};
+use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello, RecordRollupsRequest, RecordUsageRequest};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::cluster_tls::ClusterTls;
@@ -33,6 +33,7 @@ use crate::config::sync::{Applier, Outcome};
 use crate::counters::peers::Peers;
 use crate::error::chain;
 use crate::listen::signalled;
+use crate::observe::rollup::{self, Rollups};
 
 /// What this edge announces it can do.
 pub const CAPABILITIES: [&str; 3] = ["http1", "h2", "api_key"];
@@ -144,6 +145,7 @@ pub struct StreamClient {
     peers: Arc<Peers>,
     applier: Applier,
     clients: Retained,
+    rollups: Arc<Rollups>,
 }
 
 impl StreamClient {
@@ -153,6 +155,7 @@ impl StreamClient {
         peers: Arc<Peers>,
         applier: Applier,
         clients: Retained,
+        rollups: Arc<Rollups>,
     ) -> Self {
         Self {
             cfg,
@@ -160,6 +163,7 @@ impl StreamClient {
             peers,
             applier,
             clients,
+            rollups,
         }
     }
 
@@ -235,6 +239,11 @@ impl StreamClient {
         let channel = endpoint.connect().await.map_err(StreamError::Connect)?;
         let _reporter = AbortOnDrop(tokio::spawn(report_usage(
             self.peers.clone(),
+            AdminClient::new(channel.clone()),
+            self.cfg.join_token.clone(),
+        )));
+        let _rollups = AbortOnDrop(tokio::spawn(report_rollups(
+            self.rollups.clone(),
             AdminClient::new(channel.clone()),
             self.cfg.join_token.clone(),
         )));
@@ -388,6 +397,33 @@ async fn report_usage(peers: Arc<Peers>, mut client: AdminClient<Channel>, token
             None => tracing::debug!(count, "quota usage reported"),
             Some(status) => {
                 tracing::warn!(code = ?status.code(), error = %status.message(), "cannot report quota usage; will resend")
+            }
+        }
+    }
+}
+
+/// Rows in one `RecordRollups` call (one Raft entry of well under 1 MB).
+const ROLLUP_REPORT_CHUNK: usize = 1_000;
+
+/// Reports this edge's changed traffic rollups every [`rollup::REPORT_EVERY`]; rows of a
+/// failed report go again (values are absolute, so resending is harmless).
+async fn report_rollups(rollups: Arc<Rollups>, mut client: AdminClient<Channel>, token: Option<String>) {
+    let mut tick = tokio::time::interval(rollup::REPORT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let rows = rollups.report(crate::counters::unix_ms());
+        for (i, part) in rows.chunks(ROLLUP_REPORT_CHUNK).enumerate() {
+            let mut req = tonic::Request::new(RecordRollupsRequest {
+                rollups: part.to_vec(),
+            });
+            if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
+                req.metadata_mut().insert("authorization", value);
+            }
+            if let Err(status) = client.record_rollups(req).await {
+                rollups.unreported(&rows[i * ROLLUP_REPORT_CHUNK..]);
+                tracing::warn!(code = ?status.code(), error = %status.message(), "cannot report traffic rollups; will resend");
+                break;
             }
         }
     }

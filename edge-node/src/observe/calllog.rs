@@ -4,6 +4,7 @@
 //! ```text
 //!  request path ──try_send──> bounded queue (full: counted as dropped) ──> writer thread
 //!     ─> calls.jsonl ──(size or age reached)──> calls-<unix ms>.jsonl ──(over the total)──> deleted
+//!     ─> the rollups (per-minute aggregates for the control plane)
 //!     ─> OTLP exporter queue (when an endpoint is set)
 //! ```
 //! The active file is rotated when it reaches `max_file_bytes` or has been open for
@@ -83,7 +84,7 @@ pub trait Forward: Send + 'static {
 /// Starts the writer thread; the returned sender is the request path's end of the queue.
 pub fn spawn(
     cfg: Option<LogConfig>,
-    mut next: Option<Box<dyn Forward>>,
+    mut next: Vec<Box<dyn Forward>>,
     counters: Arc<LogCounters>,
 ) -> io::Result<SyncSender<Arc<CallRecord>>> {
     let mut file = match cfg {
@@ -93,14 +94,14 @@ pub fn spawn(
     let (tx, rx) = mpsc::sync_channel(QUEUE);
     std::thread::Builder::new()
         .name("call-log".into())
-        .spawn(move || write_loop(rx, file.as_mut(), next.as_deref_mut(), &counters))?;
+        .spawn(move || write_loop(rx, file.as_mut(), &mut next, &counters))?;
     Ok(tx)
 }
 
 fn write_loop(
     rx: Receiver<Arc<CallRecord>>,
     mut file: Option<&mut Rotating>,
-    mut next: Option<&mut dyn Forward>,
+    next: &mut [Box<dyn Forward>],
     counters: &LogCounters,
 ) {
     loop {
@@ -119,7 +120,7 @@ fn write_loop(
                     }
                 };
             }
-            if let Some(n) = next.as_deref_mut() {
+            for n in next.iter_mut() {
                 n.forward(&record);
             }
         }
@@ -256,7 +257,7 @@ mod tests {
             max_age: Duration::from_secs(3600),
         };
         let counters = Arc::new(LogCounters::default());
-        let tx = spawn(Some(cfg.clone()), None, counters.clone()).unwrap();
+        let tx = spawn(Some(cfg.clone()), Vec::new(), counters.clone()).unwrap();
         let mut sent = 0u64;
         for batch in 0..40 {
             for _ in 0..50 {
@@ -300,7 +301,7 @@ mod tests {
             max_age: Duration::from_secs(1),
         };
         let counters = Arc::new(LogCounters::default());
-        let tx = spawn(Some(cfg.clone()), None, counters.clone()).unwrap();
+        let tx = spawn(Some(cfg.clone()), Vec::new(), counters.clone()).unwrap();
         tx.send(Arc::new(record(502))).unwrap();
         wait_until("a rotation by age", || counters.rotations.load(Relaxed) >= 1);
         let rotated = rotated_files(&cfg.dir).unwrap();

@@ -3,7 +3,9 @@
 //! ```text
 //!  answer ─> Recorded body (counts bytes out) ─ends or is dropped─> Observer::finish
 //!     ├─ RouteStats (atomics; /metrics and OTLP metrics read them)
-//!     └─ try_send ─> call-log thread ─> calls.jsonl (rotated) ─> otlp task ─> /v1/logs, /v1/traces
+//!     └─ try_send ─> call-log thread ─> calls.jsonl (rotated)
+//!                                     ─> rollups ─> RecordRollups to the control plane, every second
+//!                                     ─> otlp task ─> /v1/logs, /v1/traces
 //! ```
 //! Nothing here waits on the request path: a full queue drops the record and counts it
 //! (`tollgate_call_records_dropped_total`).
@@ -24,6 +26,7 @@ pub mod calllog;
 pub mod metrics;
 pub mod otlp;
 pub mod record;
+pub mod rollup;
 #[cfg(test)]
 pub mod testutil;
 pub mod trace;
@@ -37,6 +40,7 @@ use trace::Sampler;
 #[derive(Debug)]
 pub struct Observer {
     pub metrics: Arc<Registry>,
+    pub rollups: Arc<rollup::Rollups>,
     pub log: Arc<LogCounters>,
     pub otlp: Option<Arc<otlp::ExportCounters>>,
     queue: Option<SyncSender<Arc<CallRecord>>>,
@@ -49,6 +53,7 @@ impl Observer {
     pub fn metrics_only(metrics: Arc<Registry>) -> Arc<Observer> {
         Arc::new(Observer {
             metrics,
+            rollups: rollup::Rollups::new("test-edge"),
             log: Arc::default(),
             otlp: None,
             queue: None,
@@ -58,6 +63,7 @@ impl Observer {
 
     pub fn new(
         metrics: Arc<Registry>,
+        rollups: Arc<rollup::Rollups>,
         log: Arc<LogCounters>,
         otlp: Option<Arc<otlp::ExportCounters>>,
         queue: Option<SyncSender<Arc<CallRecord>>>,
@@ -65,6 +71,7 @@ impl Observer {
     ) -> Arc<Observer> {
         Arc::new(Observer {
             metrics,
+            rollups,
             log,
             otlp,
             queue,
@@ -229,34 +236,32 @@ impl ObserveOptions {
     }
 }
 
-/// Starts the call-log writer and the OTLP exporter the options ask for (within a tokio
-/// runtime).
-pub fn start(opts: &ObserveOptions, metrics: Arc<Registry>) -> anyhow::Result<Arc<Observer>> {
+/// Starts the call-log thread (it also feeds the rollups) and the OTLP exporter the options
+/// ask for (within a tokio runtime).
+pub fn start(opts: &ObserveOptions, metrics: Arc<Registry>, node_id: &str) -> anyhow::Result<Arc<Observer>> {
     opts.check().map_err(anyhow::Error::msg)?;
     let log = Arc::new(LogCounters::default());
-    let (counters, next) = match &opts.otlp {
-        Some(cfg) => {
-            let counters = Arc::new(otlp::ExportCounters::default());
-            let queue = otlp::start(cfg.clone(), metrics.clone(), counters.clone());
-            (Some(counters), Some(Box::new(queue) as Box<dyn calllog::Forward>))
-        }
-        None => (None, None),
-    };
-    let queue = match (&opts.call_log, next) {
-        (None, None) => None,
-        (cfg, next) => {
-            let dir = cfg.as_ref().map(|c| c.dir.display().to_string());
-            let queue = calllog::spawn(cfg.clone(), next, log.clone()).map_err(|e| {
-                anyhow::anyhow!("cannot open the call log in {}: {e}", dir.unwrap_or_default())
-            })?;
-            Some(queue)
-        }
-    };
+    let rollups = rollup::Rollups::new(node_id);
+    let mut next: Vec<Box<dyn calllog::Forward>> = vec![Box::new(rollup::Feed(rollups.clone()))];
+    let counters = opts.otlp.as_ref().map(|cfg| {
+        let counters = Arc::new(otlp::ExportCounters::default());
+        next.push(Box::new(otlp::start(
+            cfg.clone(),
+            metrics.clone(),
+            counters.clone(),
+        )));
+        counters
+    });
+    let queue = calllog::spawn(opts.call_log.clone(), next, log.clone()).map_err(|e| {
+        let dir = opts.call_log.as_ref().map(|c| c.dir.display().to_string());
+        anyhow::anyhow!("cannot open the call log in {}: {e}", dir.unwrap_or_default())
+    })?;
     Ok(Observer::new(
         metrics,
+        rollups,
         log,
         counters,
-        queue,
+        Some(queue),
         Sampler {
             ratio: opts.sample_ratio,
         },

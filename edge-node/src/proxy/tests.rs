@@ -430,6 +430,7 @@ fn recording(f: &Fixture) -> (Proxy, std::sync::mpsc::Receiver<Arc<CallRecord>>)
     let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let observer = Observer::new(
         Default::default(),
+        crate::observe::rollup::Rollups::new("test-edge"),
         Default::default(),
         Some(Default::default()),
         Some(tx),
