@@ -28,6 +28,9 @@
 #   BASE_PORT=18000    ports BASE_PORT.. are used (the first free ones)
 #   SKIP_BUILD=1       use the existing target/production/tollgate
 #   TOLLGATE_BIN=path  use this tollgate binary (implies SKIP_BUILD=1)
+#   BASELINE_BIN=path  also measure this (older) tollgate binary in the same rounds, on `/`
+#                      and `/limited`, and report the current one's ratio to it (what a
+#                      change costs, measured in one run; `git worktree` + a production build)
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
 #   PERF_OUT=dir       also record each measured proxy with `perf record` into dir
 #                      (PERF_FREQ=499, PERF_CALLGRAPH=dwarf,16384 by default)
@@ -192,6 +195,25 @@ wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 401
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 200 -H "apikey: $KEY"
 wait_http "http://127.0.0.1:$TG_LISTEN/limited" 10 200 -H "apikey: $KEY"
 
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+  [[ -x "$BASELINE_BIN" ]] || die "BASELINE_BIN $BASELINE_BIN is not an executable"
+  for v in BL_LISTEN BL_ADMIN BL_GRPC BL_HTTP BL_PEER; do free_port "$v"; done
+  log "baseline tollgate dev ($BASELINE_BIN): proxy 127.0.0.1:$BL_LISTEN (core $PROXY_CPU)"
+  mkdir -p "$TMP/base"
+  cd "$TMP/base"
+  start "$PROXY_CPU" "$TMP/baseline.log" "$BASELINE_BIN" dev \
+    --data-dir "$TMP/base/tollgate-data" \
+    --grpc "127.0.0.1:$BL_GRPC" --http "127.0.0.1:$BL_HTTP" \
+    --listen "127.0.0.1:$BL_LISTEN" --admin "127.0.0.1:$BL_ADMIN" --peer "127.0.0.1:$BL_PEER"
+  BL_PID=$LAST_PID
+  cd "$ROOT"
+  wait_http "http://127.0.0.1:$BL_ADMIN/readyz" 60
+  BL_KEY=$(TOLLGATE_SERVER="http://127.0.0.1:$BL_GRPC" TOLLGATE_TOKEN="$(cat "$TMP/base/tollgate-data/admin.token")" \
+    apply_bench_config "$BASELINE_BIN" "$UP_PORT" "$TMP/base")
+  wait_http "http://127.0.0.1:$BL_LISTEN/" 10
+  wait_http "http://127.0.0.1:$BL_LISTEN/limited" 10 200 -H "apikey: $BL_KEY"
+fi
+
 # --- measurement --------------------------------------------------------------------------
 # "user system" CPU time (clock ticks) used so far by a process (all its threads) and its
 # child processes (nginx's worker).
@@ -287,23 +309,36 @@ for r in $(seq "$ROUNDS"); do
   run_wrk "tollgate.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/"
   run_wrk "tollgate-auth.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/keyed" -H "apikey: $KEY"
   run_wrk "tollgate-limit.$r" "$TG_PID" "http://127.0.0.1:$TG_LISTEN/limited" -H "apikey: $KEY"
+  if [[ -n "${BASELINE_BIN:-}" ]]; then
+    run_wrk "baseline.$r" "$BL_PID" "http://127.0.0.1:$BL_LISTEN/"
+    run_wrk "baseline-limit.$r" "$BL_PID" "http://127.0.0.1:$BL_LISTEN/limited" -H "apikey: $BL_KEY"
+  fi
 done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : sprintf("%.2f", (v[NR / 2] + v[NR / 2 + 1]) / 2)}'; }
 verdict() { awk -v r="$1" -v min="$2" 'BEGIN {print (r >= min) ? "meets" : "BELOW"}'; }
-R_TGS=() R_AUTHS=() R_LIMITS=() ROWS="" OTHERS=""
+R_TGS=() R_AUTHS=() R_LIMITS=() R_BASES=() R_BASE_LIMITS=() ROWS="" OTHERS=""
 for r in $(seq "$ROUNDS"); do
   rt=$(ratio "${RPS[tollgate.$r]}" "${RPS[nginx.$r]}")
   ra=$(ratio "${RPS[tollgate-auth.$r]}" "${RPS[tollgate.$r]}")
   rl=$(ratio "${RPS[tollgate-limit.$r]}" "${RPS[tollgate.$r]}")
   R_TGS+=("$rt") R_AUTHS+=("$ra") R_LIMITS+=("$rl")
-  for l in nginx tollgate tollgate-auth tollgate-limit; do
+  LABELS=(nginx tollgate tollgate-auth tollgate-limit)
+  if [[ -n "${BASELINE_BIN:-}" ]]; then
+    rb=$(ratio "${RPS[tollgate.$r]}" "${RPS[baseline.$r]}")
+    rbl=$(ratio "${RPS[tollgate-limit.$r]}" "${RPS[baseline-limit.$r]}")
+    R_BASES+=("$rb") R_BASE_LIMITS+=("$rbl")
+    LABELS+=(baseline baseline-limit)
+  fi
+  for l in "${LABELS[@]}"; do
     case $l in
       nginx) name="nginx, reverse proxy" rel="1.00 (baseline)" ;;
       tollgate) name="Tollgate, no policies" rel="${rt}x nginx" ;;
       tollgate-auth) name="Tollgate, API-key auth" rel="${ra}x no-policy" ;;
       tollgate-limit) name="Tollgate, API-key auth + cluster rate limit" rel="${rl}x no-policy" ;;
+      baseline) name="baseline binary, no policies" rel="current ${rb}x of it" ;;
+      baseline-limit) name="baseline binary, API-key auth + cluster rate limit" rel="current ${rbl}x of it" ;;
     esac
     k="$l.$r"
     ROWS+="| $r | $name | ${RPS[$k]} | ${P50[$k]} | ${P99[$k]} | ${CPU[$k]}% | ${USEC[$k]} | ${LOAD[$k]}% | $rel |"$'\n'
@@ -328,3 +363,9 @@ ${ROWS%$'\n'}
 - **Tollgate with API-key auth: ${R_AUTH}x no-policy** (median of ${R_AUTHS[*]}; target >= 0.9x: $(verdict "$R_AUTH" 0.9))
 - **Tollgate with API-key auth and a cluster rate limit: ${R_LIMIT}x no-policy** (median of ${R_LIMITS[*]}; target >= 0.9x: $(verdict "$R_LIMIT" 0.9))
 EOF
+if [[ -n "${BASELINE_BIN:-}" ]]; then
+  cat <<EOF
+- **Current vs the baseline binary, no policies: $(median "${R_BASES[@]}")x** (median of ${R_BASES[*]})
+- **Current vs the baseline binary, API-key auth + cluster rate limit: $(median "${R_BASE_LIMITS[@]}")x** (median of ${R_BASE_LIMITS[*]})
+EOF
+fi

@@ -11,6 +11,7 @@ mod cert;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod client;
+mod logs;
 mod output;
 mod servers;
 mod stats;
@@ -103,6 +104,9 @@ enum Command {
     /// Traffic over a time range (requests, errors, latency percentiles, tokens, cost),
     /// grouped by service, app, status or model; `stats limits`: an edge's rate limits
     Stats(stats::StatsArgs),
+    /// Call records from every edge as they happen: `logs tail [--service S] [--status 5xx]`
+    #[command(subcommand)]
+    Logs(logs::LogsCmd),
     /// Create a CA and certificates for mTLS inside the cluster (offline)
     #[command(subcommand)]
     Cert(cert::CertCmd),
@@ -210,6 +214,7 @@ fn main() {
             Command::Token(c) => verbs::token(&g, c).await,
             Command::Audit(a) => verbs::audit(&g, a).await,
             Command::Stats(a) => stats::stats(&g, a).await,
+            Command::Logs(c) => logs::logs(&g, c).await,
             Command::Cert(c) => cert::cert(c),
             Command::Completions { shell } => {
                 clap_complete::generate(shell, &mut command(), "tollgate", &mut std::io::stdout());

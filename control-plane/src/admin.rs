@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, ChangeMembers};
 use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
 use tollgate_proto::model::{ApiKey, SubscriptionStatus};
+use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::admin_server::Admin;
 use tollgate_proto::v1::*;
 use tollgate_proto::validate::check_name;
@@ -184,6 +185,42 @@ fn shown_resource(stored: &crate::state::Stored) -> Resource {
     shown.to_resource(stored.version)
 }
 
+/// Relays another member's tail of its own edges into this node's session, until the
+/// session ends or the member goes (retrying every second while the session lasts).
+async fn tail_member(
+    mut client: AdminClient<tonic::transport::Channel>,
+    auth: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    filter: TailFilter,
+    tx: tokio::sync::mpsc::Sender<TailLogsResponse>,
+) {
+    loop {
+        let mut req = Request::new(TailLogsRequest {
+            filter: Some(filter.clone()),
+            local: true,
+        });
+        if let Some(a) = &auth {
+            req.metadata_mut().insert("authorization", a.clone());
+        }
+        let relay = async {
+            let mut stream = client.tail_logs(req).await?.into_inner();
+            while let Some(batch) = stream.message().await? {
+                if tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), Status>(())
+        };
+        tokio::select! {
+            _ = relay => {}
+            _ = tx.closed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
 /// Most rows one rollup report may carry.
 const MAX_ROLLUP_ROWS: usize = 10_000;
 
@@ -227,6 +264,69 @@ impl Admin for AdminService {
 
     async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
         lead!(self, req, stats, stats_local)
+    }
+
+    type TailLogsStream = tokio_stream::wrappers::ReceiverStream<Result<TailLogsResponse, Status>>;
+
+    /// Served by the node asked (no leader needed): its own edges' records, and unless
+    /// `local`, every other member's, asked with the caller's token.
+    async fn tail_logs(
+        &self,
+        req: Request<TailLogsRequest>,
+    ) -> Result<Response<Self::TailLogsStream>, Status> {
+        let token = self.node.authorize(&req, &ADMIN_ROLES)?;
+        let r = req.get_ref().clone();
+        let mut filter = r.filter.unwrap_or_default();
+        if !tollgate_proto::tail::valid_status(&filter.status) {
+            return Err(AdminError::invalid("filter.status", "a class like 5xx or a code like 404").into());
+        }
+        if let Some(own) = access::audit_scope(&token)? {
+            if !filter.tenant.is_empty() && filter.tenant != own {
+                return Err(AdminError::PermissionDenied {
+                    who: format!("a tenant-admin token of tenant {own}"),
+                    what: format!("tail the records of tenant {}", filter.tenant),
+                }
+                .into());
+            }
+            filter.tenant = own.to_string();
+        }
+        let (subscription, mut records, tx) = self.node.tails.subscribe(filter.clone());
+        if !r.local {
+            let members: Vec<String> = {
+                let m = self.node.raft.metrics().borrow().membership_config.clone();
+                m.nodes()
+                    .filter(|(id, _)| **id != self.node.id)
+                    .map(|(_, n)| n.addr.clone())
+                    .collect()
+            };
+            let auth = req.metadata().get("authorization").cloned();
+            for addr in members {
+                let Ok(channel) = self.node.channels.get(&addr) else {
+                    continue;
+                };
+                tokio::spawn(tail_member(
+                    AdminClient::new(channel),
+                    auth.clone(),
+                    filter.clone(),
+                    tx.clone(),
+                ));
+            }
+        }
+        drop(tx);
+        let (out, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let _open = subscription;
+            loop {
+                tokio::select! {
+                    got = records.recv() => match got {
+                        Some(batch) => if out.send(Ok(batch)).await.is_err() { break },
+                        None => break,
+                    },
+                    _ = out.closed() => break,
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
 
     async fn apply(&self, req: Request<ApplyRequest>) -> Result<Response<ApplyResponse>, Status> {

@@ -32,6 +32,7 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod stream;
+pub mod tails;
 pub mod usage;
 
 use std::net::SocketAddr;
@@ -158,6 +159,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         edges: Default::default(),
         channels,
         rollup_retention: opts.rollup_retention,
+        tails: Default::default(),
     });
     let edges = node.edges.clone();
 

@@ -40,6 +40,8 @@ pub struct Node {
     pub credential: String,
     /// How long rollups are kept, stamped on the rollup commands this node leads.
     pub rollup_retention: crate::rollups::Retention,
+    /// The live tails open on this node.
+    pub tails: Arc<crate::tails::Tails>,
 }
 
 /// Who answers a call.

@@ -201,6 +201,7 @@ pub fn pushes_since(
             base_version: since,
             peers: None,
             usage: None,
+            tail: None,
         }];
     }
     let all: Vec<Resource> = state
@@ -229,6 +230,7 @@ pub fn pushes_since(
             base_version: 0,
             peers: None,
             usage: None,
+            tail: None,
         })
         .collect()
 }
@@ -359,6 +361,16 @@ fn usage_push(node: &Node, sent: &mut Option<u64>) -> Option<ConfigPush> {
     })
 }
 
+/// The live tails' filters, for an edge.
+fn tail_push(filters: &[tollgate_proto::v1::TailFilter]) -> ConfigPush {
+    ConfigPush {
+        tail: Some(tollgate_proto::v1::TailRequest {
+            filters: filters.to_vec(),
+        }),
+        ..Default::default()
+    }
+}
+
 /// Serves one edge until it goes away; returns why.
 async fn session(
     node: &Node,
@@ -377,6 +389,11 @@ async fn session(
         if tx.send(Ok(push)).await.is_err() {
             return "stream closed".into();
         }
+    }
+    let mut tails = node.tails.watch();
+    let open = tails.borrow_and_update().clone();
+    if !open.is_empty() && tx.send(Ok(tail_push(&open))).await.is_err() {
+        return "stream closed".into();
     }
     let mut usage_tick = tokio::time::interval(USAGE_EVERY);
     usage_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -432,6 +449,7 @@ async fn session(
                         force_snapshot = false;
                         break;
                     }
+                    Some(Msg::Records(r)) => node.tails.publish(id, r.lines),
                     // A stale answer to an earlier push: note the contact and keep waiting.
                     _ => {
                         node.edges.update(id, now_ms(), |_| {});
@@ -462,7 +480,19 @@ async fn session(
                     return "stream closed".into();
                 }
             }
+            changed = tails.changed() => {
+                if changed.is_err() {
+                    return "control plane shutting down".into();
+                }
+                let push = tail_push(&tails.borrow_and_update());
+                if tx.send(Ok(push)).await.is_err() {
+                    return "stream closed".into();
+                }
+            }
             msg = inbound.message() => match msg {
+                Ok(Some(EdgeMessage { msg: Some(Msg::Records(r)) })) => {
+                    node.tails.publish(id, r.lines);
+                }
                 Ok(Some(_)) => {
                     node.edges.update(id, now_ms(), |_| {});
                 }

@@ -365,6 +365,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         sync::Applier::new(initial),
         clients,
         observer.rollups.clone(),
+        observer.tail.clone(),
     );
     let stream = tokio::spawn(client.run(shutdown_rx));
     tracing::info!(node_id = %opts.node_id, proxy = %proxy_addr, admin = %admin_addr, tls = ?tls_addr, "edge node started");

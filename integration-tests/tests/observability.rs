@@ -507,3 +507,126 @@ async fn stats_over_two_edges_and_a_leader_change_are_exact() {
         "{table}"
     );
 }
+
+/// The JSON lines a `logs tail -o json` process printed so far.
+fn tailed(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn logs_tail_streams_the_matching_records_of_every_edge() {
+    let upstream = Upstream::start();
+    let sb = Sandbox::cluster(2);
+    let dead = free_port();
+    let doc = format!(
+        r#"
+tenants: [{{name: acme}}]
+upstreams:
+  - {{name: be, tenant: acme, targets: [{{url: "{}"}}]}}
+  - {{name: gone, tenant: acme, targets: [{{url: "http://127.0.0.1:{dead}"}}]}}
+services:
+  - {{name: open, tenant: acme, upstream: be, routes: [{{paths: [/open]}}]}}
+  - {{name: down, tenant: acme, upstream: gone, routes: [{{paths: [/down]}}]}}
+"#,
+        upstream.url()
+    );
+    let file = sb.file("config.yaml", &doc);
+    sb.cli(0, &["apply", "-f", &file]).ok();
+    // Edge a streams from node 0, edge b from node 1; the tail asks node 0.
+    let edges: Vec<EdgeNode> = (0..2)
+        .map(|i| {
+            EdgeNode::start_with(
+                sb.dir.path(),
+                &format!("tail-{i}"),
+                vec![sb.nodes[i].url()],
+                &sb.edge_token,
+            )
+        })
+        .collect();
+    for e in &edges {
+        wait_for("the edge to be ready", Duration::from_secs(20), || {
+            (e.readyz() == Some(200)).then_some(())
+        });
+    }
+    let (a, b) = (&edges[0], &edges[1]);
+    let log = sb.dir.path().join("tail.log");
+    let _tail = Proc::spawn(
+        "logs tail",
+        &[
+            "--server".into(),
+            sb.nodes[0].url(),
+            "--token".into(),
+            sb.token.clone(),
+            "-o".into(),
+            "json".into(),
+            "logs".into(),
+            "tail".into(),
+            "--status".into(),
+            "5xx".into(),
+        ],
+        log.clone(),
+    );
+    // Until the tail is open on both nodes, probes from the far edge are not seen.
+    wait_for("the tail to see the far edge", Duration::from_secs(20), || {
+        assert_eq!(b.request("GET", "/down/probe", &[]).status, 502);
+        std::thread::sleep(Duration::from_millis(200));
+        tailed(&log)
+            .iter()
+            .any(|l| l["path"] == "/down/probe")
+            .then_some(())
+    });
+    wait_for("the tail to see the near edge", Duration::from_secs(20), || {
+        assert_eq!(a.request("GET", "/down/near", &[]).status, 502);
+        std::thread::sleep(Duration::from_millis(200));
+        tailed(&log)
+            .iter()
+            .any(|l| l["path"] == "/down/near")
+            .then_some(())
+    });
+    for (edge, tag) in [(a, "a"), (b, "b")] {
+        for i in 0..3 {
+            assert_eq!(edge.request("GET", &format!("/down/{tag}{i}"), &[]).status, 502);
+            assert_eq!(edge.request("GET", &format!("/open/{tag}{i}"), &[]).status, 200);
+        }
+    }
+    let lines = wait_for(
+        "every 5xx of both edges in the tail",
+        Duration::from_secs(20),
+        || {
+            let lines = tailed(&log);
+            let n = lines
+                .iter()
+                .filter(|l| {
+                    l["path"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("/down/a") || p.starts_with("/down/b"))
+                })
+                .count();
+            (n == 6).then_some(lines)
+        },
+    );
+    assert!(lines.iter().all(|l| l["status"] == 502), "only 5xx: {lines:?}");
+    assert!(lines
+        .iter()
+        .all(|l| l["service"] == "down" && l["error"] == "upstream_error"));
+    // Each record once.
+    let mut paths: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["path"].as_str())
+        .filter(|p| !p.contains("probe") && !p.contains("near"))
+        .collect();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/down/a0", "/down/a1", "/down/a2", "/down/b0", "/down/b1", "/down/b2"]
+    );
+    // A bad filter is refused with a one-line reason.
+    let bad = sb.cli(0, &["logs", "tail", "--status", "6xx"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("5xx"), "{}", bad.stderr);
+}

@@ -11,6 +11,7 @@ pub mod period;
 pub mod prom;
 pub mod rollup;
 pub mod stream;
+pub mod tail;
 pub mod validate;
 
 /// Generated protobuf and gRPC code (package `tollgate.v1`).

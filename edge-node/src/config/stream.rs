@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::config_stream_client::ConfigStreamClient;
-use tollgate_proto::v1::{edge_message::Msg, EdgeMessage, Hello, RecordRollupsRequest, RecordUsageRequest};
+use tollgate_proto::v1::{
+    edge_message::Msg, CallRecords, EdgeMessage, Hello, RecordRollupsRequest, RecordUsageRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::cluster_tls::ClusterTls;
@@ -34,6 +36,7 @@ use crate::counters::peers::Peers;
 use crate::error::chain;
 use crate::listen::signalled;
 use crate::observe::rollup::{self, Rollups};
+use crate::observe::tail::Tail;
 
 /// What this edge announces it can do.
 pub const CAPABILITIES: [&str; 3] = ["http1", "h2", "api_key"];
@@ -146,6 +149,7 @@ pub struct StreamClient {
     applier: Applier,
     clients: Retained,
     rollups: Arc<Rollups>,
+    tail: Arc<Tail>,
 }
 
 impl StreamClient {
@@ -156,6 +160,7 @@ impl StreamClient {
         applier: Applier,
         clients: Retained,
         rollups: Arc<Rollups>,
+        tail: Arc<Tail>,
     ) -> Self {
         Self {
             cfg,
@@ -164,6 +169,7 @@ impl StreamClient {
             applier,
             clients,
             rollups,
+            tail,
         }
     }
 
@@ -271,8 +277,35 @@ impl StreamClient {
             .into_inner();
         tracing::info!(control_plane = %url, last_version = announce, "config stream open");
         let _connected = Connected::mark(self.shared.clone());
-        while let Some(mut push) = pushes.message().await? {
+        // A new session starts with no tail until the control plane asks for one.
+        let tail = self.tail.clone();
+        tail.set(Vec::new());
+        let mut lines = tail.rx.lock().await;
+        loop {
+            let mut push = tokio::select! {
+                push = pushes.message() => match push? {
+                    Some(p) => p,
+                    None => break,
+                },
+                Some(first) = lines.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < TAIL_BATCH {
+                        match lines.try_recv() {
+                            Ok(line) => batch.push(line),
+                            Err(_) => break,
+                        }
+                    }
+                    send(&tx, Msg::Records(CallRecords { lines: batch })).await?;
+                    continue;
+                }
+            };
             backoff.reset();
+            if let Some(t) = push.tail.take() {
+                // The live tails' filters; nothing to acknowledge.
+                tracing::debug!(filters = t.filters.len(), "live tail filters received");
+                tail.set(t.filters);
+                continue;
+            }
             if let Some(list) = push.peers.take() {
                 // The edges to share counters with; no config, nothing to acknowledge.
                 tracing::debug!(edges = list.edges.len(), "peer list received");
@@ -337,6 +370,9 @@ pub const USAGE_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Most counts in one `RecordUsage` call (one Raft entry, under 1 MB even with the longest
 /// keys, so 64 entries fit one Raft message).
 const USAGE_REPORT_CHUNK: usize = 2_000;
+
+/// Most call records in one `CallRecords` message to the control plane.
+const TAIL_BATCH: usize = 256;
 
 /// `Shared::connected` while the stream is open.
 struct Connected(Arc<Shared>);

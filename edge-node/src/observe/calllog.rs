@@ -20,7 +20,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::observe::record::CallRecord;
+use crate::observe::record::{CallRecord, WallClock};
 
 /// Records waiting to be written; past it, records are dropped and counted.
 pub const QUEUE: usize = 16_384;
@@ -135,8 +135,27 @@ fn write_loop(
     }
 }
 
+/// A writer that counts what goes through it.
+struct Counted<'a, W> {
+    inner: &'a mut W,
+    n: u64,
+}
+
+impl<W: Write> Write for Counted<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 struct Rotating {
     cfg: LogConfig,
+    clock: WallClock,
     out: BufWriter<File>,
     bytes: u64,
     opened: Instant,
@@ -150,6 +169,7 @@ impl Rotating {
         let bytes = file.metadata()?.len();
         let r = Rotating {
             cfg,
+            clock: WallClock::default(),
             out: BufWriter::with_capacity(64 << 10, file),
             bytes,
             opened: Instant::now(),
@@ -159,10 +179,12 @@ impl Rotating {
     }
 
     fn write(&mut self, record: &CallRecord) -> io::Result<()> {
-        let mut line = serde_json::to_vec(&record.json())?;
-        line.push(b'\n');
-        self.out.write_all(&line)?;
-        self.bytes += line.len() as u64;
+        let mut counted = Counted {
+            inner: &mut self.out,
+            n: 0,
+        };
+        record.write_json(&mut counted, &mut self.clock)?;
+        self.bytes += counted.n;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //!     ├─ RouteStats (atomics; /metrics and OTLP metrics read them)
 //!     └─ try_send ─> call-log thread ─> calls.jsonl (rotated)
 //!                                     ─> rollups ─> RecordRollups to the control plane, every second
+//!                                     ─> live tail (while one is open) ─> the config stream
 //!                                     ─> otlp task ─> /v1/logs, /v1/traces
 //! ```
 //! Nothing here waits on the request path: a full queue drops the record and counts it
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod record;
 pub mod rollup;
+pub mod tail;
 #[cfg(test)]
 pub mod testutil;
 pub mod trace;
@@ -41,6 +43,7 @@ use trace::Sampler;
 pub struct Observer {
     pub metrics: Arc<Registry>,
     pub rollups: Arc<rollup::Rollups>,
+    pub tail: Arc<tail::Tail>,
     pub log: Arc<LogCounters>,
     pub otlp: Option<Arc<otlp::ExportCounters>>,
     queue: Option<SyncSender<Arc<CallRecord>>>,
@@ -54,6 +57,7 @@ impl Observer {
         Arc::new(Observer {
             metrics,
             rollups: rollup::Rollups::new("test-edge"),
+            tail: tail::Tail::new(),
             log: Arc::default(),
             otlp: None,
             queue: None,
@@ -64,6 +68,7 @@ impl Observer {
     pub fn new(
         metrics: Arc<Registry>,
         rollups: Arc<rollup::Rollups>,
+        tail: Arc<tail::Tail>,
         log: Arc<LogCounters>,
         otlp: Option<Arc<otlp::ExportCounters>>,
         queue: Option<SyncSender<Arc<CallRecord>>>,
@@ -72,6 +77,7 @@ impl Observer {
         Arc::new(Observer {
             metrics,
             rollups,
+            tail,
             log,
             otlp,
             queue,
@@ -242,7 +248,11 @@ pub fn start(opts: &ObserveOptions, metrics: Arc<Registry>, node_id: &str) -> an
     opts.check().map_err(anyhow::Error::msg)?;
     let log = Arc::new(LogCounters::default());
     let rollups = rollup::Rollups::new(node_id);
-    let mut next: Vec<Box<dyn calllog::Forward>> = vec![Box::new(rollup::Feed(rollups.clone()))];
+    let tail = tail::Tail::new();
+    let mut next: Vec<Box<dyn calllog::Forward>> = vec![
+        Box::new(rollup::Feed(rollups.clone())),
+        Box::new(tail::Feed(tail.clone())),
+    ];
     let counters = opts.otlp.as_ref().map(|cfg| {
         let counters = Arc::new(otlp::ExportCounters::default());
         next.push(Box::new(otlp::start(
@@ -259,6 +269,7 @@ pub fn start(opts: &ObserveOptions, metrics: Arc<Registry>, node_id: &str) -> an
     Ok(Observer::new(
         metrics,
         rollups,
+        tail,
         log,
         counters,
         Some(queue),

@@ -5,9 +5,9 @@
 //! changes nothing; a failed report marks its rows to be sent again.
 //!
 //! Rows older than [`KEEP_MINUTES`] that were reported are forgotten; at most [`MAX_ROWS`]
-//! are held (a control plane unreachable for long: the oldest go first, counted).
+//! are held (a control plane unreachable for long: calls for new rows are dropped, counted).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
@@ -16,17 +16,30 @@ use tollgate_proto::rollup::{self, Key, Value};
 use tollgate_proto::v1;
 
 use crate::observe::calllog::Forward;
-use crate::observe::metrics::{status_class, STATUS_CLASSES};
+use crate::observe::metrics::{status_class, RouteStats, STATUS_CLASSES};
 use crate::observe::record::CallRecord;
 
 /// How often changed rows are reported.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Minutes a reported row is kept (a late call may still land in it).
 pub const KEEP_MINUTES: u64 = 3;
-/// Most rows held.
+/// Most rows held; past it, calls for new rows are dropped and counted.
 pub const MAX_ROWS: usize = 100_000;
 
-type Rows = BTreeMap<(u64, Key), (Value, bool)>;
+/// One minute of one route and status class, by app. Found by the route's stats pointer
+/// (held here, so it stays unique) rather than by building the row's key per call; the
+/// routes of a service are merged into its rows when reported.
+#[derive(Debug)]
+struct Group {
+    stats: Arc<RouteStats>,
+    apps: HashMap<String, (Value, bool)>,
+}
+
+#[derive(Debug, Default)]
+struct Rows {
+    groups: HashMap<(u64, usize, u8), Group>,
+    held: usize,
+}
 
 /// This edge's rollups.
 #[derive(Debug)]
@@ -34,7 +47,7 @@ pub struct Rollups {
     rows: Mutex<Rows>,
     node_id: String,
     epoch: u64,
-    /// Rows dropped because [`MAX_ROWS`] were held.
+    /// Calls not counted because [`MAX_ROWS`] rows were held.
     pub dropped: AtomicU64,
 }
 
@@ -54,20 +67,27 @@ impl Rollups {
 
     pub fn add(&self, r: &CallRecord) {
         let minute = r.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
-        let l = &r.stats.labels;
-        let key = Key {
-            tenant: l.tenant.to_string(),
-            service: l.service.to_string(),
-            app: r.app.clone().unwrap_or_default(),
-            model: String::new(),
-            status_class: STATUS_CLASSES[status_class(r.status)].into(),
-        };
+        let class = status_class(r.status) as u8;
+        let app = r.app.as_deref().unwrap_or_default();
         let mut rows = self.rows();
-        if rows.len() >= MAX_ROWS && !rows.contains_key(&(minute, key.clone())) {
-            rows.pop_first();
-            self.dropped.fetch_add(1, Relaxed);
-        }
-        let (value, dirty) = rows.entry((minute, key)).or_default();
+        let Rows { groups, held } = &mut *rows;
+        let group = groups
+            .entry((minute, Arc::as_ptr(&r.stats) as usize, class))
+            .or_insert_with(|| Group {
+                stats: r.stats.clone(),
+                apps: HashMap::new(),
+            });
+        let (value, dirty) = match group.apps.get_mut(app) {
+            Some(row) => row,
+            None if *held >= MAX_ROWS => {
+                self.dropped.fetch_add(1, Relaxed);
+                return;
+            }
+            None => {
+                *held += 1;
+                group.apps.entry(app.to_string()).or_default()
+            }
+        };
         value.requests += 1;
         value.latency.add(r.latency.as_secs_f64() * 1e6);
         value.bytes_in += r.bytes_in;
@@ -75,17 +95,41 @@ impl Rollups {
         *dirty = true;
     }
 
-    /// The rows changed since the last report, marked reported; old reported rows are
-    /// forgotten.
+    /// The rows changed since the last report (a service's routes merged), marked
+    /// reported; old reported rows are forgotten.
     pub fn report(&self, now_ms: u64) -> Vec<v1::Rollup> {
         let now_minute = now_ms / 60_000;
         let mut rows = self.rows();
-        rows.retain(|(minute, _), (_, dirty)| *dirty || minute + KEEP_MINUTES >= now_minute);
-        rows.iter_mut()
-            .filter(|(_, (_, dirty))| *dirty)
-            .map(|((minute, key), (value, dirty))| {
+        let Rows { groups, held } = &mut *rows;
+        groups.retain(|(minute, ..), g| {
+            let keep = minute + KEEP_MINUTES >= now_minute || g.apps.values().any(|(_, dirty)| *dirty);
+            if !keep {
+                *held -= g.apps.len();
+            }
+            keep
+        });
+        let mut merged: BTreeMap<(u64, Key), (Value, bool)> = BTreeMap::new();
+        for ((minute, _, class), g) in groups.iter_mut() {
+            let l = &g.stats.labels;
+            for (app, (value, dirty)) in g.apps.iter_mut() {
+                let key = Key {
+                    tenant: l.tenant.to_string(),
+                    service: l.service.to_string(),
+                    app: app.clone(),
+                    model: String::new(),
+                    status_class: STATUS_CLASSES[*class as usize].into(),
+                };
+                let row = merged.entry((*minute, key)).or_default();
+                row.0.merge(value);
+                row.1 |= *dirty;
                 *dirty = false;
-                rollup::to_proto(*minute, key, value, &self.node_id, self.epoch)
+            }
+        }
+        merged
+            .into_iter()
+            .filter(|(_, (_, dirty))| *dirty)
+            .map(|((minute, key), (value, _))| {
+                rollup::to_proto(minute, &key, &value, &self.node_id, self.epoch)
             })
             .collect()
     }
@@ -93,11 +137,16 @@ impl Rollups {
     /// A report that did not reach the control plane: its rows go again next time.
     pub fn unreported(&self, sent: &[v1::Rollup]) {
         let mut rows = self.rows();
-        for r in sent {
-            if let Some((_, k, ..)) = rollup::from_proto(r) {
-                if let Some((_, dirty)) = rows.get_mut(&(r.minute, k)) {
-                    *dirty = true;
-                }
+        for ((minute, _, class), g) in rows.groups.iter_mut() {
+            let l = &g.stats.labels;
+            for (app, (_, dirty)) in g.apps.iter_mut() {
+                *dirty |= sent.iter().any(|r| {
+                    r.minute == *minute
+                        && r.status_class == STATUS_CLASSES[*class as usize]
+                        && r.app == *app
+                        && *r.service == *l.service
+                        && *r.tenant == *l.tenant
+                });
             }
         }
     }
@@ -139,6 +188,7 @@ mod tests {
         assert_eq!(again[0].requests, 3, "absolute counts, not deltas");
         // Reported rows of old minutes are forgotten.
         assert!(r.report(now + 10 * 60_000).is_empty());
-        assert!(r.rows().is_empty());
+        assert!(r.rows().groups.is_empty());
+        assert_eq!(r.rows().held, 0);
     }
 }

@@ -76,6 +76,7 @@ impl TraceContext {
         HeaderValue::from_bytes(&out).expect("hex is a valid header value")
     }
 
+    #[cfg(test)]
     pub fn trace_hex(&self) -> String {
         hex::encode(self.trace_id)
     }

@@ -431,6 +431,7 @@ fn recording(f: &Fixture) -> (Proxy, std::sync::mpsc::Receiver<Arc<CallRecord>>)
     let observer = Observer::new(
         Default::default(),
         crate::observe::rollup::Rollups::new("test-edge"),
+        crate::observe::tail::Tail::new(),
         Default::default(),
         Some(Default::default()),
         Some(tx),
@@ -485,7 +486,7 @@ async fn every_answer_leaves_one_call_record_with_its_trace() {
             hex::encode(r.trace.upstream_span)
         )
     );
-    let line = serde_json::to_string(&r.json()).unwrap();
+    let line = r.json_line();
     assert!(
         !line.contains("hidden") && !line.contains(&f.keys["mobile"]),
         "{line}"

@@ -27,6 +27,7 @@ fn snapshot_chunks(nonce: &str, version: u64, all: Vec<v1::Resource>, n: usize) 
             base_version: 0,
             peers: None,
             usage: None,
+            tail: None,
         })
         .collect()
 }
@@ -50,6 +51,7 @@ fn delta(
         base_version: base,
         peers: None,
         usage: None,
+        tail: None,
     }
 }
 
