@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
-use serde::Serialize;
 
 use crate::observe::metrics::{Observation, RouteStats};
 use crate::observe::trace::TraceContext;
@@ -70,43 +69,50 @@ impl CallRecord {
         self.time + at.saturating_duration_since(self.started)
     }
 
-    /// Writes the record as one JSON object and a newline (one line of the call log).
-    pub fn write_json(&self, out: &mut impl std::io::Write, clock: &mut WallClock) -> std::io::Result<()> {
+    /// Appends the record as one JSON object and a newline (one line of the call log).
+    /// Written by hand: it runs once per request on the call-log thread, and a generic
+    /// serializer cost about five times as much here (BENCHMARKS.md).
+    pub fn write_json(&self, out: &mut Vec<u8>, clock: &mut WallClock) {
         let labels = &self.stats.labels;
-        let mut trace = [0u8; 32];
-        let mut span = [0u8; 16];
-        hex::encode_to_slice(self.trace.trace_id, &mut trace).expect("16 bytes are 32 hex digits");
-        hex::encode_to_slice(self.trace.span_id, &mut span).expect("8 bytes are 16 hex digits");
+        let mut hex_buf = [0u8; 32];
+        out.extend_from_slice(b"{\"time\":\"");
+        out.extend_from_slice(clock.format(self.time).as_bytes());
+        out.push(b'"');
+        field_str(
+            out,
+            "request_id",
+            Some(self.request_id.to_str().unwrap_or_default()),
+        );
+        hex::encode_to_slice(self.trace.trace_id, &mut hex_buf).expect("16 bytes are 32 hex digits");
+        field_str(out, "trace_id", std::str::from_utf8(&hex_buf).ok());
+        hex::encode_to_slice(self.trace.span_id, &mut hex_buf[..16]).expect("8 bytes are 16 hex digits");
+        field_str(out, "span_id", std::str::from_utf8(&hex_buf[..16]).ok());
+        field_str(out, "tenant", nonempty(&labels.tenant));
+        field_str(out, "service", nonempty(&labels.service));
+        field_str(out, "route", nonempty(&labels.route));
+        field_str(out, "app", self.app.as_deref());
+        field_str(out, "key", self.key.as_deref());
+        field_str(out, "method", Some(self.method.as_str()));
+        field_str(out, "path", Some(self.uri.path()));
+        field_raw(out, "status", |o| push_u64(o, u64::from(self.status)));
+        field_str(out, "error", self.error);
+        field_raw(out, "latency_ms", |o| push_ms(o, self.latency));
+        match self.upstream_latency {
+            Some(d) => field_raw(out, "upstream_latency_ms", |o| push_ms(o, d)),
+            None => field_str(out, "upstream_latency_ms", None),
+        }
+        field_str(out, "upstream", self.upstream.as_deref());
+        field_raw(out, "bytes_in", |o| push_u64(o, self.bytes_in));
+        field_raw(out, "bytes_out", |o| push_u64(o, self.bytes_out));
         let mut ip = IpText::default();
-        let json = Json {
-            time: clock.format(self.time),
-            request_id: self.request_id.to_str().unwrap_or_default(),
-            trace_id: std::str::from_utf8(&trace).unwrap_or_default(),
-            span_id: std::str::from_utf8(&span).unwrap_or_default(),
-            tenant: nonempty(&labels.tenant),
-            service: nonempty(&labels.service),
-            route: nonempty(&labels.route),
-            app: self.app.as_deref(),
-            key: self.key.as_deref(),
-            method: self.method.as_str(),
-            path: self.uri.path(),
-            status: self.status,
-            error: self.error,
-            latency_ms: ms(self.latency),
-            upstream_latency_ms: self.upstream_latency.map(ms),
-            upstream: self.upstream.as_deref(),
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            client_ip: ip.format(self.remote),
-        };
-        serde_json::to_writer(&mut *out, &json)?;
-        out.write_all(b"\n")
+        field_str(out, "client_ip", Some(ip.format(self.remote)));
+        out.extend_from_slice(b"}\n");
     }
 
     /// The record's JSON line, without the newline (the live tail's form).
     pub fn json_line(&self) -> String {
         let mut out = Vec::with_capacity(512);
-        let _ = self.write_json(&mut out, &mut WallClock::default());
+        self.write_json(&mut out, &mut WallClock::default());
         out.pop();
         String::from_utf8(out).unwrap_or_default()
     }
@@ -178,41 +184,115 @@ impl IpText {
     }
 }
 
+/// `,"name":` and a JSON string, or `null`.
+fn field_str(out: &mut Vec<u8>, name: &str, value: Option<&str>) {
+    field_raw(out, name, |o| match value {
+        Some(v) => push_json_str(o, v),
+        None => o.extend_from_slice(b"null"),
+    });
+}
+
+fn field_raw(out: &mut Vec<u8>, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+    value(out);
+}
+
+/// A JSON string: `"`, `\` and control characters escaped (RFC 8259), the rest as it is.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Milliseconds with three decimals (microsecond resolution).
+fn push_ms(out: &mut Vec<u8>, d: Duration) {
+    let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+    push_u64(out, us / 1000);
+    out.push(b'.');
+    let frac = us % 1000;
+    out.extend_from_slice(&[
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
 fn nonempty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
-}
-
-fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
-/// A call record's JSON form (field order is the log's column order).
-#[derive(Debug, Serialize)]
-pub struct Json<'a> {
-    pub time: &'a str,
-    pub request_id: &'a str,
-    pub trace_id: &'a str,
-    pub span_id: &'a str,
-    pub tenant: Option<&'a str>,
-    pub service: Option<&'a str>,
-    pub route: Option<&'a str>,
-    pub app: Option<&'a str>,
-    pub key: Option<&'a str>,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub error: Option<&'static str>,
-    pub latency_ms: f64,
-    pub upstream_latency_ms: Option<f64>,
-    pub upstream: Option<&'a str>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub client_ip: &'a str,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_line_is_json_with_every_field_and_escapes_what_it_must() {
+        let mut r = crate::observe::testutil::record(502);
+        r.uri = "/a%22b/x/caf%C3%A9?k=secret".parse().unwrap();
+        r.app = Some("we\"ird\\app\n\u{1}é".into());
+        r.latency = Duration::from_micros(1_234_567);
+        r.upstream_latency = None;
+        r.bytes_out = 18_446_744_073_709_551_615;
+        let line = r.json_line();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["app"], "we\"ird\\app\n\u{1}é");
+        assert_eq!(v["path"], "/a%22b/x/caf%C3%A9");
+        assert_eq!(v["latency_ms"], 1234.567);
+        assert_eq!(v["upstream_latency_ms"], serde_json::Value::Null);
+        assert_eq!(v["bytes_out"], u64::MAX);
+        assert_eq!(v["status"], 502);
+        assert_eq!(v["error"], "upstream_error");
+        assert_eq!(v["tenant"], "acme");
+        assert_eq!(v["route"], "/orders");
+        assert_eq!(v["key"], "tgk_0123456789ab");
+        assert_eq!(v["client_ip"], "127.0.0.1");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["span_id"].as_str().unwrap().len(), 16);
+        assert_eq!(v.as_object().unwrap().len(), 19, "{line}");
+        assert!(!line.contains("secret"));
+        let mut ms = Vec::new();
+        push_ms(&mut ms, Duration::from_micros(5));
+        assert_eq!(ms, b"0.005");
+    }
 
     #[test]
     fn addresses_and_times_are_written_as_the_std_formatters_would() {
