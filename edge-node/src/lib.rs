@@ -6,7 +6,8 @@
 //!  control plane ──ConfigStream──> config/stream ─> config/sync (Applier) ─> Snapshot ──ArcSwap──┐
 //!                                     └─> config/lkg (lkg.json)                                    │
 //!  client ──> listen (proxy listener; TLS listener: SNI cert) ─> proxy: phases/ ─> upstream/ ──> upstream
-//!  probes ──> listen (admin listener) ─> admin: /healthz /readyz /config/version
+//!  probes ──> listen (admin listener) ─> admin: /healthz /readyz /config/version /limits /metrics
+//!  each answer ─> observe: metrics, call record ─> call log, rollups (to the control plane), OTLP
 //! ```
 //!
 //! Invariant: the request path never waits on the control plane and never awaits a lock;
