@@ -30,7 +30,9 @@
 #   TOLLGATE_BIN=path  use this tollgate binary (implies SKIP_BUILD=1)
 #   BASELINE_BIN=path  also measure this (older) tollgate binary in the same rounds, on `/`
 #                      and `/limited`, and report the current one's ratio to it (what a
-#                      change costs, measured in one run; `git worktree` + a production build)
+#                      change costs, measured in one run): `git worktree add /tmp/base REV`,
+#                      then build it there with its own CARGO_TARGET_DIR (a shared target
+#                      dir mixes the two trees' crates)
 #   KEEP_TMP=1         keep the temp dir (configs, logs) for inspection
 #   PERF_OUT=dir       also record each measured proxy with `perf record` into dir
 #                      (PERF_FREQ=499, PERF_CALLGRAPH=dwarf,16384 by default)
