@@ -455,6 +455,10 @@ fn an_edge_joining_and_leaving_under_load_admits_no_burst() {
     });
     std::thread::sleep(Duration::from_secs(5));
     late.spawn();
+    // It takes traffic once ready, as a load balancer probing /readyz would send it.
+    wait_for("the late edge to be ready", Duration::from_secs(10), || {
+        (late.readyz() == Some(200)).then_some(())
+    });
     let joined = drive(
         &[(late_proxy, LIMIT)],
         "/load",
