@@ -116,7 +116,11 @@ async fn traffic(g: &Global, a: TrafficArgs) -> CliResult {
         serde_json::json!({
             "group": r.group,
             "requests": r.requests,
-            "by_status": {"1xx": r.by_class.first(), "2xx": r.by_class.get(1), "3xx": r.by_class.get(2), "4xx": r.by_class.get(3), "5xx": r.by_class.get(4)},
+            "by_status": tollgate_proto::rollup::STATUS_CLASSES
+                .iter()
+                .zip(&r.by_class)
+                .map(|(c, n)| (c.to_string(), serde_json::json!(n)))
+                .collect::<serde_json::Map<_, _>>(),
             "error_rate": if r.requests == 0 { 0.0 } else { errors as f64 / r.requests as f64 },
             "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms,
             "bytes_in": r.bytes_in, "bytes_out": r.bytes_out,

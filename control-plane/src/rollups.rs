@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tollgate_proto::rollup::{Key, Value};
+use tollgate_proto::rollup::{Key, Value, STATUS_CLASSES};
 
 /// How long each tier is kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +67,6 @@ pub struct RollupRecord {
     pub node: String,
     pub epoch: u64,
 }
-
-/// The status classes, in order.
-pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// A query's group: its totals and its requests by status class.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -224,7 +221,7 @@ impl Rollups {
         let mut add = |k: &Key, v: &Value| {
             let g = out.entry(q.group_by.of(k)).or_default();
             g.value.merge(v);
-            if let Some(i) = CLASSES.iter().position(|c| *c == k.status_class) {
+            if let Some(i) = STATUS_CLASSES.iter().position(|c| *c == k.status_class) {
                 g.by_class[i] += v.requests;
             }
         };

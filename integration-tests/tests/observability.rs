@@ -32,16 +32,41 @@ fn setup() -> (Sandbox, Upstream, String) {
     let sb = Sandbox::cluster(1);
     let file = sb.file("config.yaml", &config(&upstream.url()));
     sb.cli(0, &["apply", "-f", &file]).ok();
+    let key = shop_key(&sb);
+    (sb, upstream, key)
+}
+
+/// A new API key of app `shop`.
+fn shop_key(sb: &Sandbox) -> String {
     let out = sb
         .cli(0, &["key", "create", "--app", "shop", "--tenant", "acme"])
         .ok()
         .stdout;
-    let key = out
-        .split_whitespace()
+    out.split_whitespace()
         .find(|w| w.starts_with("tgk_"))
         .unwrap_or_else(|| panic!("no key in {out:?}"))
-        .to_string();
-    (sb, upstream, key)
+        .to_string()
+}
+
+/// Edges `<prefix>-0..n`, edge i streaming from control-plane node i (then, with
+/// `fallback`, from the last node), each waited for until ready.
+fn edges_on_nodes(sb: &Sandbox, prefix: &str, n: usize, fallback: bool) -> Vec<EdgeNode> {
+    let last = sb.nodes.len() - 1;
+    let edges: Vec<EdgeNode> = (0..n)
+        .map(|i| {
+            let mut urls = vec![sb.nodes[i].url()];
+            if fallback && i != last {
+                urls.push(sb.nodes[last].url());
+            }
+            EdgeNode::start_with(sb.dir.path(), &format!("{prefix}-{i}"), urls, &sb.edge_token)
+        })
+        .collect();
+    for e in &edges {
+        wait_for("the edge to be ready", Duration::from_secs(20), || {
+            (e.readyz() == Some(200)).then_some(())
+        });
+    }
+    edges
 }
 
 fn start_edge(sb: &Sandbox, name: &str, args: &[String]) -> EdgeNode {
@@ -404,32 +429,9 @@ async fn stats_over_two_edges_and_a_leader_change_are_exact() {
     let mut sb = Sandbox::cluster(3);
     let file = sb.file("config.yaml", &config(&upstream.url()));
     sb.cli(0, &["apply", "-f", &file]).ok();
-    let key = {
-        let out = sb
-            .cli(0, &["key", "create", "--app", "shop", "--tenant", "acme"])
-            .ok()
-            .stdout;
-        out.split_whitespace()
-            .find(|w| w.starts_with("tgk_"))
-            .unwrap()
-            .to_string()
-    };
-    // Each edge streams from its own control-plane node.
-    let edges: Vec<EdgeNode> = (0..2)
-        .map(|i| {
-            EdgeNode::start_with(
-                sb.dir.path(),
-                &format!("stats-{i}"),
-                vec![sb.nodes[i].url(), sb.nodes[2].url()],
-                &sb.edge_token,
-            )
-        })
-        .collect();
-    for e in &edges {
-        wait_for("the edge to be ready", Duration::from_secs(20), || {
-            (e.readyz() == Some(200)).then_some(())
-        });
-    }
+    let key = shop_key(&sb);
+    // Each edge streams from its own control-plane node, with the third as its fallback.
+    let edges = edges_on_nodes(&sb, "stats", 2, true);
     let (a, b) = (&edges[0], &edges[1]);
     let send = |e: &EdgeNode, path: &str, key: &str, n: usize, want: u16| {
         for _ in 0..n {
@@ -538,21 +540,7 @@ services:
     let file = sb.file("config.yaml", &doc);
     sb.cli(0, &["apply", "-f", &file]).ok();
     // Edge a streams from node 0, edge b from node 1; the tail asks node 0.
-    let edges: Vec<EdgeNode> = (0..2)
-        .map(|i| {
-            EdgeNode::start_with(
-                sb.dir.path(),
-                &format!("tail-{i}"),
-                vec![sb.nodes[i].url()],
-                &sb.edge_token,
-            )
-        })
-        .collect();
-    for e in &edges {
-        wait_for("the edge to be ready", Duration::from_secs(20), || {
-            (e.readyz() == Some(200)).then_some(())
-        });
-    }
+    let edges = edges_on_nodes(&sb, "tail", 2, false);
     let (a, b) = (&edges[0], &edges[1]);
     let log = sb.dir.path().join("tail.log");
     let _tail = Proc::spawn(

@@ -124,6 +124,9 @@ impl Value {
     }
 }
 
+/// The status classes, in order: rollup rows, metric labels and `tollgate stats` columns.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Longest tenant, service, app, model or node id a rollup may carry.
 pub const MAX_FIELD: usize = 256;
 
@@ -133,7 +136,7 @@ pub fn from_proto(r: &v1::Rollup) -> Option<(u64, Key, Value, String, u64)> {
     if fields.iter().any(|f| f.len() > MAX_FIELD) || r.node_id.is_empty() {
         return None;
     }
-    if !["1xx", "2xx", "3xx", "4xx", "5xx"].contains(&r.status_class.as_str()) {
+    if !STATUS_CLASSES.contains(&r.status_class.as_str()) {
         return None;
     }
     if !(r.cost.is_finite() && r.cost >= 0.0) {

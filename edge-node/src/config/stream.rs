@@ -417,12 +417,12 @@ async fn report_usage(peers: Arc<Peers>, mut client: AdminClient<Channel>, token
         let count = entries.len();
         let mut failed = None;
         for part in entries.chunks(USAGE_REPORT_CHUNK) {
-            let mut req = tonic::Request::new(RecordUsageRequest {
-                entries: part.to_vec(),
-            });
-            if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
-                req.metadata_mut().insert("authorization", value);
-            }
+            let req = bearer(
+                RecordUsageRequest {
+                    entries: part.to_vec(),
+                },
+                token.as_deref(),
+            );
             if let Err(status) = client.record_usage(req).await {
                 failed = Some(status);
                 break;
@@ -438,6 +438,15 @@ async fn report_usage(peers: Arc<Peers>, mut client: AdminClient<Channel>, token
     }
 }
 
+/// A report to the control plane, carrying the edge's join token.
+fn bearer<T>(msg: T, token: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(value) = token.and_then(|t| format!("Bearer {t}").parse().ok()) {
+        req.metadata_mut().insert("authorization", value);
+    }
+    req
+}
+
 /// Rows in one `RecordRollups` call (one Raft entry of well under 1 MB).
 const ROLLUP_REPORT_CHUNK: usize = 1_000;
 
@@ -450,12 +459,12 @@ async fn report_rollups(rollups: Arc<Rollups>, mut client: AdminClient<Channel>,
         tick.tick().await;
         let rows = rollups.report(crate::counters::unix_ms());
         for (i, part) in rows.chunks(ROLLUP_REPORT_CHUNK).enumerate() {
-            let mut req = tonic::Request::new(RecordRollupsRequest {
-                rollups: part.to_vec(),
-            });
-            if let Some(value) = token.as_ref().and_then(|t| format!("Bearer {t}").parse().ok()) {
-                req.metadata_mut().insert("authorization", value);
-            }
+            let req = bearer(
+                RecordRollupsRequest {
+                    rollups: part.to_vec(),
+                },
+                token.as_deref(),
+            );
             if let Err(status) = client.record_rollups(req).await {
                 rollups.unreported(&rows[i * ROLLUP_REPORT_CHUNK..]);
                 tracing::warn!(code = ?status.code(), error = %status.message(), "cannot report traffic rollups; will resend");

@@ -40,8 +40,7 @@ impl Histogram {
     }
 }
 
-/// `1xx` to `5xx`.
-pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub use tollgate_proto::rollup::STATUS_CLASSES;
 
 /// The index in [`STATUS_CLASSES`] of a status code.
 pub fn status_class(status: u16) -> usize {

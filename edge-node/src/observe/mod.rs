@@ -219,15 +219,6 @@ pub struct ObserveOptions {
 }
 
 impl ObserveOptions {
-    /// Metrics only.
-    pub fn none() -> Self {
-        ObserveOptions {
-            call_log: None,
-            otlp: None,
-            sample_ratio: 0.0,
-        }
-    }
-
     pub fn check(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.sample_ratio) {
             return Err("--trace-sample-ratio must be between 0 and 1".into());

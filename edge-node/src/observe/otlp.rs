@@ -30,6 +30,7 @@ use tollgate_proto::otlp::{
 use crate::observe::calllog;
 use crate::observe::metrics::{Registry, BUCKETS, STATUS_CLASSES};
 use crate::observe::record::CallRecord;
+use crate::observe::trace;
 use crate::upstream::connector::{connector, UpstreamConnector};
 
 /// Records waiting for export; past it, dropped and counted.
@@ -408,7 +409,7 @@ fn spans(r: &CallRecord) -> Vec<Span> {
             span_id: if upstream {
                 t.upstream_span.to_vec()
             } else {
-                (random_id() | 1).to_be_bytes().to_vec()
+                trace::random_span_id().to_vec()
             },
             parent_span_id: t.span_id.to_vec(),
             name: p.name.into(),
@@ -426,12 +427,6 @@ fn spans(r: &CallRecord) -> Vec<Span> {
         });
     }
     out
-}
-
-fn random_id() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    u64::from_be_bytes(b)
 }
 
 fn span_status(error: bool, code: Option<&str>) -> Status {

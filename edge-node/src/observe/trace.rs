@@ -111,7 +111,8 @@ fn parse(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     Some((trace, parent, flags[0]))
 }
 
-fn random_span_id() -> [u8; 8] {
+/// A new span id (never zero).
+pub fn random_span_id() -> [u8; 8] {
     // Never zero (an invalid span id).
     (random_u64() | 1).to_be_bytes()
 }
