@@ -29,7 +29,8 @@
 //! with this node's master key as the push is built: a certificate is sent with its private
 //! key (`key_pem`, from `key_secret`), a JWT issuer with its HS key (`hs_key_hex`, from
 //! `hs_secret`), an OAuth2 introspection endpoint with its client secret (`client_secret`,
-//! from `client_secret_secret`). They exist in plaintext only in that push and on the edge
+//! from `client_secret_secret`), an AI provider with its API keys (`api_keys`, from
+//! `api_key_secret` and `api_key_secrets`). They exist in plaintext only in that push and on the edge
 //! (memory, and its owner-only last-known-good file); the Raft log, snapshots and
 //! `get`/`export` hold only the sealed secret.
 
@@ -88,7 +89,7 @@ fn utf8(value: Vec<u8>, what: &str) -> Result<String, String> {
 }
 
 /// A resource as an edge receives it: a certificate carries its private key, a JWT issuer its
-/// HS key, an introspection endpoint its client secret, each opened from the secret it
+/// HS key, an introspection endpoint its client secret, an AI provider its keys, each opened from the secret it
 /// names. When a secret cannot be opened (another master key, a corrupt record) the resource
 /// goes without it and the edge refuses it, naming the resource. Values are never logged.
 fn streamed(
@@ -127,6 +128,18 @@ fn streamed(
                 Err(e) => warn(e),
             }
             Spec::Oauth2Introspection(o)
+        }
+        Spec::AiProvider(p) if p.key_secrets().next().is_some() => {
+            let mut p = p.clone();
+            let keys: Result<Vec<String>, String> = p
+                .key_secrets()
+                .map(|name| open_secret(state, keys, &key.tenant, name).and_then(|v| utf8(v, "API key")))
+                .collect();
+            match keys {
+                Ok(k) => p.api_keys = Some(k),
+                Err(e) => warn(e),
+            }
+            Spec::AiProvider(p)
         }
         _ => return stored.spec.to_resource(stored.version),
     };

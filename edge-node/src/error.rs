@@ -56,8 +56,6 @@ pub enum ProxyError {
     NotReady,
     #[error("no healthy upstream target")]
     NoHealthyUpstream,
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
     /// The detail is logged, never sent to the client.
     #[error("upstream failed: {0}")]
     Upstream(String),
@@ -70,6 +68,15 @@ pub enum ProxyError {
     /// A rate limit refused the request; the reason is a fixed text.
     #[error("{0}")]
     RateLimited(&'static str),
+    /// The AI gateway refused or failed the call (its status and code are its own).
+    #[error("{0}")]
+    Ai(Box<AiError>),
+}
+
+impl From<AiError> for ProxyError {
+    fn from(e: AiError) -> Self {
+        ProxyError::Ai(Box::new(e))
+    }
 }
 
 /// How an error is answered and reported: one row per [`ProxyError`] variant.
@@ -121,11 +128,16 @@ impl ProxyError {
             ProxyError::NoHealthyUpstream => {
                 class(S::SERVICE_UNAVAILABLE, "no_healthy_upstream", Gateway, true)
             }
-            ProxyError::NotImplemented(_) => class(S::SERVICE_UNAVAILABLE, "not_implemented", Gateway, false),
             ProxyError::Upstream(_) => class(S::BAD_GATEWAY, "upstream_error", Upstream, true),
             ProxyError::UpstreamTimeout => class(S::GATEWAY_TIMEOUT, "upstream_timeout", Upstream, true),
             ProxyError::BodyTooLarge => class(S::PAYLOAD_TOO_LARGE, "body_too_large", Client, false),
             ProxyError::RateLimited(_) => class(S::TOO_MANY_REQUESTS, "rate_limited", Client, true),
+            ProxyError::Ai(e) => class(
+                e.status,
+                e.code,
+                e.fault,
+                e.status == S::TOO_MANY_REQUESTS || e.status.is_server_error(),
+            ),
             ProxyError::HeadersTooLarge => class(
                 S::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "headers_too_large",
@@ -165,6 +177,86 @@ impl ProxyError {
     pub fn to_response(&self) -> Response<Body> {
         json_response(self.status(), &error_body(self.code(), &self.client_message()))
     }
+
+    /// The answer on an AI service: OpenAI's error shape (`message`, `type`, `param`,
+    /// `code`), so OpenAI SDKs raise the matching exception; `Retry-After` when known.
+    pub fn to_openai_response(&self) -> Response<Body> {
+        let status = self.status();
+        let mut resp = json_response(status, &openai_body(status, self.code(), &self.client_message()));
+        if let ProxyError::Ai(e) = self {
+            if let Some(secs) = e.retry_after {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+        }
+        resp
+    }
+}
+
+/// An error of the AI gateway (`ai/`): its status and code are its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AiError {
+    pub status: StatusCode,
+    /// The stable code (`model_not_found`, `token_limited`, `provider_error`...).
+    pub code: &'static str,
+    pub message: String,
+    pub fault: Fault,
+    /// Seconds, for `Retry-After` (a limit, a provider's 429).
+    pub retry_after: Option<u64>,
+}
+
+impl AiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> AiError {
+        let fault = if status.is_server_error() {
+            Fault::Upstream
+        } else {
+            Fault::Client
+        };
+        AiError {
+            status,
+            code,
+            message: message.into(),
+            fault,
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> AiError {
+        AiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn with_retry_after(mut self, secs: Option<u64>) -> AiError {
+        self.retry_after = secs;
+        self
+    }
+}
+
+impl std::fmt::Display for AiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AiError {}
+
+/// OpenAI's `error.type` for a status.
+pub fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 404 | 409 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+/// `{"error": {"message", "type", "param": null, "code"}}`: OpenAI's error shape, answered on
+/// AI services so that an OpenAI SDK raises the matching exception (`RateLimitError` for
+/// 429, `NotFoundError` for an unknown model...).
+pub fn openai_body(status: StatusCode, code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({
+        "error": {"message": message, "type": openai_type(status), "param": null, "code": code}
+    })
 }
 
 /// `e` and every error under it, `: `-separated: the detail for a log line, each cause
@@ -234,7 +326,6 @@ mod tests {
             ProxyError::BodyTimeout,
             ProxyError::NotReady,
             ProxyError::NoHealthyUpstream,
-            ProxyError::NotImplemented("x"),
             ProxyError::Upstream("x".into()),
             ProxyError::UpstreamTimeout,
             ProxyError::BodyTooLarge,
@@ -274,5 +365,16 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
+    }
+
+    #[test]
+    fn statuses_map_to_openai_types() {
+        assert_eq!(openai_type(StatusCode::TOO_MANY_REQUESTS), "rate_limit_error");
+        assert_eq!(openai_type(StatusCode::UNAUTHORIZED), "authentication_error");
+        assert_eq!(openai_type(StatusCode::BAD_GATEWAY), "api_error");
+        let body = openai_body(StatusCode::NOT_FOUND, "model_not_found", "no such model");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert!(body["error"]["param"].is_null());
     }
 }

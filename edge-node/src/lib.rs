@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 mod admin;
+mod ai;
 mod body;
 mod clock;
 mod config;

@@ -29,17 +29,18 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited};
 
+use crate::ai::{self, AiCall, AiService, TokenBudget};
 use crate::body::{Body, ClientBody};
 use crate::config::state::Shared;
 use crate::counters::peers::Peers;
 use crate::error::{Fault, ProxyError};
 use crate::listen::tls::ClientTls;
 use crate::listen::Handler;
-use crate::observe::record::CallRecord;
+use crate::observe::record::{AiCell, CallRecord};
 use crate::observe::trace::TraceContext;
 use crate::observe::{phase_end, phase_start, Observer, Recorded};
 use crate::phases::ctx::RequestCtx;
-use crate::phases::service::Backend;
+use crate::phases::service::{Backend, ServiceEntry};
 use crate::phases::{auth, authorize, cors, normalize, ratelimit, route};
 use crate::request_id;
 use crate::stall::StallGuard;
@@ -114,15 +115,18 @@ impl Proxy {
         ctx.limit = limit;
         phase_end(&mut ctx.phases, "rate_limit", timed);
         verdict?;
+        if let Backend::Ai(ai) = &service.backend {
+            let budgets = service.policies.rate_limits.token_budgets(&caller, &self.peers);
+            return self.ai(ctx, ai, &service, req, budgets).await;
+        }
 
         service.policies.check_request_size(req.headers())?;
         ctx.upgrade = forward::upgrade_requested(&req);
         ctx.client_tls = req.extensions().get::<ClientTls>().is_some();
         let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
-        let pool = match &service.backend {
-            Backend::Upstream(pool) => pool,
-            Backend::Ai => return Err(ProxyError::NotImplemented("the ai gateway")),
+        let Backend::Upstream(pool) = &service.backend else {
+            unreachable!("AI services are answered above");
         };
         if self.observer.traces() {
             ctx.traceparent = Some(ctx.trace.upstream_header());
@@ -153,6 +157,65 @@ impl Proxy {
         authorize::add_lifecycle_headers(&service, resp.headers_mut());
         Ok(resp)
     }
+}
+
+impl Proxy {
+    /// An AI service's call: the body read whole (bounded by the service's size policy),
+    /// then the AI stage. Its usage lands in the call record through `ctx.ai`.
+    async fn ai<B: ClientBody>(
+        &self,
+        ctx: &mut RequestCtx,
+        ai: &AiService,
+        service: &ServiceEntry,
+        req: Request<B>,
+        budgets: Vec<TokenBudget>,
+    ) -> Result<Response<Body>, ProxyError> {
+        service.policies.check_request_size(req.headers())?;
+        let max = service.policies.max_body.unwrap_or(MAX_AI_REQUEST_BYTES);
+        let (parts, body) = req.into_parts();
+        let body = Limited::new(body, max as usize)
+            .collect()
+            .await
+            .map_err(|e| body_error(&*e))?
+            .to_bytes();
+        let cell = AiCell::default();
+        ctx.ai = Some(cell.clone());
+        let sent_at = Instant::now();
+        let call = AiCall {
+            method: &parts.method,
+            path: parts.uri.path(),
+            body,
+            started: ctx.started,
+            budgets,
+            peers: &self.peers,
+            cell,
+        };
+        let answered = ai::serve(ai, call).await;
+        ctx.upstream_latency = Some(sent_at.elapsed());
+        phase_end(&mut ctx.phases, "ai", ctx.timing.then_some(sent_at));
+        let mut resp = answered?;
+        service.policies.apply_response(resp.headers_mut());
+        authorize::add_lifecycle_headers(service, resp.headers_mut());
+        Ok(resp)
+    }
+}
+
+/// Largest AI request body when the service has no `request_size` policy.
+const MAX_AI_REQUEST_BYTES: u64 = 8 << 20;
+
+/// Why reading a client's body failed.
+fn body_error(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return ProxyError::BodyTooLarge;
+        }
+        if s.is::<crate::stall::BodyStalled>() {
+            return ProxyError::BodyTimeout;
+        }
+        source = s.source();
+    }
+    ProxyError::BadRequest("the request body could not be read")
 }
 
 impl Handler for Proxy {
@@ -213,7 +276,15 @@ impl Proxy {
                         tracing::warn!(request_id = id, %method, path, code = e.code(), retryable = e.retryable(), error = %e, "request failed")
                     }
                 }
-                e.to_response()
+                let on_ai = ctx
+                    .route
+                    .as_ref()
+                    .is_some_and(|m| matches!(m.service.backend, Backend::Ai(_)));
+                if on_ai {
+                    e.to_openai_response()
+                } else {
+                    e.to_response()
+                }
             }
         };
         if let Some(cors) = &ctx.cors {
@@ -266,6 +337,7 @@ impl Proxy {
             bytes_out: 0,
             remote: ctx.remote.ip(),
             phases: ctx.phases,
+            ai: ctx.ai,
         }
     }
 }

@@ -605,6 +605,10 @@ pub struct AiRoute {
     pub fallback: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt: Option<PromptTemplate>,
+    /// How long a streamed answer may be silent before the edge sends a keep-alive comment;
+    /// default 15s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<HumanDuration>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -621,6 +625,38 @@ pub struct PromptVariable {
     pub name: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub required: bool,
+    /// The JSON type a value must have; default string.
+    #[serde(default, rename = "type", skip_serializing_if = "VariableType::is_string")]
+    pub kind: VariableType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// The type of a prompt variable's value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VariableType {
+    #[default]
+    String,
+    Number,
+    Integer,
+    Boolean,
+}
+
+impl VariableType {
+    pub fn is_string(&self) -> bool {
+        *self == VariableType::String
+    }
+
+    /// Its JSON Schema name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            VariableType::String => "string",
+            VariableType::Number => "number",
+            VariableType::Integer => "integer",
+            VariableType::Boolean => "boolean",
+        }
+    }
 }
 
 /// A policy: exactly one of the kind fields is set.
@@ -1029,16 +1065,32 @@ pub enum AiProviderKind {
     OpenaiCompatible,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// An LLM provider of a tenant: where it is, how it is spoken to (`kind`), its API keys
+/// (named secrets, never the keys themselves) and its models with their prices.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AiProvider {
     pub name: String,
     pub tenant: String,
     pub kind: AiProviderKind,
+    /// The API's root, without `/v1` (`https://api.openai.com`, `http://127.0.0.1:11434`);
+    /// a trailing `/v1` (or `/v1beta` for Gemini) is accepted too.
     pub base_url: String,
     /// Name of the secret (`tollgate secret set`) holding the provider's API key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_secret: Option<String>,
+    /// More keys of the same provider (a pool): used in turn, a key answered 401 or 429 is
+    /// rested for a while.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_key_secrets: Vec<String>,
+    /// The keys, opened by the control plane on the config stream only: refused in
+    /// documents, never stored, shown or exported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_keys: Option<Vec<String>>,
+    /// How long the provider may take to send its answer's head (time to first byte);
+    /// default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
     #[serde(default)]
     pub models: Vec<AiModel>,
     #[serde(default, skip_serializing_if = "is_false")]
@@ -1047,15 +1099,50 @@ pub struct AiProvider {
     pub resource_version: Option<u64>,
 }
 
+impl AiProvider {
+    /// The names of the secrets holding its keys, `api_key_secret` first.
+    pub fn key_secrets(&self) -> impl Iterator<Item = &String> {
+        self.api_key_secret.iter().chain(&self.api_key_secrets)
+    }
+}
+
+/// Never prints the keys.
+impl fmt::Debug for AiProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AiProvider")
+            .field("name", &self.name)
+            .field("tenant", &self.tenant)
+            .field("kind", &self.kind)
+            .field("base_url", &self.base_url)
+            .field("api_key_secret", &self.api_key_secret)
+            .field("api_key_secrets", &self.api_key_secrets)
+            .field(
+                "api_keys",
+                &self.api_keys.as_ref().map(|k| format!("<{} redacted>", k.len())),
+            )
+            .field("models", &self.models)
+            .field("resource_version", &self.resource_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A model of a provider and its prices, in USD per million tokens of each type.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AiModel {
     pub name: String,
-    /// USD per million input tokens.
+    /// Uncached input tokens.
     #[serde(default)]
     pub input_per_mtok: f64,
+    /// Input tokens read from the provider's prompt cache; default: the input price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input_per_mtok: Option<f64>,
+    /// Output tokens other than reasoning.
     #[serde(default)]
     pub output_per_mtok: f64,
+    /// Reasoning ("thinking") tokens; default: the output price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_per_mtok: Option<f64>,
 }
 
 /// A TLS certificate the edges serve (by SNI) for `hosts`. The private key is never written

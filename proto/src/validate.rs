@@ -613,6 +613,11 @@ fn validate_ai_route(c: &mut Checker<'_>, ai: &AiRoute) {
     for (i, m) in ai.fallback.iter().enumerate() {
         check_model_ref(c, &format!("ai.fallback[{i}]"), m);
     }
+    if let Some(k) = &ai.keepalive {
+        if k.0.is_zero() {
+            c.err("ai.keepalive", "must be more than 0s");
+        }
+    }
     if let Some(p) = &ai.prompt {
         if ai.model.is_none() {
             c.err("ai.model", "a prompt API needs a model");
@@ -902,6 +907,20 @@ fn validate_ai_provider(c: &mut Checker<'_>, p: &AiProvider) {
     if let Some(s) = &p.api_key_secret {
         c.name("api_key_secret", s);
     }
+    for (i, s) in p.api_key_secrets.iter().enumerate() {
+        c.name(&format!("api_key_secrets[{i}]"), s);
+    }
+    if p.api_keys.is_some() {
+        c.err(
+            "api_keys",
+            "keys are not written in documents: store each with `tollgate secret set NAME --tenant T` and name it in api_key_secret or api_key_secrets",
+        );
+    }
+    if let Some(t) = &p.timeout {
+        if t.0.is_zero() {
+            c.err("timeout", "must be more than 0s");
+        }
+    }
     let mut seen = BTreeSet::new();
     for (i, m) in p.models.iter().enumerate() {
         if m.name.trim().is_empty() {
@@ -915,7 +934,9 @@ fn validate_ai_provider(c: &mut Checker<'_>, p: &AiProvider) {
         }
         for (v, f) in [
             (m.input_per_mtok, "input_per_mtok"),
+            (m.cached_input_per_mtok.unwrap_or(0.0), "cached_input_per_mtok"),
             (m.output_per_mtok, "output_per_mtok"),
+            (m.reasoning_per_mtok.unwrap_or(0.0), "reasoning_per_mtok"),
         ] {
             if !v.is_finite() || v < 0.0 {
                 c.err(format!("models[{i}].{f}"), "must be zero or more");
@@ -979,6 +1000,14 @@ pub fn references(key: &ResourceKey, spec: &Spec) -> Vec<(String, ResourceKey)> 
         }
         Spec::ApiKey(k) => need("app".into(), Kind::App, &k.app),
         Spec::Certificate(c) => need("key_secret".into(), Kind::Secret, &c.key_secret),
+        Spec::AiProvider(p) => {
+            if let Some(s) = &p.api_key_secret {
+                need("api_key_secret".into(), Kind::Secret, s);
+            }
+            for (i, s) in p.api_key_secrets.iter().enumerate() {
+                need(format!("api_key_secrets[{i}]"), Kind::Secret, s);
+            }
+        }
         Spec::JwtIssuer(j) => {
             if let Some(s) = &j.hs_secret {
                 need("hs_secret".into(), Kind::Secret, s);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tollgate_proto::model::{Policy, ServiceState, Spec};
 
+use crate::ai::provider::Provider;
 use crate::config::resources::{ConfigState, ResourceError};
 use crate::listen::tls::CertStore;
 use crate::observe::metrics::Registry;
@@ -15,6 +16,7 @@ use crate::phases::auth::{Credentials, Idp, KeyEntry};
 use crate::phases::authorize::Subscriptions;
 use crate::phases::router::{Router, RouterBuilder};
 use crate::phases::service::{Routed, ServiceEntry};
+use crate::upstream::guarded::GuardedClient;
 use crate::upstream::{Clients, UpstreamPool};
 
 /// What outlives snapshots, so that a config change keeps what it does not change: the
@@ -27,6 +29,8 @@ pub struct Retained {
     pub idp: Idp,
     /// Each route's request metrics, handed from config to config.
     pub stats: Arc<Registry>,
+    /// The clients towards AI providers (with and without internal addresses allowed).
+    pub ai_clients: [Option<GuardedClient>; 2],
 }
 
 /// A compiled config.
@@ -57,6 +61,18 @@ impl Snapshot {
                 match UpstreamPool::compile(u, &mut kept.upstreams) {
                     Ok(pool) => {
                         upstreams.insert((u.tenant.as_str(), u.name.as_str()), Arc::new(pool));
+                    }
+                    Err(m) => errors.push(ResourceError::new(&spec.key(), m)),
+                }
+            }
+        }
+
+        let mut providers = HashMap::new();
+        for spec in &specs {
+            if let Spec::AiProvider(p) = spec {
+                match Provider::compile(p, &mut kept.ai_clients) {
+                    Ok(compiled) => {
+                        providers.insert((p.tenant.as_str(), p.name.as_str()), Arc::new(compiled));
                     }
                     Err(m) => errors.push(ResourceError::new(&spec.key(), m)),
                 }
@@ -95,7 +111,7 @@ impl Snapshot {
                 },
                 Spec::Service(s) if s.state != ServiceState::Draft => {
                     let key = spec.key();
-                    match ServiceEntry::compile(s, &upstreams, &policies) {
+                    match ServiceEntry::compile(s, &upstreams, &providers, &policies) {
                         Ok(entry) => {
                             for (id, cluster) in entry.policies.rate_limits.ids() {
                                 limiters.insert(id.clone(), cluster);

@@ -228,19 +228,60 @@ impl Counters {
     /// Counts one request against `limiter` for `key` at `now_ms`, if it is admitted.
     /// Refused requests use up nothing.
     pub fn hit(&self, limiter: &Limiter, key: &str, now_ms: u64, mode: Mode) -> Decision {
+        self.hit_n(limiter, key, now_ms, mode, 1)
+    }
+
+    /// Counts `n` units at once (an AI call's reserved tokens), admitted only if all fit.
+    /// A token bucket takes one whatever `n` is (token limits use windows and quotas).
+    pub fn hit_n(&self, limiter: &Limiter, key: &str, now_ms: u64, mode: Mode, n: u64) -> Decision {
         match limiter.kind {
             LimiterKind::TokenBucket { burst } => self.take_token(limiter, burst, key, now_ms),
             LimiterKind::SlidingWindow { cluster } => {
                 let mode = if cluster { mode } else { Mode::Cluster };
-                self.count(limiter, key, now_ms, mode, cluster)
+                self.count(limiter, key, now_ms, mode, cluster, n)
             }
             // A quota always counts what it knows of the cluster (peers and the control
             // plane's record): a day's limit does not fall back for a lost link.
-            LimiterKind::Quota => self.count(limiter, key, now_ms, Mode::Cluster, true),
+            LimiterKind::Quota => self.count(limiter, key, now_ms, Mode::Cluster, true, n),
         }
     }
 
-    fn count(&self, limiter: &Limiter, key: &str, now_ms: u64, mode: Mode, cluster: bool) -> Decision {
+    /// Settles a reservation [`Counters::hit_n`] made at `at_ms`: `delta` more units (or
+    /// fewer, when negative) in the window the reservation was counted in. A window that
+    /// has since been forgotten is left alone.
+    pub fn adjust(&self, limiter: &Limiter, key: &str, at_ms: u64, delta: i64) {
+        if delta == 0 || matches!(limiter.kind, LimiterKind::TokenBucket { .. }) {
+            return;
+        }
+        let w = limiter.period.index(at_ms);
+        let mut shard = self.shard(&limiter.id, key);
+        let Some(slot) = shard.windows.get_mut(&*limiter.id).and_then(|k| k.get_mut(key)) else {
+            return;
+        };
+        let i = match slot.window.checked_sub(w) {
+            Some(0) => 1,
+            Some(1) => 0,
+            _ => return,
+        };
+        let c = &mut slot.local[i];
+        *c = if delta < 0 {
+            c.saturating_sub(delta.unsigned_abs())
+        } else {
+            c.saturating_add(delta as u64)
+        };
+        slot.dirty = true;
+        slot.unreported |= !slot.period.slides();
+    }
+
+    fn count(
+        &self,
+        limiter: &Limiter,
+        key: &str,
+        now_ms: u64,
+        mode: Mode,
+        cluster: bool,
+        n: u64,
+    ) -> Decision {
         let period = limiter.period;
         let w = period.index(now_ms);
         let reset_ms = period.until_end(now_ms);
@@ -262,15 +303,15 @@ impl Counters {
         let (estimate, admitted) = self.with_slot(limiter, key, w, |slot| {
             slot.roll(w);
             let estimate = slot.estimate(now_ms, with_peers);
-            let admitted = estimate + 1.0 <= limit as f64;
+            let admitted = estimate + n as f64 <= limit as f64;
             if admitted {
-                slot.local[1] += 1;
+                slot.local[1] += n;
                 slot.dirty = true;
                 slot.unreported |= quota;
             }
             (estimate, admitted)
         });
-        let after = estimate + if admitted { 1.0 } else { 0.0 };
+        let after = estimate + if admitted { n as f64 } else { 0.0 };
         Decision {
             admitted,
             limit: limit.min(limiter.limit),

@@ -66,7 +66,13 @@ pub struct RouteStats {
     bytes_out: AtomicU64,
     allowed: AtomicU64,
     limited: AtomicU64,
+    /// AI calls: tokens by type ([`TOKEN_TYPES`]) and cost in nano-dollars.
+    tokens: [AtomicU64; 4],
+    cost_nanos: AtomicU64,
 }
+
+/// The `type` label of `tollgate_ai_tokens_total`, in the order [`RouteStats::ai_usage`] takes.
+pub const TOKEN_TYPES: [&str; 4] = ["input", "cached_input", "output", "reasoning"];
 
 /// What one finished call adds.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +95,8 @@ impl RouteStats {
             bytes_out: AtomicU64::new(0),
             allowed: AtomicU64::new(0),
             limited: AtomicU64::new(0),
+            tokens: Default::default(),
+            cost_nanos: AtomicU64::new(0),
         }
     }
 
@@ -100,6 +108,14 @@ impl RouteStats {
         }
         self.bytes_in.fetch_add(o.bytes_in, Relaxed);
         self.bytes_out.fetch_add(o.bytes_out, Relaxed);
+    }
+
+    /// What an AI call used: tokens in [`TOKEN_TYPES`] order, cost in USD.
+    pub fn ai_usage(&self, tokens: [u64; 4], cost: f64) {
+        for (t, n) in self.tokens.iter().zip(tokens) {
+            t.fetch_add(n, Relaxed);
+        }
+        self.cost_nanos.fetch_add((cost * 1e9).round() as u64, Relaxed);
     }
 
     /// A rate-limit decision on this route (only routes whose service has a limit).
@@ -279,6 +295,41 @@ impl Registry {
                         service_labels(labels)
                     );
                 }
+            }
+        }
+        header(
+            out,
+            "tollgate_ai_tokens_total",
+            "counter",
+            "Tokens of AI calls, by type (input includes cached_input, output includes reasoning).",
+        );
+        for (labels, routes) in &services {
+            for (t, name) in TOKEN_TYPES.iter().enumerate() {
+                let n: u64 = routes.iter().map(|r| r.tokens[t].load(Relaxed)).sum();
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_ai_tokens_total{{{},type=\"{name}\"}} {n}",
+                        service_labels(labels)
+                    );
+                }
+            }
+        }
+        header(
+            out,
+            "tollgate_ai_cost_usd_total",
+            "counter",
+            "Cost of AI calls in USD, from the models' prices.",
+        );
+        for (labels, routes) in &services {
+            let n: u64 = routes.iter().map(|r| r.cost_nanos.load(Relaxed)).sum();
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "tollgate_ai_cost_usd_total{{{}}} {}",
+                    service_labels(labels),
+                    n as f64 / 1e9
+                );
             }
         }
     }

@@ -95,6 +95,16 @@ impl Observer {
         record.latency = end.saturating_duration_since(record.started);
         record.bytes_in = received.map_or(0, |r| r.load(Relaxed));
         record.stats.observe(&record.observation());
+        if let Some(cell) = &record.ai {
+            let u = cell.lock().unwrap_or_else(|e| e.into_inner());
+            let tokens = [
+                u.input_tokens,
+                u.cached_input_tokens,
+                u.output_tokens,
+                u.reasoning_tokens,
+            ];
+            record.stats.ai_usage(tokens, u.cost);
+        }
         if let Some(queue) = &self.queue {
             if queue.try_send(Arc::new(record)).is_err() {
                 self.log.dropped.fetch_add(1, Relaxed);

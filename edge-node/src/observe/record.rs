@@ -5,8 +5,9 @@
 //! query string (it may carry one), request or answer headers and bodies, and an upstream
 //! target's user info.
 
+use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Uri};
@@ -21,6 +22,31 @@ pub struct Phase {
     pub start: Instant,
     pub end: Instant,
 }
+
+/// What an AI call used: filled in by the AI stage while the answer streams, read when the
+/// record is finished. Token counts are as the provider reported them (or estimated).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct AiUsage {
+    /// `provider/model` that answered (after any fallback).
+    pub model: String,
+    /// Every input token, cached ones included.
+    pub input_tokens: u64,
+    pub cached_input_tokens: u64,
+    /// Every output token, reasoning ones included.
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// USD, from the model's prices.
+    pub cost: f64,
+    /// From the request's arrival to the first token of the answer sent to the client.
+    pub ttft: Option<Duration>,
+    /// The provider reported no usage: the counts are the edge's estimate.
+    pub estimated: bool,
+    /// Providers (or keys) tried before this answer, 0 when the first one answered.
+    pub fallbacks: u32,
+}
+
+/// The shared slot of an AI call's usage.
+pub type AiCell = Arc<Mutex<AiUsage>>;
 
 /// What one call leaves behind.
 #[derive(Debug)]
@@ -51,6 +77,8 @@ pub struct CallRecord {
     pub remote: IpAddr,
     /// Timed phases, when the request is traced.
     pub phases: Vec<Phase>,
+    /// An AI call's usage.
+    pub ai: Option<AiCell>,
 }
 
 impl CallRecord {
@@ -106,6 +134,29 @@ impl CallRecord {
         field_raw(out, "bytes_out", |o| push_u64(o, self.bytes_out));
         let mut ip = IpText::default();
         field_str(out, "client_ip", Some(ip.format(self.remote)));
+        if let Some(cell) = &self.ai {
+            let u = cell.lock().unwrap_or_else(|e| e.into_inner());
+            field_str(out, "model", Some(&u.model));
+            for (name, n) in [
+                ("input_tokens", u.input_tokens),
+                ("cached_input_tokens", u.cached_input_tokens),
+                ("output_tokens", u.output_tokens),
+                ("reasoning_tokens", u.reasoning_tokens),
+            ] {
+                field_raw(out, name, |o| push_u64(o, n));
+            }
+            field_raw(out, "cost_usd", |o| {
+                let _ = write!(o, "{:.9}", u.cost);
+            });
+            match u.ttft {
+                Some(d) => field_raw(out, "ttft_ms", |o| push_ms(o, d)),
+                None => field_str(out, "ttft_ms", None),
+            }
+            field_raw(out, "estimated", |o| {
+                o.extend_from_slice(if u.estimated { b"true" } else { b"false" })
+            });
+            field_raw(out, "fallbacks", |o| push_u64(o, u64::from(u.fallbacks)));
+        }
         out.extend_from_slice(b"}\n");
     }
 

@@ -26,13 +26,13 @@ pub const KEEP_MINUTES: u64 = 3;
 /// Most rows held; past it, calls for new rows are dropped and counted.
 pub const MAX_ROWS: usize = 100_000;
 
-/// One minute of one route and status class, by app. Found by the route's stats pointer
+/// One minute of one route and status class, by app and model (empty for a REST call). Found by the route's stats pointer
 /// (held here, so it stays unique) rather than by building the row's key per call; the
 /// routes of a service are merged into its rows when reported.
 #[derive(Debug)]
 struct Group {
     stats: Arc<RouteStats>,
-    apps: HashMap<String, (Value, bool)>,
+    apps: HashMap<(String, String), (Value, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +69,10 @@ impl Rollups {
         let minute = r.time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 60);
         let class = status_class(r.status) as u8;
         let app = r.app.as_deref().unwrap_or_default();
+        let ai =
+            r.ai.as_ref()
+                .map(|cell| cell.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        let model = ai.as_ref().map_or("", |u| u.model.as_str());
         let mut rows = self.rows();
         let Rows { groups, held } = &mut *rows;
         let group = groups
@@ -77,7 +81,12 @@ impl Rollups {
                 stats: r.stats.clone(),
                 apps: HashMap::new(),
             });
-        let (value, dirty) = match group.apps.get_mut(app) {
+        let found = group
+            .apps
+            .iter_mut()
+            .find(|((a, m), _)| a == app && m == model)
+            .map(|(_, row)| row);
+        let (value, dirty) = match found {
             Some(row) => row,
             None if *held >= MAX_ROWS => {
                 self.dropped.fetch_add(1, Relaxed);
@@ -85,13 +94,21 @@ impl Rollups {
             }
             None => {
                 *held += 1;
-                group.apps.entry(app.to_string()).or_default()
+                group
+                    .apps
+                    .entry((app.to_string(), model.to_string()))
+                    .or_default()
             }
         };
         value.requests += 1;
         value.latency.add(r.latency.as_secs_f64() * 1e6);
         value.bytes_in += r.bytes_in;
         value.bytes_out += r.bytes_out;
+        if let Some(u) = &ai {
+            value.input_tokens += u.input_tokens;
+            value.output_tokens += u.output_tokens;
+            value.cost += u.cost;
+        }
         *dirty = true;
     }
 
@@ -111,12 +128,12 @@ impl Rollups {
         let mut merged: BTreeMap<(u64, Key), (Value, bool)> = BTreeMap::new();
         for ((minute, _, class), g) in groups.iter_mut() {
             let l = &g.stats.labels;
-            for (app, (value, dirty)) in g.apps.iter_mut() {
+            for ((app, model), (value, dirty)) in g.apps.iter_mut() {
                 let key = Key {
                     tenant: l.tenant.to_string(),
                     service: l.service.to_string(),
                     app: app.clone(),
-                    model: String::new(),
+                    model: model.clone(),
                     status_class: STATUS_CLASSES[*class as usize].into(),
                 };
                 let row = merged.entry((*minute, key)).or_default();
@@ -139,11 +156,12 @@ impl Rollups {
         let mut rows = self.rows();
         for ((minute, _, class), g) in rows.groups.iter_mut() {
             let l = &g.stats.labels;
-            for (app, (_, dirty)) in g.apps.iter_mut() {
+            for ((app, model), (_, dirty)) in g.apps.iter_mut() {
                 *dirty |= sent.iter().any(|r| {
                     r.minute == *minute
                         && r.status_class == STATUS_CLASSES[*class as usize]
                         && r.app == *app
+                        && r.model == *model
                         && *r.service == *l.service
                         && *r.tenant == *l.tenant
                 });

@@ -40,5 +40,6 @@ pub fn record(status: u16) -> CallRecord {
             start: started,
             end: started + Duration::from_millis(2),
         }],
+        ai: None,
     }
 }

@@ -20,7 +20,7 @@ use http::{HeaderValue, Method, Uri};
 use crate::consumer::Consumer;
 use crate::error::ProxyError;
 use crate::observe::metrics::RouteStats;
-use crate::observe::record::Phase;
+use crate::observe::record::{AiCell, Phase};
 use crate::observe::trace::TraceContext;
 use crate::phases::cors::CorsReply;
 use crate::phases::ratelimit::LimitHeaders;
@@ -63,6 +63,8 @@ pub struct RequestCtx {
     /// to answer (all attempts, until the answer head).
     pub upstream: Option<Arc<str>>,
     pub upstream_latency: Option<Duration>,
+    /// Phase AI: what the call used, filled in while its answer streams.
+    pub ai: Option<AiCell>,
 }
 
 /// What routing found.
@@ -103,6 +105,7 @@ impl RequestCtx {
             traceparent: None,
             upstream: None,
             upstream_latency: None,
+            ai: None,
         }
     }
 

@@ -131,13 +131,30 @@ impl Policies {
                     .add_quota(&service.tenant, p, q)
                     .map_err(|m| format!("policies[{i}]: {m}"))?;
             }
+            if let Some(t) = &p.token_limit {
+                if service.ai.is_none() {
+                    return Err(format!(
+                        "policies[{i}]: policy {}/{pname} is a token_limit, which applies to AI services only",
+                        service.tenant
+                    ));
+                }
+                out.rate_limits
+                    .add_token_limit(&service.tenant, p, t)
+                    .map_err(|m| format!("policies[{i}]: {m}"))?;
+            }
             let unsupported: Vec<&str> = p
                 .kinds_set()
                 .into_iter()
                 .filter(|k| {
                     !matches!(
                         *k,
-                        "headers" | "request_size" | "ip_filter" | "cors" | "rate_limit" | "quota"
+                        "headers"
+                            | "request_size"
+                            | "ip_filter"
+                            | "cors"
+                            | "rate_limit"
+                            | "quota"
+                            | "token_limit"
                     )
                 })
                 .collect();
@@ -233,13 +250,13 @@ mod tests {
     }
 
     #[test]
-    fn policy_kinds_this_edge_cannot_enforce_do_not_compile() {
+    fn token_limits_apply_to_ai_services_only() {
         let err = compile(&format!(
             "{SVC}policies: [{{name: a, tenant: t, token_limit: {{tokens_per_minute: 1}}}}, {{name: b, tenant: t, request_size: {{max_bytes: 1}}}}]"
         ))
         .unwrap_err();
         assert!(
-            err.contains("policy t/a (token_limit) cannot be enforced"),
+            err.contains("policy t/a is a token_limit, which applies to AI services only"),
             "{err}"
         );
     }

@@ -12,16 +12,22 @@
 //! `month/...`): edges with the same policy share its counts, and changing a policy's limit,
 //! window or key starts afresh. A quota counts per UTC calendar day or month; its counts
 //! are also recorded on the control plane, so they outlive edge restarts.
+//!
+//! `token_limit` policies compile here too (their keys are computed like every limit's),
+//! but they are not decided in this phase: the AI stage reserves and settles them
+//! (`ai/limit.rs`), because only it knows the model, its prices and the tokens used. Their
+//! ids end in `#tokens` or `#usd`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tollgate_proto::model::{
-    LimitAlgorithm, LimitScope, OnStoreFailure, Policy, Quota, QuotaPeriod, RateLimit,
+    LimitAlgorithm, LimitScope, OnStoreFailure, Policy, Quota, QuotaPeriod, RateLimit, TokenLimit,
 };
 use tollgate_proto::validate::LimitKeyOf;
 
+use crate::ai::limit::{TokenBudget, Unit};
 use crate::consumer::Consumer;
 use crate::counters::peers::Peers;
 use crate::counters::{unix_ms, Decision, Limiter, LimiterKind, Period};
@@ -129,10 +135,18 @@ struct Limit {
     on_failure: OnStoreFailure,
 }
 
+/// One budget of a compiled `token_limit` policy.
+#[derive(Clone, Debug)]
+struct TokenLimitEntry {
+    limit: Limit,
+    unit: Unit,
+}
+
 /// A service's rate limits, in the order it names them.
 #[derive(Clone, Debug, Default)]
 pub struct RateLimits {
     limits: Vec<Limit>,
+    tokens: Vec<TokenLimitEntry>,
 }
 
 /// The headers an answer carries for the tightest limit.
@@ -197,6 +211,53 @@ impl RateLimits {
         self.push(limiter, &q.key, OnStoreFailure::LocalShare)
     }
 
+    /// Adds `p`'s `token_limit`: one budget per field it sets.
+    pub fn add_token_limit(&mut self, tenant: &str, p: &Policy, t: &TokenLimit) -> Result<(), String> {
+        let key = KeyOf::parse(&t.key)?;
+        let usd = |v: f64| (v * 1e6).round() as u64;
+        let budgets = [
+            (t.tokens_per_minute, Period::Window(60_000), Unit::Tokens),
+            (t.tokens_per_day, Period::Day, Unit::Tokens),
+            (t.cost_per_day.map(usd), Period::Day, Unit::MicroUsd),
+            (t.cost_per_month.map(usd), Period::Month, Unit::MicroUsd),
+        ];
+        for (limit, period, unit) in budgets {
+            let Some(limit) = limit else { continue };
+            let kind = match period {
+                Period::Window(_) => LimiterKind::SlidingWindow { cluster: true },
+                _ => LimiterKind::Quota,
+            };
+            let mut limiter = limiter(tenant, p, limit, period, &t.key, kind);
+            let suffix = match unit {
+                Unit::Tokens => "#tokens",
+                Unit::MicroUsd => "#usd",
+            };
+            limiter.id = Arc::from(format!("{}{suffix}", limiter.id));
+            self.tokens.push(TokenLimitEntry {
+                limit: Limit {
+                    limiter,
+                    key: key.clone(),
+                    on_failure: OnStoreFailure::LocalShare,
+                },
+                unit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The token budgets of a call, with the caller's keys.
+    pub fn token_budgets(&self, caller: &Caller<'_>, peers: &Peers) -> Vec<TokenBudget> {
+        self.tokens
+            .iter()
+            .map(|t| TokenBudget {
+                limiter: t.limit.limiter.clone(),
+                key: caller.key(&t.limit.key),
+                unit: t.unit,
+                mode: peers.share(t.limit.on_failure),
+            })
+            .collect()
+    }
+
     fn push(&mut self, limiter: Limiter, key: &str, on_failure: OnStoreFailure) -> Result<(), String> {
         self.limits.push(Limit {
             limiter,
@@ -208,13 +269,16 @@ impl RateLimits {
 
     /// The policies by id, for `/limits` and `/metrics`: (id, cluster scope).
     pub fn ids(&self) -> impl Iterator<Item = (&Arc<str>, bool)> + '_ {
-        self.limits.iter().map(|l| {
-            let cluster = matches!(
-                l.limiter.kind,
-                LimiterKind::SlidingWindow { cluster: true } | LimiterKind::Quota
-            );
-            (&l.limiter.id, cluster)
-        })
+        self.limits
+            .iter()
+            .chain(self.tokens.iter().map(|t| &t.limit))
+            .map(|l| {
+                let cluster = matches!(
+                    l.limiter.kind,
+                    LimiterKind::SlidingWindow { cluster: true } | LimiterKind::Quota
+                );
+                (&l.limiter.id, cluster)
+            })
     }
 
     /// Counts the request against every limit; `Err(RateLimited)` if one refuses (what the

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use http::HeaderValue;
 use tollgate_proto::model::{Approval, AuthKind, Policy, ResourceKey, Service, ServiceState};
 
+use crate::ai::provider::Provider;
+use crate::ai::AiService;
 use crate::observe::metrics::RouteStats;
 use crate::phases::policy::Policies;
 use crate::upstream::UpstreamPool;
@@ -15,8 +17,8 @@ use crate::upstream::UpstreamPool;
 #[derive(Debug)]
 pub enum Backend {
     Upstream(Arc<UpstreamPool>),
-    /// An AI service (the AI gateway comes later).
-    Ai,
+    /// An AI service: the unified OpenAI-compatible surface, or a prompt API.
+    Ai(Arc<AiService>),
 }
 
 /// What a route leads to: its service, and the route's request metrics.
@@ -47,6 +49,7 @@ impl ServiceEntry {
     pub fn compile(
         s: &Service,
         upstreams: &HashMap<(&str, &str), Arc<UpstreamPool>>,
+        providers: &HashMap<(&str, &str), Arc<Provider>>,
         policies: &HashMap<(&str, &str), &Policy>,
     ) -> Result<ServiceEntry, String> {
         let backend = match (&s.upstream, &s.ai) {
@@ -59,7 +62,7 @@ impl ServiceEntry {
                     ));
                 }
             },
-            (None, Some(_)) => Backend::Ai,
+            (None, Some(ai)) => Backend::Ai(Arc::new(AiService::compile(&s.tenant, ai, providers)?)),
             (None, None) => return Err("upstream: a service needs an upstream (or ai)".into()),
         };
         let sunset = match &s.sunset {

@@ -241,9 +241,9 @@ async fn refusals_are_json_with_the_right_code() {
     expect_error(p, empty(get("/gone")), StatusCode::FORBIDDEN, "api_retired").await;
     expect_error(
         p,
-        empty(get("/llm/v1/models")),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "not_implemented",
+        empty(get("/llm/v1/nope")),
+        StatusCode::NOT_FOUND,
+        "unknown_endpoint",
     )
     .await;
     expect_error(

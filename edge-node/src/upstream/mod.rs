@@ -12,6 +12,7 @@ pub mod connector;
 pub mod dispatch;
 pub mod endpoint;
 pub mod forward;
+pub mod guarded;
 pub mod health;
 pub mod target;
 
