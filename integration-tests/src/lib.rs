@@ -111,6 +111,40 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     tollgate_testkit::raw::send(addr, "GET", path, &[], b"").map(|r| (r.status, r.body))
 }
 
+/// The path of `name` on `PATH`; panics with `how` to install it when missing.
+pub fn program(name: &str, how: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("`{name}` is not installed: {how} (.ci/run does)"))
+}
+
+/// A script of `tools/`, as a path.
+pub fn tool(script: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools").join(script)
+}
+
+/// Starts the Python server `tools/<script>` with `args` (its log in `dir`) and waits for its
+/// `listening 127.0.0.1:PORT` line; `missing` says which package to install when Python
+/// cannot import one.
+pub fn python_server(dir: &Path, script: &str, args: &[String], missing: &str) -> (Proc, u16) {
+    let python = program("python3", "install Python 3");
+    let log = dir.join(format!("{script}.log"));
+    let mut all = vec!["-u".to_string(), tool(script).display().to_string()];
+    all.extend_from_slice(args);
+    let proc = Proc::spawn_program(&python, script, &all, log.clone(), dir);
+    let port = wait_for(&format!("{script} to listen"), Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        assert!(!text.contains("ModuleNotFoundError"), "{missing}: {text}");
+        let line = text.lines().find(|l| l.starts_with("listening "))?;
+        line.rsplit(':').next()?.trim().parse().ok()
+    });
+    (proc, port)
+}
+
 /// A process that is killed (SIGKILL) when dropped.
 pub struct Proc {
     pub name: String,

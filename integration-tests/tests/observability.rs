@@ -5,12 +5,14 @@
 //! log records and metrics the edge exports, carrying the trace id the client sent; the call
 //! log stays under its bound through a load run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_integration_tests::edge::{EdgeNode, Upstream};
-use tollgate_integration_tests::{free_port, http_get, loopback, wait_for, Proc, Sandbox};
+use tollgate_integration_tests::{
+    free_port, http_get, loopback, program, python_server, wait_for, Proc, Sandbox,
+};
 
 fn config(upstream: &str) -> String {
     format!(
@@ -81,16 +83,6 @@ fn start_edge(sb: &Sandbox, name: &str, args: &[String]) -> EdgeNode {
 }
 
 /// A program from PATH; the error says how to get it.
-fn program(name: &str, how: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| panic!("`{name}` is not installed: {how} (.ci/run does)"))
-}
-
 fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -252,30 +244,12 @@ fn a_real_prometheus_scrapes_the_exact_counts_and_the_call_log_stays_bounded() {
 
 /// The OTLP receiver on the official protobuf definitions, writing what it decodes to `out`.
 fn otlp_receiver(dir: &Path, out: &Path) -> (Proc, u16) {
-    let python = program("python3", "install Python 3");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/otlp_receiver.py");
-    let log = dir.join("otlp-receiver.log");
-    let proc = Proc::spawn_program(
-        &python,
-        "otlp receiver",
-        &[
-            "-u".into(),
-            script.display().to_string(),
-            out.display().to_string(),
-        ],
-        log.clone(),
+    python_server(
         dir,
-    );
-    let port = wait_for("the otlp receiver to listen", Duration::from_secs(20), || {
-        let text = std::fs::read_to_string(&log).ok()?;
-        assert!(
-            !text.contains("ModuleNotFoundError"),
-            "pip install opentelemetry-proto (.ci/run does): {text}"
-        );
-        let line = text.lines().find(|l| l.starts_with("listening "))?;
-        line.rsplit(':').next()?.trim().parse().ok()
-    });
-    (proc, port)
+        "otlp_receiver.py",
+        &[out.display().to_string()],
+        "pip install opentelemetry-proto (.ci/run does)",
+    )
 }
 
 fn decoded(out: &Path) -> Vec<Value> {

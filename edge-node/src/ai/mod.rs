@@ -317,7 +317,10 @@ async fn chat(
         _ => return Err(AiError::bad_request("messages: a non-empty list is required")),
     }
     let stream = req.get("stream") == Some(&Value::Bool(true));
-    let include_usage = stream && req["stream_options"]["include_usage"] == Value::Bool(true);
+    let include_usage = stream
+        && req
+            .get("stream_options")
+            .is_some_and(|o| o["include_usage"] == Value::Bool(true));
     if !stream {
         req.remove("stream_options");
     }
@@ -419,8 +422,13 @@ async fn chat(
                     .and_then(|v| v.trim().parse::<u64>().ok());
                 let text = read_error(resp, p).await;
                 tracing::warn!(provider = %p.name, status = status.as_u16(), "the provider refused the call");
+                // Gemini answers a bad key 400 INVALID_ARGUMENT ("API key not valid").
+                let refused = matches!(status.as_u16(), 401 | 403)
+                    || (p.dialect == Dialect::Gemini
+                        && status == StatusCode::BAD_REQUEST
+                        && text.contains("API key"));
                 match status.as_u16() {
-                    401 | 403 => {
+                    _ if refused => {
                         if let Some(k) = key {
                             p.rest(k, provider::REFUSED_REST);
                         }
