@@ -59,12 +59,14 @@ services:
   - {{name: llm, tenant: acme, auth: [api_key], ai: {{models: ["oa/*", "an/*", "gm/*", "ol/*", "pool/*"]}}, routes: [{{paths: [/llm]}}]}}
   - {{name: fb, tenant: acme, auth: [api_key], ai: {{models: ["down/gpt-x"], fallback: ["an/claude-x"]}}, routes: [{{paths: [/fb]}}]}}
   - {{name: budget, tenant: acme, auth: [api_key], policies: [budget], ai: {{models: ["oa/*"]}}, routes: [{{paths: [/budget]}}]}}
+  - {{name: slow, tenant: acme, auth: [api_key], ai: {{models: ["an/*"], keepalive: 200ms}}, routes: [{{paths: [/slow]}}]}}
   - {{name: sentiment, tenant: acme, auth: [api_key], routes: [{{paths: ["=/sentiment"]}}],
      ai: {{model: oa/gpt-x, prompt: {{template: "Classify the sentiment of: {{{{text}}}}", variables: [{{name: text, required: true}}]}}}}}}
 subscriptions:
   - {{app: shop, service: llm, tenant: acme, status: approved}}
   - {{app: shop, service: fb, tenant: acme, status: approved}}
   - {{app: shop, service: budget, tenant: acme, status: approved}}
+  - {{app: shop, service: slow, tenant: acme, status: approved}}
   - {{app: shop, service: sentiment, tenant: acme, status: approved}}
 "#
     )
@@ -125,11 +127,15 @@ fn setup() -> World {
 impl World {
     /// Runs `ops` through the official SDK against the AI service at `prefix`.
     fn sdk(&self, prefix: &str, ops: &Value) -> Vec<Value> {
+        self.sdk_with_key(prefix, &self.key, ops)
+    }
+
+    fn sdk_with_key(&self, prefix: &str, key: &str, ops: &Value) -> Vec<Value> {
         let python = program("python3", "install Python 3");
         let base = format!("http://{}{prefix}/v1", self.edge.proxy);
         let mut child = Command::new(python)
             .arg(tool("openai_client.py"))
-            .args([&base, &self.key])
+            .args([&base, key])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -243,6 +249,7 @@ fn every_provider_kind_answers_the_openai_sdk_with_its_usage_and_cost() {
     ops.push(json!({"op": "chat", "model": "zz/nothing", "messages": user("hi")}));
     ops.push(json!({"op": "chat", "model": "oa/gpt-x", "messages": user("hi [[status:500]]")}));
     ops.push(json!({"op": "stream", "model": "an/claude-x", "messages": user("break off soon [[drop:3]]")}));
+    ops.push(json!({"op": "stream", "model": "oa/gpt-x", "messages": user("count nothing [[nousage]]")}));
     let results = w.sdk("/llm", &Value::Array(ops));
 
     for (i, (model, kind, _)) in MODELS.iter().enumerate() {
@@ -313,20 +320,45 @@ fn every_provider_kind_answers_the_openai_sdk_with_its_usage_and_cost() {
         "a broken stream raises: {}",
         results[n + 3]
     );
+    // No usage from the provider: the usage chunk still comes, estimated.
+    let estimated = &results[n + 4];
+    assert_eq!(estimated["usage_chunks"], 1, "{estimated}");
+    assert!(
+        estimated["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{estimated}"
+    );
+    // Errors before the AI stage are in OpenAI's shape too.
+    let unauthenticated = w.sdk_with_key("/llm", "tgk_000000000000_nope", &json!([{"op": "models"}]));
+    assert_eq!(
+        unauthenticated[0]["error"], "AuthenticationError",
+        "{unauthenticated:?}"
+    );
+    assert_eq!(unauthenticated[0]["code"], "invalid_credential");
 
     // Each call's record: the mock's counts, and the cost from the price table.
-    let records = w.ai_records(n + 1);
+    let records = w.ai_records(n + 2);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["estimated"] == true && r["model"] == "oa/gpt-x"),
+        "the stream without usage is marked estimated"
+    );
     for (model, kind, prices) in MODELS {
         let mine: Vec<&Value> = records.iter().filter(|r| r["model"] == model).collect();
-        // Four calls each (Anthropic's fifth is the stream that broke off).
+        // Four calls each; Anthropic's fifth is the stream that broke off, and
+        // OpenAI's fifth the stream without usage.
         assert_eq!(
             mine.len(),
-            if kind == "anthropic" { 5 } else { 4 },
+            if kind == "anthropic" || model == "oa/gpt-x" {
+                5
+            } else {
+                4
+            },
             "{model}: {mine:?}"
         );
         // Anthropic reports thinking tokens inside output_tokens, not apart.
         let reasoning = if kind == "anthropic" { 0 } else { 3 };
-        for r in &mine[..2] {
+        for r in mine.iter().take(2) {
             let n = |k: &str| r[k].as_u64().unwrap();
             assert_eq!(
                 (
@@ -512,4 +544,58 @@ fn budgets_fallbacks_key_pools_and_prompt_apis() {
     let err: Value = serde_json::from_str(&missing.body).unwrap();
     assert_eq!(err["error"]["message"], "variables.text: required");
     assert_eq!(err["error"]["type"], "invalid_request_error");
+}
+
+/// Sends `body` to `path` and reads the answer as it arrives: (milliseconds since the
+/// request was sent, bytes) for every read, until the edge closes the connection.
+fn timed_read(w: &World, path: &str, body: &Value) -> Vec<(u128, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(w.edge.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: edge\r\napikey: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        w.key,
+        body.len()
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut reads = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reads.push((
+                started.elapsed().as_millis(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            )),
+        }
+    }
+    reads
+}
+
+#[test]
+fn streams_are_forwarded_as_they_arrive_with_keep_alives_in_long_silences() {
+    let w = setup();
+    // Two words at most, 300 ms between the provider's events, keep-alive after 200 ms.
+    let body = json!({"model": "an/claude-x", "stream": true, "max_tokens": 2,
+        "messages": [{"role": "user", "content": "slowly [[gap:300]]"}]});
+    let reads = timed_read(&w, "/slow/v1/chat/completions", &body);
+    let all: String = reads.iter().map(|(_, t)| t.as_str()).collect();
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(all.contains(": keep-alive"), "no keep-alive in {all}");
+    assert!(all.contains("data: [DONE]"), "{all}");
+    let first_word = reads
+        .iter()
+        .find(|(_, t)| t.contains("\"content\":\"Hello"))
+        .expect("the first word")
+        .0;
+    let done = reads.iter().find(|(_, t)| t.contains("[DONE]")).unwrap().0;
+    // Several provider events (each 300 ms apart) come after the first word: had the edge
+    // buffered, both would arrive together.
+    assert!(
+        done - first_word >= 600,
+        "first word at {first_word} ms, end at {done} ms: {reads:?}"
+    );
 }

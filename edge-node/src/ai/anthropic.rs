@@ -443,6 +443,7 @@ mod tests {
             text_chars: 0,
             answered: false,
             finished: false,
+            prompt_chars: 0,
         };
         let mut t = Stream::default();
         for (name, data) in [

@@ -172,6 +172,7 @@ mod tests {
             text_chars: 0,
             answered: false,
             finished: false,
+            prompt_chars: 0,
         }
     }
 

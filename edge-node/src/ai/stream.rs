@@ -41,12 +41,30 @@ pub struct StreamState {
     pub answered: bool,
     /// The translator is done: nothing more is read from the provider.
     pub finished: bool,
+    /// Characters of the request's messages, for an estimate when no usage comes.
+    pub prompt_chars: usize,
 }
 
 impl StreamState {
-    /// Ends the stream the way OpenAI does: the usage chunk when asked for, then `[DONE]`.
+    /// What was used: the provider's count, or an estimate (`true`) when it sent none.
+    pub fn tokens(&self) -> (Tokens, bool) {
+        match self.usage {
+            Some(t) => (t, false),
+            None => (
+                Tokens {
+                    input: estimate(self.prompt_chars),
+                    output: estimate(self.text_chars),
+                    ..Tokens::default()
+                },
+                true,
+            ),
+        }
+    }
+
+    /// Ends the stream the way OpenAI does: the usage chunk when asked for (estimated when
+    /// the provider counted nothing), then `[DONE]`.
     pub fn done(&mut self) {
-        let usage = self.usage.unwrap_or_default();
+        let (usage, _) = self.tokens();
         self.chunks.usage(&mut self.out, usage);
         sse::data(&mut self.out, "[DONE]");
         self.finished = true;
@@ -85,8 +103,6 @@ pub struct Translated {
     cell: AiCell,
     price: Price,
     started: Instant,
-    /// Characters of the request's messages, for an estimate.
-    prompt_chars: usize,
     settle: Option<Settle>,
     keepalive: Pin<Box<Sleep>>,
     interval: Duration,
@@ -116,13 +132,13 @@ impl Translated {
                 text_chars: 0,
                 answered: false,
                 finished: false,
+                prompt_chars,
             },
             pending: VecDeque::new(),
             done: false,
             cell,
             price,
             started,
-            prompt_chars,
             settle,
             keepalive: Box::pin(tokio::time::sleep(interval)),
             interval,
@@ -130,17 +146,7 @@ impl Translated {
     }
 
     fn tokens(&self) -> (Tokens, bool) {
-        match self.state.usage {
-            Some(t) => (t, false),
-            None => (
-                Tokens {
-                    input: estimate(self.prompt_chars),
-                    output: estimate(self.state.text_chars),
-                    ..Tokens::default()
-                },
-                true,
-            ),
-        }
+        self.state.tokens()
     }
 
     /// Notes what the translator wrote: bytes to send, usage, the first token.
