@@ -220,20 +220,25 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 /// any problem is logged and the file ignored as a whole. `clients` goes there and back.
 async fn load_last_known_good(
     dir: &Path,
+    key: Arc<lkg::LkgKey>,
     clients: Retained,
 ) -> (Retained, Option<(Arc<ConfigState>, Snapshot)>) {
     let owned = dir.to_path_buf();
     let done = tokio::task::spawn_blocking(move || {
         let mut clients = clients;
-        let loaded = compile_last_known_good(&owned, &mut clients);
+        let loaded = compile_last_known_good(&owned, &key, &mut clients);
         (clients, loaded)
     })
     .await;
     done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
-fn compile_last_known_good(dir: &Path, clients: &mut Retained) -> Option<(Arc<ConfigState>, Snapshot)> {
-    let state = match lkg::load(dir) {
+fn compile_last_known_good(
+    dir: &Path,
+    key: &lkg::LkgKey,
+    clients: &mut Retained,
+) -> Option<(Arc<ConfigState>, Snapshot)> {
+    let state = match lkg::load(dir, key) {
         Ok(Some(state)) => state,
         Ok(None) => {
             tracing::info!(data_dir = %dir.display(), "no last-known-good config; waiting for the control plane");
@@ -303,7 +308,11 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
         stats: registry,
         ..Retained::default()
     };
-    let (clients, loaded) = load_last_known_good(&opts.data_dir, kept).await;
+    let lkg_key = Arc::new(
+        lkg::LkgKey::for_edge(opts.join_token.as_deref(), &opts.data_dir)
+            .context("the last-known-good key")?,
+    );
+    let (clients, loaded) = load_last_known_good(&opts.data_dir, lkg_key.clone(), kept).await;
     let initial = match loaded {
         Some((state, snapshot)) => {
             shared.install(Arc::new(snapshot));
@@ -359,6 +368,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             proxy_addr: proxy_addr.to_string(),
             peer_addr: opts.peer_advertise.unwrap_or(peer_addr).to_string(),
             data_dir: opts.data_dir.clone(),
+            lkg_key,
             join_token: opts.join_token.clone(),
             tls: cluster_tls,
         },

@@ -395,7 +395,8 @@ fn r_model_is(r: &Value, model: &str) -> bool {
         .is_some_and(|m| m.starts_with(model.split_once('/').unwrap().0))
 }
 
-/// No provider key in any log, call record or metric (the mock's own log aside).
+/// No provider key in any log, call record, metric or data file (the CP's sled store, the
+/// edge's sealed last-known-good config); the mock's own log aside.
 fn assert_no_provider_key(w: &World, metrics: &str) {
     let (_, cp_metrics) = http_get(w.sb.nodes[0].http, "/metrics").unwrap();
     let mut texts = vec![
@@ -405,7 +406,7 @@ fn assert_no_provider_key(w: &World, metrics: &str) {
     collect_files(w.sb.dir.path(), &mut texts);
     let mut checked = 0;
     for (name, text) in &texts {
-        if name.ends_with("mock_llm.py.log") || name.ends_with("lkg.json") {
+        if name.ends_with("mock_llm.py.log") {
             continue;
         }
         checked += 1;
@@ -415,6 +416,11 @@ fn assert_no_provider_key(w: &World, metrics: &str) {
         }
     }
     assert!(checked >= 4, "{texts:?}");
+    let lkg = texts.iter().find(|(name, _)| name.ends_with("lkg.json"));
+    assert!(
+        lkg.is_some_and(|(_, text)| text.contains("\"sealed\"")),
+        "the edge saved its sealed config"
+    );
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<(String, String)>) {

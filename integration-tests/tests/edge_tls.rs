@@ -295,7 +295,8 @@ async fn https_upstreams_are_reached_only_when_their_certificate_verifies() {
 }
 
 /// The private keys never show in `get certificate` or `export` (only the name of their
-/// secret does), and the edge keeps the config it holds them in (`lkg.json`) owner-only.
+/// secret does), and the edge keeps the config it holds them in (`lkg.json`) sealed and
+/// owner-only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_keys_never_show_in_get_or_export_and_stay_owner_only_on_the_edge() {
     let f = fixture().await;
@@ -323,6 +324,9 @@ async fn private_keys_never_show_in_get_or_export_and_stay_owner_only_on_the_edg
     }
     #[cfg(not(unix))]
     assert!(meta.is_file(), "{}", lkg.display());
+    let text = std::fs::read_to_string(&lkg).unwrap();
+    assert!(text.contains("\"sealed\""), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "lkg.json holds a private key in the clear");
 }
 
 /// Rotation: a new key, then its certificate. Between the two the edge refuses the

@@ -130,6 +130,8 @@ pub struct StreamConfig {
     pub proxy_addr: String,
     pub peer_addr: String,
     pub data_dir: PathBuf,
+    /// Seals the last-known-good file.
+    pub lkg_key: Arc<lkg::LkgKey>,
     pub join_token: Option<String>,
     /// mTLS towards the control planes (`https://` URLs); `None`: plaintext.
     pub tls: Option<ClusterTls>,
@@ -351,8 +353,9 @@ impl StreamClient {
 
     async fn persist(&self, state: Arc<ConfigState>) {
         let dir = self.cfg.data_dir.clone();
+        let key = self.cfg.lkg_key.clone();
         let version = state.version;
-        match tokio::task::spawn_blocking(move || lkg::save(&dir, &state)).await {
+        match tokio::task::spawn_blocking(move || lkg::save(&dir, &key, &state)).await {
             Ok(Ok(())) => tracing::debug!(version, "last-known-good config saved"),
             Ok(Err(e)) => {
                 tracing::warn!(version, error = %e, "cannot save the last-known-good config")
