@@ -69,7 +69,7 @@ pub struct ExportArgs {
 
 #[derive(Args)]
 pub struct GetArgs {
-    /// tenant, upstream, service, policy, app, subscription, jwt_issuer, oauth2_introspection, ai_provider, certificate, api_key, secret
+    /// tenant, upstream, service, policy, app, subscription, jwt_issuer, oauth2_introspection, ai_provider, certificate, api_key, secret; or `openapi SERVICE`: the service's OpenAPI 3.1 document, generated (JSON unless -o yaml)
     kind: String,
     name: Option<String>,
     #[arg(long, env = "TOLLGATE_TENANT")]
@@ -338,6 +338,36 @@ struct ResourceOut {
 }
 
 /// One-line summary of a resource for tables.
+/// `get openapi SERVICE`: the document generated from the service's spec.
+async fn get_openapi(g: &Global, a: GetArgs) -> CliResult {
+    let (Some(name), Some(tenant)) = (a.name, a.tenant) else {
+        return Err(Failure::other("usage: tollgate get openapi SERVICE --tenant T"));
+    };
+    let mut client = connect(g).await?;
+    let r = client
+        .get(GetRequest {
+            kind: "service".into(),
+            tenant,
+            name,
+        })
+        .await?
+        .into_inner();
+    let [res] = &r.resources[..] else {
+        return Err(Failure::other(format!(
+            "expected one service, the control plane answered {}",
+            r.resources.len()
+        )));
+    };
+    let svc: tollgate_proto::model::Service = serde_json::from_str(&res.spec_json)
+        .map_err(|e| Failure::other(format!("malformed service {}: {e}", res.name)))?;
+    let doc = tollgate_proto::openapi::for_service(&svc);
+    match g.output {
+        crate::Format::Yaml => print(g.output, &doc, String::new),
+        _ => print(crate::Format::Json, &doc, String::new),
+    }
+    Ok(())
+}
+
 fn describe(kind: &str, spec: &serde_json::Value) -> String {
     let s = |k: &str| spec.get(k).and_then(|v| v.as_str()).unwrap_or("").to_string();
     match kind {
@@ -396,6 +426,9 @@ impl IfEmpty for String {
 }
 
 pub async fn get(g: &Global, a: GetArgs) -> CliResult {
+    if a.kind == "openapi" {
+        return get_openapi(g, a).await;
+    }
     let mut client = connect(g).await?;
     let r = client
         .get(GetRequest {

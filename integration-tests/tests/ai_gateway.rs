@@ -550,6 +550,36 @@ fn budgets_fallbacks_key_pools_and_prompt_apis() {
     let err: Value = serde_json::from_str(&missing.body).unwrap();
     assert_eq!(err["error"]["message"], "variables.text: required");
     assert_eq!(err["error"]["type"], "invalid_request_error");
+
+    // Its OpenAPI document, generated, and valid by a third-party validator.
+    let out =
+        w.sb.cli(0, &["get", "openapi", "sentiment", "--tenant", "acme"])
+            .ok();
+    let doc: Value = serde_json::from_str(&out.stdout).unwrap();
+    let variables = &doc["paths"]["/sentiment"]["post"]["requestBody"]["content"]["application/json"]
+        ["schema"]["properties"]["variables"];
+    assert_eq!(variables["required"], json!(["text"]), "{doc}");
+    assert_eq!(variables["properties"]["text"]["type"], "string", "{doc}");
+    let file = w.sb.dir.path().join("sentiment.openapi.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let check = Command::new(program("python3", "install Python 3"))
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import validate\n\
+             validate(json.load(open(sys.argv[1])))\n\
+             print('valid')",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success() && String::from_utf8_lossy(&check.stdout).contains("valid"),
+        "the generated document is not valid OpenAPI (pip install openapi-spec-validator): {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let missing = w.sb.cli(0, &["get", "openapi", "nope", "--tenant", "acme"]);
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
 }
 
 /// Sends `body` to `path` and reads the answer as it arrives: (milliseconds since the

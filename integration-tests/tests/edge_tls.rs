@@ -326,7 +326,10 @@ async fn private_keys_never_show_in_get_or_export_and_stay_owner_only_on_the_edg
     assert!(meta.is_file(), "{}", lkg.display());
     let text = std::fs::read_to_string(&lkg).unwrap();
     assert!(text.contains("\"sealed\""), "{text}");
-    assert!(!text.contains("PRIVATE KEY"), "lkg.json holds a private key in the clear");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "lkg.json holds a private key in the clear"
+    );
 }
 
 /// Rotation: a new key, then its certificate. Between the two the edge refuses the

@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod keys;
 pub mod model;
+pub mod openapi;
 pub mod period;
 pub mod prom;
 pub mod rollup;
