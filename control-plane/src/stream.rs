@@ -707,6 +707,53 @@ mod tests {
     }
 
     #[test]
+    fn ai_providers_carry_their_opened_keys_in_order_and_export_none() {
+        let keys = test_key();
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, "tenants: [{name: t}]");
+        for (i, (name, value)) in [("k1", "sk-first-0123456789"), ("k2", "sk-second-9876543210")]
+            .into_iter()
+            .enumerate()
+        {
+            let record = keys.seal("t", name, value.as_bytes(), 0).unwrap();
+            s.apply(2 + i as u64, &Command::PutSecret(record)).unwrap();
+        }
+        let doc = "tenants: [{name: t}]\nai_providers: [{name: oa, tenant: t, kind: openai, base_url: \"https://api.openai.com\", api_key_secret: k2, api_key_secrets: [k1]}]";
+        apply(&mut s, 4, doc);
+        let pushed = pushes_since(&s, 0, false, &keys);
+        let r = pushed
+            .iter()
+            .flat_map(|p| &p.upserts)
+            .find(|r| r.kind == "ai_provider")
+            .unwrap();
+        let Spec::AiProvider(p) = Spec::from_json(Kind::AiProvider, &r.spec_json).unwrap() else {
+            panic!("not a provider: {}", r.spec_json)
+        };
+        // `api_key_secret` first, then the pool.
+        assert_eq!(
+            p.api_keys.as_deref(),
+            Some(
+                &[
+                    "sk-second-9876543210".to_string(),
+                    "sk-first-0123456789".to_string()
+                ][..]
+            )
+        );
+        // Stored, exported and debug-printed: never a key.
+        assert!(!serde_json::to_string(&s).unwrap().contains("sk-first"));
+        let exported = serde_saphyr::to_string(&s.export(None)).unwrap();
+        assert!(
+            exported.contains("api_key_secret: k2") && !exported.contains("sk-"),
+            "{exported}"
+        );
+        assert!(!format!("{p:?}").contains("sk-"), "{p:?}");
+        // A document cannot carry the keys themselves.
+        let smuggled = doc.replace("api_key_secrets: [k1]", "api_keys: [sk-x]");
+        let specs = Document::parse(&smuggled).unwrap().into_specs();
+        assert!(s.apply(5, &Command::Apply { specs, prune: false }).is_err());
+    }
+
+    #[test]
     fn a_secret_in_use_by_a_certificate_cannot_be_deleted() {
         let keys = test_key();
         let mut s = ConfigState::default();

@@ -26,6 +26,8 @@ const GM_KEY: &str = "AIza-SECRET-1a2b3c4d5e6f7a8b";
 const OL_KEY: &str = "ol-SECRET-9f8e7d6c5b4a3f2e";
 /// Starts with `bad`: the mock answers it 401.
 const BAD_KEY: &str = "bad-SECRET-5e4d3c2b1a0f9e8d";
+/// Starts with `limited`: the mock answers it 429 with `Retry-After: 1`.
+const LIMITED_KEY: &str = "limited-SECRET-7c6b5a4f3e2d";
 
 /// (model as callers name it, the mock's provider kind, the prices: input, cached input,
 /// output, reasoning per million tokens).
@@ -51,12 +53,14 @@ ai_providers:
   - {{name: ol, tenant: acme, kind: ollama, base_url: "{m}/v1", api_key_secret: ol-key,
      models: [{{name: llama-x, input_per_mtok: 0.25, output_per_mtok: 0.75}}]}}
   - {{name: down, tenant: acme, kind: openai, base_url: "http://127.0.0.1:{dead}", api_key_secret: oa-key, timeout: 2s}}
+  - {{name: lim, tenant: acme, kind: openai, base_url: "{m}", api_key_secrets: [limited-key, oa-key],
+     models: [{{name: gpt-x, input_per_mtok: 2.0, output_per_mtok: 8.0}}]}}
   - {{name: pool, tenant: acme, kind: openai, base_url: "{m}", api_key_secrets: [bad-key, oa-key],
      models: [{{name: gpt-x, input_per_mtok: 2.0, output_per_mtok: 8.0}}]}}
 policies: [{{name: budget, tenant: acme, token_limit: {{tokens_per_minute: 100, key: app}}}}]
 apps: [{{name: shop, tenant: acme}}]
 services:
-  - {{name: llm, tenant: acme, auth: [api_key], ai: {{models: ["oa/*", "an/*", "gm/*", "ol/*", "pool/*"]}}, routes: [{{paths: [/llm]}}]}}
+  - {{name: llm, tenant: acme, auth: [api_key], ai: {{models: ["oa/*", "an/*", "gm/*", "ol/*", "pool/*", "lim/*"]}}, routes: [{{paths: [/llm]}}]}}
   - {{name: fb, tenant: acme, auth: [api_key], ai: {{models: ["down/gpt-x"], fallback: ["an/claude-x"]}}, routes: [{{paths: [/fb]}}]}}
   - {{name: budget, tenant: acme, auth: [api_key], policies: [budget], ai: {{models: ["oa/*"]}}, routes: [{{paths: [/budget]}}]}}
   - {{name: slow, tenant: acme, auth: [api_key], ai: {{models: ["an/*"], keepalive: 200ms}}, routes: [{{paths: [/slow]}}]}}
@@ -96,6 +100,7 @@ fn setup() -> World {
         ("gm-key", GM_KEY),
         ("ol-key", OL_KEY),
         ("bad-key", BAD_KEY),
+        ("limited-key", LIMITED_KEY),
     ] {
         sb.cli_with_stdin(0, &["secret", "set", name, "--tenant", "acme"], Some(value))
             .ok();
@@ -410,7 +415,7 @@ fn assert_no_provider_key(w: &World, metrics: &str) {
             continue;
         }
         checked += 1;
-        for key in [OA_KEY, AN_KEY, GM_KEY, OL_KEY, BAD_KEY] {
+        for key in [OA_KEY, AN_KEY, GM_KEY, OL_KEY, BAD_KEY, LIMITED_KEY] {
             assert!(!text.contains(key), "{name} holds a provider key");
             assert!(!text.contains(&key[..14]), "{name} holds a provider key's prefix");
         }
@@ -508,6 +513,48 @@ fn budgets_fallbacks_key_pools_and_prompt_apis() {
             format!("Bearer {OA_KEY}")
         ]
     );
+    // A key answered 429 rests for its Retry-After; the call goes on with the next key, and
+    // the call after it starts there.
+    w.mock_reset();
+    let results = w.sdk(
+        "/llm",
+        &json!([{"op": "chat", "model": "lim/gpt-x", "messages": user("one")}, {"op": "chat", "model": "lim/gpt-x", "messages": user("two")}]),
+    );
+    assert!(results.iter().all(|r| r.get("error").is_none()), "{results:?}");
+    let keys: Vec<Value> = w
+        .mock_requests()
+        .iter()
+        .map(|r| r["headers"]["authorization"].clone())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            format!("Bearer {LIMITED_KEY}"),
+            format!("Bearer {OA_KEY}"),
+            format!("Bearer {OA_KEY}")
+        ]
+    );
+
+    // The only key answered 429 with a short Retry-After: waited out once, then passed on.
+    w.mock_reset();
+    let started = std::time::Instant::now();
+    let results = w.sdk(
+        "/llm",
+        &json!([{"op": "chat", "model": "oa/gpt-x", "messages": user("hi [[status:429]] [[retry-after:1]]")}]),
+    );
+    assert_eq!(results[0]["error"], "RateLimitError", "{}", results[0]);
+    assert_eq!(results[0]["status"], 429);
+    assert_eq!(
+        w.mock_requests().len(),
+        2,
+        "one try, and one after the Retry-After"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
     let records = w.ai_records(1);
     let fb = records
         .iter()
