@@ -373,8 +373,9 @@ pub async fn dev(a: DevArgs) -> CliResult {
     }
     println!("  edge admin     http://{}/readyz, /metrics", a.admin);
     println!("  admin API      {server}");
+    println!("  control plane  http://{}/healthz, /metrics", cp.http_addr);
     println!(
-        "  control plane  http://{}/healthz, /metrics (the portal will be served here)",
+        "  portal         http://{}/portal (log in with a token)",
         cp.http_addr
     );
     println!("  admin token    {token}");

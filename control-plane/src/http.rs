@@ -1,5 +1,5 @@
-//! The control plane's HTTP listener (`--http`): `/healthz` and a Prometheus `/metrics`.
-//! The developer portal and REST API will be served here too.
+//! The control plane's HTTP listener (`--http`): `/healthz`, a Prometheus `/metrics`, and
+//! the developer portal under `/portal` (`portal/`).
 
 use std::convert::Infallible;
 use std::fmt::Write;
@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 use crate::node::Node;
+use crate::portal::{self, Portal};
 
 fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
@@ -72,8 +73,15 @@ fn metrics(node: &Node) -> String {
     out
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    node: Arc<Node>,
+    portal: Arc<Portal>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let json = "application/json";
+    if portal::is_portal(req.uri().path()) {
+        return Ok(portal.handle(req).await);
+    }
     Ok(match (req.method().as_str(), req.uri().path()) {
         ("GET", "/healthz") => respond(
             StatusCode::OK,
@@ -92,6 +100,7 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full
 /// Serves until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let portal = Arc::new(Portal::new(node.clone()));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -104,8 +113,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::f
             _ = &mut shutdown => return,
         };
         let node = node.clone();
+        let portal = portal.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(node.clone(), req));
+            let service = hyper::service::service_fn(move |req| handle(node.clone(), portal.clone(), req));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let _ = builder.serve_connection(TokioIo::new(stream), service).await;
         });

@@ -24,6 +24,7 @@ pub mod forward;
 pub mod http;
 pub mod mtls;
 pub mod node;
+pub mod portal;
 pub mod raft;
 pub mod raft_types;
 pub mod rollups;

@@ -234,7 +234,20 @@ fn a_real_prometheus_scrapes_the_exact_counts_and_the_call_log_stays_bounded() {
         !active.contains("not-logged") && !active.contains(&key),
         "no query, no key"
     );
-    let last: Value = serde_json::from_str(active.lines().last().unwrap()).unwrap();
+    // The newest record: in the active file, or in the newest rotated one when a rotation
+    // has just emptied it (rotated names sort by time).
+    let newest = if active.trim().is_empty() {
+        let mut rotated: Vec<_> = std::fs::read_dir(&calls)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("calls-"))
+            .collect();
+        rotated.sort();
+        std::fs::read_to_string(rotated.last().expect("a rotated file")).unwrap()
+    } else {
+        active
+    };
+    let last: Value = serde_json::from_str(newest.lines().last().unwrap()).unwrap();
     assert_eq!(last["service"], "orders");
     assert_eq!(last["app"], "shop");
     assert_eq!(last["key"].as_str().unwrap(), &key[..16]);

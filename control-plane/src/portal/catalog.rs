@@ -1,0 +1,362 @@
+//! The catalog and the service pages: which services a user may see (by `visibility`,
+//! lifecycle state and role), their docs rendered from the OpenAPI document, and the
+//! subscription form.
+
+use std::fmt::Write;
+
+use http::StatusCode;
+use serde_json::Value;
+use tollgate_proto::model::{Service, ServiceState, Subscription, Visibility};
+use tollgate_proto::v1::admin_server::Admin;
+use tollgate_proto::v1::{ApplyRequest, GetRequest};
+use tollgate_proto::{Kind, Spec};
+
+use crate::portal::ctx::{see_other, Ctx, Form, Resp};
+use crate::portal::html::{csrf_field, E, U};
+use crate::portal::session::Session;
+
+/// Whether `s` may see `svc` in the catalog. Admins of its tenant (and cluster admins, and
+/// viewers of every tenant) see it in any state; everyone else sees only published and
+/// deprecated services: `public` ones of any tenant, `tenant` ones of their own, and never a
+/// `private` one.
+pub fn visible(s: &Session, svc: &Service) -> bool {
+    let own = s.tenant.as_deref();
+    let reads_all = s.role == "cluster-admin" || (s.role == "viewer" && own.is_none());
+    if reads_all || (s.role == "tenant-admin" && own == Some(svc.tenant.as_str())) {
+        return true;
+    }
+    if !matches!(svc.state, ServiceState::Published | ServiceState::Deprecated) {
+        return false;
+    }
+    match svc.visibility {
+        Visibility::Public => true,
+        Visibility::Tenant => own == Some(svc.tenant.as_str()),
+        Visibility::Private => false,
+    }
+}
+
+/// The services `s` may see, from this node's applied state.
+fn services(ctx: &Ctx) -> Vec<Service> {
+    ctx.node.sm.read(|st| {
+        st.resources
+            .iter()
+            .filter(|(k, _)| k.kind == Kind::Service)
+            .filter_map(|(_, stored)| match &stored.spec {
+                Spec::Service(svc) if visible(&ctx.session, svc) => Some(svc.clone()),
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+pub fn state_name(s: ServiceState) -> &'static str {
+    match s {
+        ServiceState::Draft => "draft",
+        ServiceState::Published => "published",
+        ServiceState::Deprecated => "deprecated",
+        ServiceState::Retired => "retired",
+    }
+}
+
+fn badge(svc: &Service) -> String {
+    let state = state_name(svc.state);
+    let mut out = format!("<span class=\"badge {state}\">{state}</span>");
+    if let (ServiceState::Deprecated, Some(sunset)) = (svc.state, &svc.sunset) {
+        let _ = write!(
+            out,
+            " <span class=\"badge deprecated\">sunset {}</span>",
+            E(sunset)
+        );
+    }
+    out
+}
+
+/// `GET /portal?q=&tenant=&state=`
+pub fn catalog(ctx: &Ctx, query: &Form) -> Resp {
+    let (q, tenant, state) = (
+        query.get("q").to_lowercase(),
+        query.get("tenant"),
+        query.get("state"),
+    );
+    let all = services(ctx);
+    let mut tenants: Vec<&str> = all.iter().map(|s| s.tenant.as_str()).collect();
+    tenants.dedup();
+    let shown: Vec<&Service> = all
+        .iter()
+        .filter(|s| tenant.is_empty() || s.tenant == tenant)
+        .filter(|s| state.is_empty() || state_name(s.state) == state)
+        .filter(|s| {
+            q.is_empty()
+                || s.name.to_lowercase().contains(&q)
+                || s.description
+                    .as_deref()
+                    .is_some_and(|d| d.to_lowercase().contains(&q))
+        })
+        .collect();
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<form method=\"get\" action=\"/portal\" class=\"box\">\
+         <input name=\"q\" placeholder=\"Search services\" value=\"{}\"> <select name=\"tenant\"><option value=\"\">every tenant</option>",
+        E(query.get("q"))
+    );
+    for t in &tenants {
+        let sel = if *t == tenant { " selected" } else { "" };
+        let _ = write!(b, "<option value=\"{}\"{sel}>{}</option>", E(t), E(t));
+    }
+    b.push_str("</select> <select name=\"state\"><option value=\"\">any state</option>");
+    for s in ["draft", "published", "deprecated", "retired"] {
+        let sel = if s == state { " selected" } else { "" };
+        let _ = write!(b, "<option{sel}>{s}</option>");
+    }
+    b.push_str("</select> <button>Search</button></form>");
+    if shown.is_empty() {
+        b.push_str("<p>No service matches.</p>");
+    } else {
+        b.push_str("<table id=\"catalog\"><tr><th>Service</th><th>Tenant</th><th>Version</th><th>State</th><th>Description</th></tr>");
+        for s in shown {
+            let _ = write!(
+                b,
+                "<tr><td><a href=\"/portal/services/{}/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                U(&s.tenant),
+                U(&s.name),
+                E(&s.name),
+                E(&s.tenant),
+                E(s.version.as_deref().unwrap_or("")),
+                badge(s),
+                E(s.description.as_deref().unwrap_or(""))
+            );
+        }
+        b.push_str("</table>");
+    }
+    ctx.page("Catalog", &b)
+}
+
+fn find(ctx: &Ctx, tenant: &str, name: &str) -> Option<Service> {
+    services(ctx)
+        .into_iter()
+        .find(|s| s.tenant == tenant && s.name == name)
+}
+
+fn not_found(ctx: &Ctx) -> Resp {
+    let mut r = ctx.page(
+        "No such service",
+        "<p>There is no such service, or it is not yours to see.</p>",
+    );
+    *r.status_mut() = StatusCode::NOT_FOUND;
+    r
+}
+
+/// The resources of `kind` in `tenant` that the user's token may read (none when it may not).
+pub async fn list<T>(
+    ctx: &Ctx,
+    kind: Kind,
+    tenant: &str,
+    decode: impl Fn(Spec) -> Option<T>,
+) -> Result<Vec<T>, tonic::Status> {
+    let r = ctx
+        .admin
+        .get(ctx.req(GetRequest {
+            kind: kind.as_str().into(),
+            tenant: tenant.into(),
+            name: String::new(),
+        }))
+        .await?
+        .into_inner();
+    Ok(r.resources
+        .iter()
+        .filter_map(|res| Spec::from_json(kind, &res.spec_json).ok())
+        .filter_map(decode)
+        .collect())
+}
+
+/// `GET /portal/services/{tenant}/{name}`
+pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
+    let Some(svc) = find(ctx, tenant, name) else {
+        return not_found(ctx);
+    };
+    let mut b = String::new();
+    let _ = write!(
+        b,
+        "<p>{} · tenant <strong>{}</strong>{} · auth: {}</p><p>{}</p>",
+        badge(&svc),
+        E(&svc.tenant),
+        svc.version
+            .as_deref()
+            .map(|v| format!(" · version {}", E(v)))
+            .unwrap_or_default(),
+        E(&svc
+            .auth
+            .iter()
+            .map(|a| serde_json::to_value(a)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")),
+        E(svc.description.as_deref().unwrap_or(""))
+    );
+    // Subscriptions: the user's apps in the service's tenant, and what they asked already.
+    let same_tenant = ctx.session.tenant.as_deref().is_none_or(|t| t == svc.tenant);
+    if same_tenant && matches!(svc.state, ServiceState::Published | ServiceState::Deprecated) {
+        let apps = list(ctx, Kind::App, &svc.tenant, |s| match s {
+            Spec::App(a) => Some(a.name),
+            _ => None,
+        })
+        .await
+        .unwrap_or_default();
+        let subs: Vec<Subscription> = list(ctx, Kind::Subscription, &svc.tenant, |s| match s {
+            Spec::Subscription(x) if x.service == svc.name => Some(x),
+            _ => None,
+        })
+        .await
+        .unwrap_or_default();
+        b.push_str("<div class=\"box\" id=\"subscribe\"><h2>Subscribe</h2>");
+        for s in &subs {
+            let status = s
+                .status
+                .map(|st| {
+                    serde_json::to_value(st)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default()
+                })
+                .unwrap_or_else(|| "pending".into());
+            let _ = write!(
+                b,
+                "<p class=\"subscription\">App <strong>{}</strong>: <span class=\"badge\">{}</span></p>",
+                E(&s.app),
+                E(&status)
+            );
+        }
+        if apps.is_empty() {
+            b.push_str("<p>Create an app first, under <a href=\"/portal/apps\">Apps and keys</a>.</p>");
+        } else {
+            let _ = write!(
+                b,
+                "<form method=\"post\" action=\"/portal/services/{}/{}/subscribe\">{}<select name=\"app\">",
+                U(&svc.tenant),
+                U(&svc.name),
+                csrf_field(&ctx.session.csrf)
+            );
+            for a in &apps {
+                let _ = write!(b, "<option value=\"{}\">{}</option>", E(a), E(a));
+            }
+            b.push_str("</select> <button>Request a subscription</button></form>");
+        }
+        b.push_str("</div>");
+    }
+    b.push_str("<h2>API</h2>");
+    b.push_str(&docs(&tollgate_proto::openapi::for_service(&svc)));
+    ctx.page(&svc.name, &b)
+}
+
+/// `POST /portal/services/{tenant}/{name}/subscribe` (app): a subscription request, pending
+/// until an admin approves it unless the service approves automatically.
+pub async fn subscribe(ctx: &Ctx, tenant: &str, name: &str, form: &Form) -> Resp {
+    if find(ctx, tenant, name).is_none() {
+        return not_found(ctx);
+    }
+    let doc =
+        serde_json::json!({"subscriptions": [{"app": form.get("app"), "service": name, "tenant": tenant}]});
+    match ctx
+        .admin
+        .apply(ctx.req(ApplyRequest {
+            document: doc.to_string(),
+            prune: false,
+        }))
+        .await
+    {
+        Ok(_) => see_other(
+            &format!("/portal/services/{}/{}#subscribe", U(tenant), U(name)),
+            &[],
+        ),
+        Err(s) => ctx.failed("The subscription was not requested", &s),
+    }
+}
+
+/// An OpenAPI document as HTML: each operation with its request body's fields and its
+/// answers. Everything from the document is escaped.
+pub fn docs(doc: &Value) -> String {
+    let mut b = String::new();
+    let Some(paths) = doc["paths"].as_object() else {
+        return "<p>No operations.</p>".into();
+    };
+    for (path, item) in paths {
+        let Some(ops) = item.as_object() else { continue };
+        for (method, op) in ops {
+            let _ = write!(
+                b,
+                "<div class=\"box operation\"><h3><code>{} {}</code>{}</h3><p>{}</p>",
+                E(&method.to_uppercase()),
+                E(path),
+                if op["deprecated"] == true {
+                    " <span class=\"badge deprecated\">deprecated</span>"
+                } else {
+                    ""
+                },
+                E(op["summary"]
+                    .as_str()
+                    .or(op["description"].as_str())
+                    .unwrap_or(""))
+            );
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            if schema.is_object() {
+                b.push_str("<h4>Request body</h4>");
+                fields(&mut b, schema);
+            }
+            if let Some(responses) = op["responses"].as_object() {
+                b.push_str("<h4>Answers</h4><ul>");
+                for (code, r) in responses {
+                    let _ = write!(
+                        b,
+                        "<li><code>{}</code> {}</li>",
+                        E(code),
+                        E(r["description"].as_str().unwrap_or(""))
+                    );
+                }
+                b.push_str("</ul>");
+            }
+            b.push_str("</div>");
+        }
+    }
+    b
+}
+
+/// A schema's properties as a table (nested objects one level down, by name).
+fn fields(b: &mut String, schema: &Value) {
+    let Some(props) = schema["properties"].as_object() else {
+        let _ = write!(b, "<p><code>{}</code></p>", E(&schema["type"].to_string()));
+        return;
+    };
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    b.push_str("<table><tr><th>Field</th><th>Type</th><th>Required</th><th>Description</th></tr>");
+    for (name, p) in props {
+        let ty = match &p["type"] {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" | "),
+            _ => "any".into(),
+        };
+        let _ = write!(
+            b,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            E(name),
+            E(&ty),
+            if required.contains(&name.as_str()) {
+                "yes"
+            } else {
+                ""
+            },
+            E(p["description"].as_str().unwrap_or(""))
+        );
+        if p["properties"].is_object() {
+            let _ = write!(b, "<tr><td colspan=\"4\">Fields of <code>{}</code>:", E(name));
+            fields(b, p);
+            b.push_str("</td></tr>");
+        }
+    }
+    b.push_str("</table>");
+}
