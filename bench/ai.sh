@@ -55,7 +55,7 @@ DELAY=$((CONNECTIONS * 1000 / RATE))
 # shellcheck source=bench/harness.sh
 source "$ROOT/bench/harness.sh"
 
-for v in MOCK_PORT TG_LISTEN TG_ADMIN TG_GRPC TG_HTTP TG_PEER; do free_port "$v"; done
+free_port MOCK_PORT
 
 # --- the mock provider: OpenAI's wire format, fixed answers -------------------------------
 # (nginx strings: no `$`, which nginx would read as a variable.)
@@ -80,19 +80,7 @@ wait_http "http://127.0.0.1:$MOCK_PORT/plain/v1/chat/completions" 10 200 -d '{}'
 curl -s -d '{}' "http://127.0.0.1:$MOCK_PORT/stream/v1/chat/completions" | grep -q '^data: \[DONE\]$' ||
   die "the mock's stream does not end with [DONE]: $(curl -s -d '{}' "http://127.0.0.1:$MOCK_PORT/stream/v1/chat/completions")"
 
-log "tollgate dev: proxy 127.0.0.1:$TG_LISTEN, admin API 127.0.0.1:$TG_GRPC (core $PROXY_CPU)"
-cd "$TMP"
-start "$PROXY_CPU" "$TMP/tollgate.log" "$TOLLGATE" dev \
-  --data-dir "$TMP/tollgate-data" \
-  --grpc "127.0.0.1:$TG_GRPC" --http "127.0.0.1:$TG_HTTP" \
-  --listen "127.0.0.1:$TG_LISTEN" --admin "127.0.0.1:$TG_ADMIN" --peer "127.0.0.1:$TG_PEER"
-TG_PID=$LAST_PID
-cd "$ROOT"
-wait_http "http://127.0.0.1:$TG_ADMIN/readyz" 60
-
-export TOLLGATE_SERVER="http://127.0.0.1:$TG_GRPC"
-TOLLGATE_TOKEN="$(cat "$TMP/tollgate-data/admin.token")"
-export TOLLGATE_TOKEN
+start_tollgate_dev
 cat >"$TMP/ai.yaml" <<EOF
 tenants: [{name: bench}]
 ai_providers:

@@ -97,6 +97,25 @@ start() { # $1 cpu, $2 log, rest: command; sets LAST_PID
   PIDS+=("$LAST_PID")
 }
 
+# Picks ports TG_LISTEN, TG_ADMIN, TG_GRPC, TG_HTTP and TG_PEER, starts `tollgate dev` with
+# them on the proxy core (state in $TMP/tollgate-data), waits until its edge is ready, and
+# exports TOLLGATE_SERVER and TOLLGATE_TOKEN for the CLI; sets TG_PID.
+start_tollgate_dev() {
+  for v in TG_LISTEN TG_ADMIN TG_GRPC TG_HTTP TG_PEER; do free_port "$v"; done
+  log "tollgate dev: proxy 127.0.0.1:$TG_LISTEN, admin API 127.0.0.1:$TG_GRPC (core $PROXY_CPU)"
+  cd "$TMP"
+  start "$PROXY_CPU" "$TMP/tollgate.log" "$TOLLGATE" dev \
+    --data-dir "$TMP/tollgate-data" \
+    --grpc "127.0.0.1:$TG_GRPC" --http "127.0.0.1:$TG_HTTP" \
+    --listen "127.0.0.1:$TG_LISTEN" --admin "127.0.0.1:$TG_ADMIN" --peer "127.0.0.1:$TG_PEER"
+  TG_PID=$LAST_PID
+  cd "$ROOT"
+  wait_http "http://127.0.0.1:$TG_ADMIN/readyz" 60
+  export TOLLGATE_SERVER="http://127.0.0.1:$TG_GRPC"
+  TOLLGATE_TOKEN="$(cat "$TMP/tollgate-data/admin.token")"
+  export TOLLGATE_TOKEN
+}
+
 # --- measurement --------------------------------------------------------------------------
 # "user system" CPU time (clock ticks) used so far by a process (all its threads) and its
 # child processes (nginx's worker).

@@ -63,7 +63,7 @@ done
 # shellcheck source=bench/harness.sh
 source "$ROOT/bench/harness.sh"
 
-for v in UP_PORT NGINX_PORT TG_LISTEN TG_ADMIN TG_GRPC TG_HTTP TG_PEER; do free_port "$v"; done
+for v in UP_PORT NGINX_PORT; do free_port "$v"; done
 
 upstream_nginx_conf "$TMP" upstream "$UP_PORT"
 # nginx as a plain reverse proxy, keep-alive to the upstream (the usual production setup).
@@ -88,19 +88,7 @@ start "$PROXY_CPU" "$TMP/proxy/out.log" nginx -p "$TMP/proxy" -e "$TMP/proxy/err
 NGINX_PID=$LAST_PID
 wait_http "http://127.0.0.1:$NGINX_PORT/" 10
 
-log "tollgate dev: proxy 127.0.0.1:$TG_LISTEN, admin API 127.0.0.1:$TG_GRPC (core $PROXY_CPU)"
-cd "$TMP"
-start "$PROXY_CPU" "$TMP/tollgate.log" "$TOLLGATE" dev \
-  --data-dir "$TMP/tollgate-data" \
-  --grpc "127.0.0.1:$TG_GRPC" --http "127.0.0.1:$TG_HTTP" \
-  --listen "127.0.0.1:$TG_LISTEN" --admin "127.0.0.1:$TG_ADMIN" --peer "127.0.0.1:$TG_PEER"
-TG_PID=$LAST_PID
-cd "$ROOT"
-wait_http "http://127.0.0.1:$TG_ADMIN/readyz" 60
-
-export TOLLGATE_SERVER="http://127.0.0.1:$TG_GRPC"
-TOLLGATE_TOKEN="$(cat "$TMP/tollgate-data/admin.token")"
-export TOLLGATE_TOKEN
+start_tollgate_dev
 KEY=$(apply_bench_config "$TOLLGATE" "$UP_PORT" "$TMP")
 wait_http "http://127.0.0.1:$TG_LISTEN/" 10
 wait_http "http://127.0.0.1:$TG_LISTEN/keyed" 10 401

@@ -3,49 +3,41 @@
 
 use std::fmt::Write;
 
-use tollgate_proto::model::{ApiKey, App, Subscription, SubscriptionStatus};
+use tollgate_proto::model::{ApiKey, App, Subscription};
 use tollgate_proto::v1::admin_server::Admin;
-use tollgate_proto::v1::{
-    ApplyRequest, CreateKeyRequest, DecideSubscriptionRequest, ListAuditRequest, RevokeKeyRequest,
-};
+use tollgate_proto::v1::{CreateKeyRequest, DecideSubscriptionRequest, ListAuditRequest, RevokeKeyRequest};
 use tollgate_proto::{Kind, Spec};
 
-use crate::portal::catalog::list;
-use crate::portal::ctx::{see_other, Ctx, Form, Resp};
+use crate::portal::ctx::{subscription_status, Ctx, Form, Resp};
 use crate::portal::html::{csrf_field, E, U};
-
-fn status_name(s: Option<SubscriptionStatus>) -> &'static str {
-    match s {
-        None | Some(SubscriptionStatus::Pending) => "pending",
-        Some(SubscriptionStatus::Approved) => "approved",
-        Some(SubscriptionStatus::Rejected) => "rejected",
-    }
-}
 
 /// `GET /portal/apps`: the user's tenant's apps, with their keys and subscriptions.
 pub async fn apps(ctx: &Ctx) -> Resp {
     let tenant = ctx.session.tenant.clone().unwrap_or_default();
-    let apps = match list(ctx, Kind::App, &tenant, |s| match s {
-        Spec::App(a) => Some(a),
-        _ => None,
-    })
-    .await
+    let apps = match ctx
+        .list(Kind::App, &tenant, |s| match s {
+            Spec::App(a) => Some(a),
+            _ => None,
+        })
+        .await
     {
         Ok(a) => a,
         Err(s) => return ctx.failed("The apps cannot be read", &s),
     };
-    let keys: Vec<ApiKey> = list(ctx, Kind::ApiKey, &tenant, |s| match s {
-        Spec::ApiKey(k) => Some(k),
-        _ => None,
-    })
-    .await
-    .unwrap_or_default();
-    let subs: Vec<Subscription> = list(ctx, Kind::Subscription, &tenant, |s| match s {
-        Spec::Subscription(x) => Some(x),
-        _ => None,
-    })
-    .await
-    .unwrap_or_default();
+    let keys: Vec<ApiKey> = ctx
+        .list(Kind::ApiKey, &tenant, |s| match s {
+            Spec::ApiKey(k) => Some(k),
+            _ => None,
+        })
+        .await
+        .unwrap_or_default();
+    let subs: Vec<Subscription> = ctx
+        .list(Kind::Subscription, &tenant, |s| match s {
+            Spec::Subscription(x) => Some(x),
+            _ => None,
+        })
+        .await
+        .unwrap_or_default();
     let csrf = csrf_field(&ctx.session.csrf);
     let mut b = String::new();
     for a in &apps {
@@ -116,7 +108,7 @@ fn app_box(b: &mut String, a: &App, keys: &[ApiKey], subs: &[Subscription], csrf
             U(&s.tenant),
             U(&s.service),
             E(&s.service),
-            status_name(s.status)
+            subscription_status(s.status)
         );
     }
     b.push_str("</div>");
@@ -129,17 +121,7 @@ pub async fn create_app(ctx: &Ctx, form: &Form) -> Resp {
         app["description"] = form.get("description").into();
     }
     let doc = serde_json::json!({ "apps": [app] });
-    match ctx
-        .admin
-        .apply(ctx.req(ApplyRequest {
-            document: doc.to_string(),
-            prune: false,
-        }))
-        .await
-    {
-        Ok(_) => see_other("/portal/apps", &[]),
-        Err(s) => ctx.failed("The app was not created", &s),
-    }
+    ctx.done(ctx.apply(doc).await, "/portal/apps", "The app was not created")
 }
 
 /// `POST /portal/apps/{tenant}/{app}/keys` (label): the new key, shown this once.
@@ -178,20 +160,18 @@ pub async fn revoke_key(ctx: &Ctx, tenant: &str, id: &str) -> Resp {
             id: id.into(),
         }))
         .await;
-    match r {
-        Ok(_) => see_other("/portal/apps", &[]),
-        Err(s) => ctx.failed("The key was not revoked", &s),
-    }
+    ctx.done(r, "/portal/apps", "The key was not revoked")
 }
 
 /// `GET /portal/approvals`: pending subscriptions, with approve and reject.
 pub async fn approvals(ctx: &Ctx) -> Resp {
     let tenant = ctx.session.tenant.clone().unwrap_or_default();
-    let pending = match list(ctx, Kind::Subscription, &tenant, |s| match s {
-        Spec::Subscription(x) if status_name(x.status) == "pending" => Some(x),
-        _ => None,
-    })
-    .await
+    let pending = match ctx
+        .list(Kind::Subscription, &tenant, |s| match s {
+            Spec::Subscription(x) if subscription_status(x.status) == "pending" => Some(x),
+            _ => None,
+        })
+        .await
     {
         Ok(p) => p,
         Err(s) => return ctx.failed("The subscriptions cannot be read", &s),
@@ -234,10 +214,7 @@ pub async fn decide(ctx: &Ctx, tenant: &str, id: &str, decision: &str) -> Resp {
             status: status.into(),
         }))
         .await;
-    match r {
-        Ok(_) => see_other("/portal/approvals", &[]),
-        Err(s) => ctx.failed("The subscription was not decided", &s),
-    }
+    ctx.done(r, "/portal/approvals", "The subscription was not decided")
 }
 
 /// `GET /portal/audit`: the newest changes this user may see.

@@ -360,3 +360,50 @@ fn fields(b: &mut String, schema: &Value) {
     }
     b.push_str("</table>");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::portal::session::Sessions;
+
+    fn session(role: &str, tenant: Option<&str>) -> Session {
+        let (_, s) = Sessions::default()
+            .start("t".into(), role.into(), tenant.map(str::to_string), "l".into())
+            .unwrap();
+        s
+    }
+
+    fn service(tenant: &str, visibility: Visibility, state: ServiceState) -> Service {
+        let doc = format!("services: [{{name: s, tenant: {tenant}, routes: [{{paths: [/s]}}]}}]");
+        let Some(Spec::Service(mut svc)) = tollgate_proto::Document::parse(&doc).unwrap().into_specs().pop()
+        else {
+            panic!("not a service")
+        };
+        svc.visibility = visibility;
+        svc.state = state;
+        svc
+    }
+
+    #[test]
+    fn developers_see_their_tenant_and_public_services_never_private_or_drafts() {
+        use ServiceState::*;
+        use Visibility::*;
+        let dev = session("tenant-developer", Some("a"));
+        assert!(visible(&dev, &service("a", Tenant, Published)));
+        assert!(visible(&dev, &service("b", Public, Deprecated)));
+        assert!(
+            !visible(&dev, &service("b", Tenant, Published)),
+            "another tenant's"
+        );
+        assert!(!visible(&dev, &service("a", Private, Published)), "private");
+        assert!(!visible(&dev, &service("a", Tenant, Draft)), "a draft");
+        assert!(!visible(&dev, &service("b", Public, Retired)), "retired");
+        let admin = session("tenant-admin", Some("a"));
+        assert!(visible(&admin, &service("a", Private, Draft)));
+        assert!(!visible(&admin, &service("b", Private, Published)));
+        assert!(visible(
+            &session("cluster-admin", None),
+            &service("b", Private, Draft)
+        ));
+    }
+}

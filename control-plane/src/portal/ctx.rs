@@ -8,6 +8,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use tollgate_proto::model::SubscriptionStatus;
+use tollgate_proto::v1::admin_server::Admin;
+use tollgate_proto::v1::{ApplyRequest, GetRequest};
+use tollgate_proto::{Kind, Spec};
 use tonic::metadata::MetadataValue;
 
 use crate::admin::AdminService;
@@ -127,6 +131,49 @@ impl Ctx {
         html_page(status, html::page("Not done", Some(&self.viewer()), &body))
     }
 
+    /// The resources of `kind` in `tenant` (empty: every tenant the token may read) that
+    /// the user's token may read, decoded and picked by `decode`.
+    pub async fn list<T>(
+        &self,
+        kind: Kind,
+        tenant: &str,
+        decode: impl Fn(Spec) -> Option<T>,
+    ) -> Result<Vec<T>, tonic::Status> {
+        let r = self
+            .admin
+            .get(self.req(GetRequest {
+                kind: kind.as_str().into(),
+                tenant: tenant.into(),
+                name: String::new(),
+            }))
+            .await?
+            .into_inner();
+        Ok(r.resources
+            .iter()
+            .filter_map(|res| Spec::from_json(kind, &res.spec_json).ok())
+            .filter_map(decode)
+            .collect())
+    }
+
+    /// Applies `doc` (a declarative document as JSON) as the user's token.
+    pub async fn apply(&self, doc: serde_json::Value) -> Result<(), tonic::Status> {
+        self.admin
+            .apply(self.req(ApplyRequest {
+                document: doc.to_string(),
+                prune: false,
+            }))
+            .await
+            .map(drop)
+    }
+
+    /// After a form's admin call: back to `location` when it was done, else the failure.
+    pub fn done<T>(&self, r: Result<T, tonic::Status>, location: &str, failed: &str) -> Resp {
+        match r {
+            Ok(_) => see_other(location, &[]),
+            Err(s) => self.failed(failed, &s),
+        }
+    }
+
     /// The tenant a form acts in: the user's own, or (for a token of no tenant) the form's.
     pub fn tenant_of<'a>(&'a self, form: &'a Form) -> &'a str {
         self.session
@@ -143,4 +190,13 @@ pub fn as_token<T>(token: &str, msg: T) -> tonic::Request<T> {
         r.metadata_mut().insert("authorization", v);
     }
     r
+}
+
+/// A subscription's status as the pages name it (no status yet: pending).
+pub fn subscription_status(s: Option<SubscriptionStatus>) -> &'static str {
+    match s {
+        None | Some(SubscriptionStatus::Pending) => "pending",
+        Some(SubscriptionStatus::Approved) => "approved",
+        Some(SubscriptionStatus::Rejected) => "rejected",
+    }
 }

@@ -379,7 +379,7 @@ impl Translate for Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ai::openai::Chunks;
+    use crate::ai::chunks::Chunks;
 
     #[test]
     fn chat_requests_become_messages_requests() {

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod anthropic;
+pub mod chunks;
 pub mod error;
 pub mod gemini;
 pub mod limit;
@@ -545,7 +546,7 @@ async fn answer(
             Dialect::Anthropic => Box::<anthropic::Stream>::default(),
             Dialect::Gemini => Box::<gemini::Stream>::default(),
         };
-        let chunks = openai::Chunks {
+        let chunks = chunks::Chunks {
             id,
             created,
             model: target.name(),

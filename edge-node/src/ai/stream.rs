@@ -20,7 +20,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use tokio::time::Sleep;
 
-use crate::ai::openai::Chunks;
+use crate::ai::chunks::Chunks;
 use crate::ai::sse::{self, Event};
 use crate::ai::usage::{estimate, Price, Tokens};
 use crate::ai::Settle;
