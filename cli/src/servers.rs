@@ -117,9 +117,13 @@ pub struct ControlPlaneArgs {
     /// Admin API, config stream and Raft
     #[arg(long, default_value = defaults::GRPC, value_parser = parse_addr)]
     grpc: SocketAddr,
-    /// /healthz and /metrics
+    /// /healthz, /metrics and the developer portal (/portal)
     #[arg(long, default_value = defaults::HTTP, value_parser = parse_addr)]
     http: SocketAddr,
+    /// An edge's proxy address (http://host:port) the portal's try-it console sends
+    /// developers' requests to; try-it is off when not given
+    #[arg(long)]
+    portal_gateway: Option<String>,
     /// Address others reach --grpc at, host:port (default: the bound --grpc address)
     #[arg(long)]
     advertise: Option<String>,
@@ -261,6 +265,7 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
         master_key_file: a.master_key_file,
         tls: a.tls.files()?,
         rollup_retention: a.retention.retention()?,
+        portal_gateway: a.portal_gateway,
     };
     tollgate_control_plane::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -303,6 +308,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
         master_key_file: None,
         tls: None,
         rollup_retention: Default::default(),
+        portal_gateway: Some(format!("http://{}", a.listen)),
     })
     .await?;
     let server = format!("http://{}", cp.grpc_addr);

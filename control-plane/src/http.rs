@@ -98,9 +98,14 @@ async fn handle(
 }
 
 /// Serves until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    node: Arc<Node>,
+    gateway: Option<portal::Gateway>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
-    let portal = Arc::new(Portal::new(node.clone()));
+    let portal = Arc::new(Portal::new(node.clone(), gateway));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {

@@ -73,6 +73,8 @@ pub struct ControlPlaneOptions {
     /// How long traffic rollups are kept per minute, per hour and per day (the leader's
     /// applies: give every node the same).
     pub rollup_retention: rollups::Retention,
+    /// The edge address the portal's try-it console sends requests to (`http://host:port`).
+    pub portal_gateway: Option<String>,
 }
 
 /// A running control-plane node.
@@ -113,6 +115,12 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
     })?;
     let (log_store, sm) = store::stores(&db)?;
 
+    let gateway = opts
+        .portal_gateway
+        .as_deref()
+        .map(portal::Gateway::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--portal-gateway: {e}"))?;
     let grpc = TcpListener::bind(opts.grpc)
         .await
         .with_context(|| format!("binding --grpc {}", opts.grpc))?;
@@ -210,6 +218,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
     tasks.push(tokio::spawn(http::serve(
         http,
         node.clone(),
+        gateway,
         wait(stopped.clone()),
     )));
     if let Some(url) = opts.join.clone() {

@@ -11,6 +11,7 @@
 //!
 //! Invariant: tests here talk to Tollgate only as users do — processes, ports, files.
 
+pub mod dev;
 pub mod edge;
 pub mod idp;
 pub mod tls;

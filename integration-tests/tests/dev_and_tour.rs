@@ -10,58 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tollgate_integration_tests::dev::Dev;
 use tollgate_integration_tests::edge::{send, Reply, Upstream};
-use tollgate_integration_tests::{free_port, http_get, loopback, run_cli, wait_for, Proc};
-
-struct Dev {
-    grpc: std::net::SocketAddr,
-    http: std::net::SocketAddr,
-    listen: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    peer: std::net::SocketAddr,
-}
-
-impl Dev {
-    fn new() -> Dev {
-        let p = || loopback(free_port());
-        Dev {
-            grpc: p(),
-            http: p(),
-            listen: p(),
-            admin: p(),
-            peer: p(),
-        }
-    }
-
-    fn start(&self, dir: &Path, log: &str) -> Proc {
-        let args: Vec<String> = [
-            "dev",
-            "--grpc",
-            &self.grpc.to_string(),
-            "--http",
-            &self.http.to_string(),
-            "--listen",
-            &self.listen.to_string(),
-            "--admin",
-            &self.admin.to_string(),
-            "--peer",
-            &self.peer.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let proc = Proc::spawn_in("tollgate dev", &args, dir.join(log), dir);
-        let admin = self.admin;
-        wait_for("the dev edge to be ready", Duration::from_secs(30), || {
-            http_get(admin, "/readyz").filter(|(s, _)| *s == 200)
-        });
-        proc
-    }
-
-    fn cli(&self, dir: &Path, args: &[&str]) -> tollgate_integration_tests::CliOutput {
-        run_cli(dir, &format!("http://{}", self.grpc), None, args, None)
-    }
-}
+use tollgate_integration_tests::{wait_for, Proc};
 
 /// A directory with the README's tour file (its upstream pointed at a test upstream) and a
 /// `tollgate dev` started in it, ready (`/readyz`). Each test starts its own.

@@ -8,12 +8,13 @@ use http::StatusCode;
 use serde_json::Value;
 use tollgate_proto::model::{Service, ServiceState, Subscription, Visibility};
 use tollgate_proto::v1::admin_server::Admin;
-use tollgate_proto::v1::{ApplyRequest, GetRequest};
+use tollgate_proto::v1::ApplyRequest;
 use tollgate_proto::{Kind, Spec};
 
-use crate::portal::ctx::{see_other, Ctx, Form, Resp};
+use crate::portal::ctx::{see_other, subscription_status, Ctx, Form, Resp};
 use crate::portal::html::{csrf_field, E, U};
 use crate::portal::session::Session;
+use crate::portal::tryit::{self, routed};
 
 /// Whether `s` may see `svc` in the catalog. Admins of its tenant (and cluster admins, and
 /// viewers of every tenant) see it in any state; everyone else sees only published and
@@ -147,29 +148,6 @@ fn not_found(ctx: &Ctx) -> Resp {
     r
 }
 
-/// The resources of `kind` in `tenant` that the user's token may read (none when it may not).
-pub async fn list<T>(
-    ctx: &Ctx,
-    kind: Kind,
-    tenant: &str,
-    decode: impl Fn(Spec) -> Option<T>,
-) -> Result<Vec<T>, tonic::Status> {
-    let r = ctx
-        .admin
-        .get(ctx.req(GetRequest {
-            kind: kind.as_str().into(),
-            tenant: tenant.into(),
-            name: String::new(),
-        }))
-        .await?
-        .into_inner();
-    Ok(r.resources
-        .iter()
-        .filter_map(|res| Spec::from_json(kind, &res.spec_json).ok())
-        .filter_map(decode)
-        .collect())
-}
-
 /// `GET /portal/services/{tenant}/{name}`
 pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
     let Some(svc) = find(ctx, tenant, name) else {
@@ -199,34 +177,28 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
     // Subscriptions: the user's apps in the service's tenant, and what they asked already.
     let same_tenant = ctx.session.tenant.as_deref().is_none_or(|t| t == svc.tenant);
     if same_tenant && matches!(svc.state, ServiceState::Published | ServiceState::Deprecated) {
-        let apps = list(ctx, Kind::App, &svc.tenant, |s| match s {
-            Spec::App(a) => Some(a.name),
-            _ => None,
-        })
-        .await
-        .unwrap_or_default();
-        let subs: Vec<Subscription> = list(ctx, Kind::Subscription, &svc.tenant, |s| match s {
-            Spec::Subscription(x) if x.service == svc.name => Some(x),
-            _ => None,
-        })
-        .await
-        .unwrap_or_default();
+        let apps = ctx
+            .list(Kind::App, &svc.tenant, |s| match s {
+                Spec::App(a) => Some(a.name),
+                _ => None,
+            })
+            .await
+            .unwrap_or_default();
+        let subs: Vec<Subscription> = ctx
+            .list(Kind::Subscription, &svc.tenant, |s| match s {
+                Spec::Subscription(x) if x.service == svc.name => Some(x),
+                _ => None,
+            })
+            .await
+            .unwrap_or_default();
         b.push_str("<div class=\"box\" id=\"subscribe\"><h2>Subscribe</h2>");
         for s in &subs {
-            let status = s
-                .status
-                .map(|st| {
-                    serde_json::to_value(st)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default()
-                })
-                .unwrap_or_else(|| "pending".into());
+            let status = subscription_status(s.status);
             let _ = write!(
                 b,
                 "<p class=\"subscription\">App <strong>{}</strong>: <span class=\"badge\">{}</span></p>",
                 E(&s.app),
-                E(&status)
+                status
             );
         }
         if apps.is_empty() {
@@ -246,9 +218,59 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
         }
         b.push_str("</div>");
     }
+    if matches!(svc.state, ServiceState::Published | ServiceState::Deprecated) {
+        b.push_str(&tryit::form(&svc, &ctx.session.csrf, ctx.gateway.as_ref()));
+    }
     b.push_str("<h2>API</h2>");
     b.push_str(&docs(&tollgate_proto::openapi::for_service(&svc)));
     ctx.page(&svc.name, &b)
+}
+
+/// `POST /portal/services/{tenant}/{name}/try` (method, path, key, body): one request through
+/// the gateway, and its answer.
+pub async fn try_it(ctx: &Ctx, tenant: &str, name: &str, form: &Form) -> Resp {
+    let Some(svc) = find(ctx, tenant, name) else {
+        return not_found(ctx);
+    };
+    let Some(gw) = ctx.gateway.as_ref() else {
+        return refused(
+            ctx,
+            "Try-it is not set up: the control plane has no --portal-gateway.",
+        );
+    };
+    let (method, path) = (form.get("method").to_uppercase(), form.get("path"));
+    if !routed(&svc, path) {
+        return refused(ctx, &format!("{path:?} is not a path of this service's routes."));
+    }
+    let body = match tryit::body_field(form.get("body")) {
+        Ok(b) => b,
+        Err(e) => return refused(ctx, &e),
+    };
+    let mut b = String::new();
+    match tryit::send(gw, &method, path, form.get("key"), body).await {
+        Ok(answer) => b.push_str(&tryit::render(gw, &method, path, body, &answer)),
+        Err(e) => {
+            let _ = write!(b, "<div class=\"box error\" id=\"try-error\">{}</div>", E(&e));
+        }
+    }
+    b.push_str(&tryit::form(&svc, &ctx.session.csrf, Some(gw)));
+    let _ = write!(
+        b,
+        "<p><a href=\"/portal/services/{}/{}\">Back to {}</a></p>",
+        U(&svc.tenant),
+        U(&svc.name),
+        E(&svc.name)
+    );
+    ctx.page(&format!("Try {}", svc.name), &b)
+}
+
+fn refused(ctx: &Ctx, why: &str) -> Resp {
+    let mut r = ctx.page(
+        "Not sent",
+        &format!("<div class=\"box error\" id=\"try-error\">{}</div>", E(why)),
+    );
+    *r.status_mut() = StatusCode::BAD_REQUEST;
+    r
 }
 
 /// `POST /portal/services/{tenant}/{name}/subscribe` (app): a subscription request, pending

@@ -18,6 +18,7 @@ use crate::admin::AdminService;
 use crate::node::Node;
 use crate::portal::html::{self, Viewer, E};
 use crate::portal::session::Session;
+use crate::portal::tryit::Gateway;
 
 pub type Resp = Response<Full<Bytes>>;
 
@@ -85,6 +86,7 @@ pub struct Ctx {
     pub admin: Arc<AdminService>,
     pub session_id: String,
     pub session: Session,
+    pub gateway: Option<Gateway>,
 }
 
 impl Ctx {

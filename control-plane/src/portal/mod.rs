@@ -11,6 +11,7 @@
 //!  GET  /portal                       catalog (q, tenant, state)
 //!  GET  /portal/services/T/S          the service, its docs, its subscription form
 //!  POST /portal/services/T/S/subscribe
+//!  POST /portal/services/T/S/try      try-it: one request through the gateway (`tryit.rs`)
 //!  GET  /portal/apps                  apps, keys, subscriptions; POST /portal/apps
 //!  POST /portal/apps/T/A/keys         a key, shown once
 //!  POST /portal/keys/T/ID/revoke
@@ -27,6 +28,7 @@ pub mod catalog;
 pub mod ctx;
 pub mod html;
 pub mod session;
+pub mod tryit;
 
 use std::sync::Arc;
 
@@ -42,6 +44,7 @@ use crate::node::Node;
 use ctx::{as_token, html_page, see_other, Ctx, Form, Resp};
 use html::{csrf_field, page, E};
 use session::{cookie, same, set_cookie, Sessions, COOKIE, IDLE, LOGIN_COOKIE};
+pub use tryit::Gateway;
 
 /// Largest form accepted.
 const MAX_FORM_BYTES: usize = 64 * 1024;
@@ -50,14 +53,17 @@ pub struct Portal {
     node: Arc<Node>,
     admin: Arc<AdminService>,
     sessions: Sessions,
+    /// Where try-it sends requests (`--portal-gateway`); none: try-it is off.
+    gateway: Option<Gateway>,
 }
 
 impl Portal {
-    pub fn new(node: Arc<Node>) -> Self {
+    pub fn new(node: Arc<Node>, gateway: Option<Gateway>) -> Self {
         Self {
             admin: Arc::new(AdminService::new(node.clone())),
             node,
             sessions: Sessions::default(),
+            gateway,
         }
     }
 
@@ -99,6 +105,7 @@ impl Portal {
             admin: self.admin.clone(),
             session_id,
             session,
+            gateway: self.gateway.clone(),
         };
         if parts.method == Method::POST && !same(form.get("csrf"), &ctx.session.csrf) {
             return html_page(
@@ -114,6 +121,7 @@ impl Portal {
             (&Method::GET, []) => catalog::catalog(&ctx, &query),
             (&Method::GET, ["services", t, s]) => catalog::service(&ctx, t, s).await,
             (&Method::POST, ["services", t, s, "subscribe"]) => catalog::subscribe(&ctx, t, s, &form).await,
+            (&Method::POST, ["services", t, s, "try"]) => catalog::try_it(&ctx, t, s, &form).await,
             (&Method::GET, ["apps"]) => apps::apps(&ctx).await,
             (&Method::POST, ["apps"]) => apps::create_app(&ctx, &form).await,
             (&Method::POST, ["apps", t, a, "keys"]) => apps::create_key(&ctx, t, a, &form).await,
