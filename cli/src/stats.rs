@@ -36,8 +36,8 @@ pub struct TrafficArgs {
     /// End of the range, RFC 3339 (default: now)
     #[arg(long)]
     to: Option<String>,
-    /// Group rows by
-    #[arg(long, default_value = "service", value_parser = ["service", "app", "status", "model", "tenant", "total"])]
+    /// Group rows by (minute, hour, day: a time series, each row named by its start)
+    #[arg(long, default_value = "service", value_parser = ["service", "app", "status", "model", "tenant", "total", "minute", "hour", "day"])]
     by: String,
     #[arg(long)]
     tenant: Option<String>,
@@ -111,10 +111,19 @@ async fn traffic(g: &Global, a: TrafficArgs) -> CliResult {
         })
         .await?
         .into_inner();
+    let by_time = matches!(a.by.as_str(), "minute" | "hour" | "day");
+    // A time bucket's name is its start in Unix ms: shown as RFC 3339.
+    let group_name = |group: &str| match group.parse::<u64>() {
+        Ok(ms) if by_time => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                .to_string()
+        }
+        _ => group.to_string(),
+    };
     let row_json = |r: &tollgate_proto::v1::StatsRow| {
         let errors = r.by_class.get(4).copied().unwrap_or(0);
         serde_json::json!({
-            "group": r.group,
+            "group": group_name(&r.group),
             "requests": r.requests,
             "by_status": tollgate_proto::rollup::STATUS_CLASSES
                 .iter()
@@ -163,7 +172,7 @@ async fn traffic(g: &Global, a: TrafficArgs) -> CliResult {
                 if row.group.is_empty() {
                     "-".into()
                 } else {
-                    row.group.clone()
+                    group_name(&row.group)
                 },
                 row.requests.to_string(),
                 class(1),

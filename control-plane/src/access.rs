@@ -164,6 +164,16 @@ pub fn audit_scope(t: &AdminToken) -> Result<Option<&str>, AdminError> {
     }
 }
 
+/// The tenant a traffic query (`stats`) is limited to (`None`: all). Unlike the audit log,
+/// developers and viewers read their tenant's traffic too: the portal shows their apps' usage.
+pub fn stats_scope(t: &AdminToken) -> Result<Option<&str>, AdminError> {
+    match (t.role, t.tenant.as_deref()) {
+        (Role::ClusterAdmin, _) | (Role::Viewer, None) => Ok(None),
+        (Role::TenantAdmin | Role::TenantDeveloper | Role::Viewer, Some(own)) => Ok(Some(own)),
+        _ => Err(denied(t, "read traffic statistics")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tollgate_proto::Document;

@@ -678,8 +678,7 @@ impl AdminService {
     }
 
     async fn stats_local(&self, t: &AdminToken, r: StatsRequest) -> Result<StatsResponse, AdminError> {
-        // Who may read which tenant's traffic: as for the audit log.
-        let scope = access::audit_scope(t)?.map(str::to_string);
+        let scope = access::stats_scope(t)?.map(str::to_string);
         let tenant = match (&scope, r.tenant.is_empty()) {
             (Some(own), false) if own != &r.tenant => {
                 return Err(AdminError::PermissionDenied {
@@ -694,7 +693,7 @@ impl AdminService {
         let group_by = GroupBy::parse(&r.group_by).ok_or_else(|| {
             AdminError::invalid(
                 "group_by",
-                "one of service, app, status, model, tenant (or empty for a total)",
+                "one of service, app, status, model, tenant, minute, hour, day (or empty for a total)",
             )
         })?;
         let to_ms = if r.to_ms == 0 {

@@ -113,6 +113,9 @@ pub enum GroupBy {
     App,
     Status,
     Model,
+    /// By time: the start (Unix ms, zero-padded to sort) of each bucket of this many ms.
+    /// Rows of a coarser tier count in the bucket their own start falls in.
+    Time(u64),
 }
 
 impl GroupBy {
@@ -124,12 +127,16 @@ impl GroupBy {
             "app" => GroupBy::App,
             "status" => GroupBy::Status,
             "model" => GroupBy::Model,
+            "minute" => GroupBy::Time(60_000),
+            "hour" => GroupBy::Time(3_600_000),
+            "day" => GroupBy::Time(86_400_000),
             _ => return None,
         })
     }
 
-    fn of(self, k: &Key) -> String {
+    fn of(self, start_ms: u64, k: &Key) -> String {
         match self {
+            GroupBy::Time(bucket) => format!("{:015}", start_ms / bucket * bucket),
             GroupBy::Total => String::new(),
             GroupBy::Tenant => k.tenant.clone(),
             GroupBy::Service => format!("{}/{}", k.tenant, k.service),
@@ -218,8 +225,8 @@ impl Rollups {
     /// (1xx to 5xx).
     pub fn query(&self, q: &Query) -> BTreeMap<String, Group> {
         let mut out: BTreeMap<String, Group> = BTreeMap::new();
-        let mut add = |k: &Key, v: &Value| {
-            let g = out.entry(q.group_by.of(k)).or_default();
+        let mut add = |start_ms: u64, k: &Key, v: &Value| {
+            let g = out.entry(q.group_by.of(start_ms, k)).or_default();
             g.value.merge(v);
             if let Some(i) = STATUS_CLASSES.iter().position(|c| *c == k.status_class) {
                 g.by_class[i] += v.requests;
@@ -227,17 +234,17 @@ impl Rollups {
         };
         for ((minute, k), sources) in &self.minutes {
             if q.covers(minute * 60_000) && q.matches(k) {
-                sources.values().for_each(|v| add(k, v));
+                sources.values().for_each(|v| add(minute * 60_000, k, v));
             }
         }
         for ((hour, k), v) in &self.hours {
             if q.covers(hour * 3_600_000) && q.matches(k) {
-                add(k, v);
+                add(hour * 3_600_000, k, v);
             }
         }
         for ((day, k), v) in &self.days {
             if q.covers(day * 86_400_000) && q.matches(k) {
-                add(k, v);
+                add(day * 86_400_000, k, v);
             }
         }
         out
@@ -328,6 +335,39 @@ mod tests {
             group_by,
             ..Query::default()
         }
+    }
+
+    #[test]
+    fn time_buckets_sort_and_hold_the_minutes_they_start() {
+        let mut r = Rollups::default();
+        let now = 6000 * MIN;
+        r.record(
+            now,
+            Retention::DEFAULT,
+            &[
+                row(5999, "orders", "2xx", "e1", 4),
+                row(5999, "orders", "5xx", "e2", 1),
+                row(5940, "orders", "2xx", "e1", 2),
+                row(5939, "orders", "2xx", "e1", 8),
+            ],
+        );
+        let by_minute = r.query(&all(0, u64::MAX, GroupBy::Time(MIN)));
+        let keys: Vec<&String> = by_minute.keys().collect();
+        assert_eq!(
+            keys,
+            [5939, 5940, 5999]
+                .map(|m| format!("{:015}", m * MIN))
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            by_minute[&format!("{:015}", 5999 * MIN)].by_class,
+            [0, 4, 0, 0, 1]
+        );
+        let by_hour = r.query(&all(0, u64::MAX, GroupBy::Time(60 * MIN)));
+        let hours: Vec<u64> = by_hour.values().map(|g| g.value.requests).collect();
+        assert_eq!(hours, [8, 7], "minute 5939 is hour 98, 5940.. hour 99");
+        assert_eq!(GroupBy::parse("hour"), Some(GroupBy::Time(3_600_000)));
     }
 
     #[test]

@@ -11,10 +11,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use tollgate_integration_tests::dev::Dev;
 use tollgate_integration_tests::edge::{send, Reply, Upstream};
-use tollgate_integration_tests::{program, tool, Proc};
+use tollgate_integration_tests::{program, tool, wait_for, Proc};
 
 const XSS: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
 
@@ -160,6 +161,29 @@ fn a_developer_gets_a_key_an_admin_approves_and_the_key_works_in_a_real_browser(
         !echo.to_string().contains(key),
         "the key reached the upstream: {echo}"
     );
+
+    // The usage page showed the rollups' count: `tollgate stats` agrees, plus curl's call.
+    let shown = result["usage_requests"].as_u64().unwrap();
+    wait_for("the curl call in the rollups", Duration::from_secs(10), || {
+        let out = p
+            .cli(&[
+                "stats",
+                "--tenant",
+                "acme",
+                "--service",
+                "orders",
+                "--by",
+                "total",
+                "-o",
+                "json",
+            ])
+            .ok()
+            .stdout;
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let total = v["total"]["requests"].as_u64().unwrap();
+        assert!(total <= shown + 1, "stats {total}, page {shown}");
+        (total == shown + 1).then_some(())
+    });
 
     // A screenshot of every step, each a PNG.
     let mut names: Vec<String> = std::fs::read_dir(&shots)

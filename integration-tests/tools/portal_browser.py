@@ -5,7 +5,7 @@ chromedriver), as a developer and a tenant admin would click through it:
              a subscription, try the key (refused: pending)
   admin:     log in, approve the request in the queue, read the audit log
   both:      the key works through the edge within a second of the approval, through
-             try-it and over plain HTTP
+             try-it and over plain HTTP; the service's usage page counts the calls
 
 Every page is saved as a screenshot in --shots. Prints one JSON line at the end:
 {"key": ..., "approved_to_served_ms": ..., "try_status": ...}. Exits non-zero (with the
@@ -202,6 +202,26 @@ class Run:
         self.shot("try-it")
         return status
 
+    def usage(self):
+        """The service's usage page, once the edge's rollups counted the 403 and the 200s."""
+        a = self.a
+        deadline = time.monotonic() + 10
+        while True:
+            self.go(f"/portal/usage?tenant={a.tenant}&service={a.service}&range=1h")
+            cells = [c.text for c in self.d.find_elements(By.CSS_SELECTOR, "#usage-total td")]
+            self.check(len(cells) == 7, f"the totals row: {cells}")
+            requests, errors = int(cells[0]), int(cells[1].split()[0])
+            if requests >= 2 and errors >= 1:
+                break
+            if time.monotonic() > deadline:
+                self.fail(f"the usage page never counted the calls: {cells}")
+            time.sleep(0.5)
+        bars = self.d.find_elements(By.CSS_SELECTOR, "#chart-requests rect title")
+        self.check(len(bars) >= 2, f"bars for the 2xx and the 4xx: {len(bars)}")
+        self.check(self.d.find_elements(By.CSS_SELECTOR, "#chart-latency polyline"), "latency lines")
+        self.shot("usage")
+        return requests
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -216,7 +236,8 @@ def main():
         ms = run.served_after(key, approved)
         run.audit()
         status = run.try_with(key)
-        print(json.dumps({"key": key, "approved_to_served_ms": ms, "try_status": status}))
+        requests = run.usage()
+        print(json.dumps({"key": key, "approved_to_served_ms": ms, "try_status": status, "usage_requests": requests}))
     finally:
         run.d.quit()
 

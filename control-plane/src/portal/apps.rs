@@ -63,10 +63,13 @@ pub async fn apps(ctx: &Ctx) -> Resp {
 fn app_box(b: &mut String, a: &App, keys: &[ApiKey], subs: &[Subscription], csrf: &str) {
     let _ = write!(
         b,
-        "<div class=\"box app\" id=\"app-{}\"><h2>{}</h2><p>{}</p><h3>Keys</h3>",
+        "<div class=\"box app\" id=\"app-{}\"><h2>{}</h2><p>{}</p>\
+         <p><a href=\"/portal/usage?tenant={}&app={}\">Usage</a></p><h3>Keys</h3>",
         E(&a.name),
         E(&a.name),
-        E(a.description.as_deref().unwrap_or(""))
+        E(a.description.as_deref().unwrap_or("")),
+        U(&a.tenant),
+        U(&a.name)
     );
     let mine: Vec<&ApiKey> = keys
         .iter()

@@ -156,7 +156,7 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<p>{} · tenant <strong>{}</strong>{} · auth: {}</p><p>{}</p>",
+        "<p>{} · tenant <strong>{}</strong>{} · auth: {} · <a href=\"/portal/usage?tenant={}&service={}\">usage</a></p><p>{}</p>",
         badge(&svc),
         E(&svc.tenant),
         svc.version
@@ -172,6 +172,8 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
                 .unwrap_or_default())
             .collect::<Vec<_>>()
             .join(", ")),
+        U(&svc.tenant),
+        U(&svc.name),
         E(svc.description.as_deref().unwrap_or(""))
     );
     // Subscriptions: the user's apps in the service's tenant, and what they asked already.

@@ -61,7 +61,7 @@ table{border-collapse:collapse;width:100%;background:#fff}td,th{border-bottom:1p
 .box{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:1em;margin:1em 0}\
 .once{font-family:monospace;font-size:1.1em;background:#fffbe0;padding:.5em;border:1px dashed #c9a400}\
 .error{background:#fde8e8;border-color:#e8a0a0}form.inline{display:inline}\
-pre{background:#f0f2f5;padding:.6em;overflow:auto}code{font-size:.95em}\
+pre{background:#f0f2f5;padding:.6em;overflow:auto}.note{color:#667;font-size:.9em}svg.chart{display:block;max-width:100%;height:auto}code{font-size:.95em}\
 input,select,textarea,button{font:inherit}";
 
 /// A whole page: the frame, the navigation for `viewer` (none on the login page) and `body`.
@@ -76,7 +76,9 @@ pub fn page(title: &str, viewer: Option<&Viewer<'_>>, body: &str) -> String {
         E(title)
     );
     if let Some(v) = viewer {
-        out.push_str("<a href=\"/portal\">Catalog</a><a href=\"/portal/apps\">Apps and keys</a>");
+        out.push_str(
+            "<a href=\"/portal\">Catalog</a><a href=\"/portal/apps\">Apps and keys</a><a href=\"/portal/usage\">Usage</a>",
+        );
         if v.admin {
             out.push_str(
                 "<a href=\"/portal/approvals\">Approvals</a><a href=\"/portal/audit\">Audit log</a>",

@@ -18,6 +18,7 @@
 //!  GET  /portal/approvals             pending subscriptions (tenant admins)
 //!  POST /portal/subscriptions/T/A:S/{approve,reject}
 //!  GET  /portal/audit                 the audit log (admins)
+//!  GET  /portal/usage                 usage charts of a service, an app or the tenant (`charts.rs`)
 //!  POST /portal/logout
 //! ```
 //! Every POST but the login's needs the session's CSRF token in its `csrf` field; the
@@ -25,6 +26,7 @@
 
 pub mod apps;
 pub mod catalog;
+pub mod charts;
 pub mod ctx;
 pub mod html;
 pub mod session;
@@ -131,6 +133,7 @@ impl Portal {
                 apps::decide(&ctx, t, id, d).await
             }
             (&Method::GET, ["audit"]) => apps::audit(&ctx).await,
+            (&Method::GET, ["usage"]) => charts::usage(&ctx, &query).await,
             (&Method::POST, ["logout"]) => {
                 self.sessions.end(&ctx.session_id);
                 see_other(
