@@ -86,6 +86,9 @@ enum Command {
     Get(verbs::GetArgs),
     /// Delete one resource
     Delete(verbs::DeleteArgs),
+    /// Create resources from other formats: `import openapi FILE --tenant T --upstream U`
+    #[command(subcommand)]
+    Import(verbs::ImportCmd),
     /// Manage API keys
     #[command(subcommand)]
     Key(verbs::KeyCmd),
@@ -204,6 +207,7 @@ fn main() {
             }
             Command::Cluster(c) => verbs::cluster(&g, c).await,
             Command::Apply(a) => verbs::apply(&g, a).await,
+            Command::Import(c) => verbs::import(&g, c).await,
             Command::Diff(a) => verbs::diff(&g, a).await,
             Command::Export(a) => verbs::export(&g, a).await,
             Command::Get(a) => verbs::get(&g, a).await,

@@ -150,6 +150,27 @@ pub enum TokenCmd {
 }
 
 #[derive(Subcommand)]
+pub enum ImportCmd {
+    /// Create a draft service from an OpenAPI 3 document (YAML or JSON): one route per path
+    /// with its methods, named after info.title, the document attached as its docs
+    Openapi {
+        /// The document (`-`: stdin)
+        file: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// The upstream the service forwards to (it must exist in the tenant)
+        #[arg(long)]
+        upstream: String,
+        /// The service's name (default: from info.title)
+        #[arg(long)]
+        name: Option<String>,
+        /// Show what would change, change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum SecretCmd {
     /// Set a secret; the value is read from standard input (a trailing newline is dropped)
     Set {
@@ -258,6 +279,51 @@ pub async fn apply(g: &Global, a: ApplyArgs) -> CliResult {
     Ok(())
 }
 
+pub async fn import(g: &Global, c: ImportCmd) -> CliResult {
+    let ImportCmd::Openapi {
+        file,
+        tenant,
+        upstream,
+        name,
+        dry_run,
+    } = c;
+    let text = read_file(&file)?;
+    let doc: serde_json::Value = serde_saphyr::from_str(&text)
+        .map_err(|e| Failure::other(format!("{} is not YAML or JSON: {e}", file.display())))?;
+    let svc = tollgate_proto::openapi::import(&doc, &tenant, &upstream, name.as_deref())
+        .map_err(|e| Failure::other(format!("{}: {e}", file.display())))?;
+    let routes = svc.routes.len();
+    let spec = tollgate_proto::Spec::Service(svc);
+    let document = serde_json::to_string(&tollgate_proto::Document::from_specs([&spec]))
+        .map_err(|e| Failure::other(format!("encoding the service: {e}")))?;
+    let mut client = connect(g).await?;
+    let req = ApplyRequest {
+        document,
+        prune: false,
+    };
+    let r = if dry_run {
+        client.diff(req).await?
+    } else {
+        client.apply(req).await?
+    }
+    .into_inner();
+    let out = apply_out(r);
+    let tollgate_proto::Spec::Service(svc) = &spec else {
+        unreachable!("built as a service")
+    };
+    print(g.output, &out, || {
+        format!(
+            "{}{}: service {}/{} (draft) with {routes} routes from {}; publish it with state: published\n",
+            changes_table(&out),
+            if dry_run { "would apply" } else { "applied" },
+            svc.tenant,
+            svc.name,
+            file.display()
+        )
+    });
+    Ok(())
+}
+
 pub async fn diff(g: &Global, a: DiffArgs) -> CliResult {
     let document = read_file(&a.file)?;
     let mut client = connect(g).await?;
@@ -338,7 +404,7 @@ struct ResourceOut {
 }
 
 /// One-line summary of a resource for tables.
-/// `get openapi SERVICE`: the document generated from the service's spec.
+/// `get openapi SERVICE`: the service's own document, or one generated from its spec.
 async fn get_openapi(g: &Global, a: GetArgs) -> CliResult {
     let (Some(name), Some(tenant)) = (a.name, a.tenant) else {
         return Err(Failure::other("usage: tollgate get openapi SERVICE --tenant T"));

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use tollgate_proto::model::{ApiKey, SecretRecord, Subscription, SubscriptionStatus};
 use tollgate_proto::validate::{
-    check_certificate_hosts, check_duplicates, check_jwt_issuers, check_spec_references, references,
-    validate_spec,
+    check_certificate_hosts, check_duplicates, check_jwt_issuers, check_spec_references, publish_problems,
+    references, validate_spec,
 };
 use tollgate_proto::{Document, Kind, ResourceKey, Spec};
 
@@ -793,6 +793,12 @@ impl ConfigState {
             let Some(Spec::Service(svc)) = current(key) else {
                 continue;
             };
+            // The tenant's publishing rules, for services this change writes.
+            if writes.contains_key(key) {
+                if let Some(Spec::Tenant(t)) = current(&ResourceKey::new(Kind::Tenant, "", &svc.tenant)) {
+                    errors.extend(publish_problems(svc, &t.publish_requires));
+                }
+            }
             let touched = writes.contains_key(key)
                 || written_policies
                     .iter()

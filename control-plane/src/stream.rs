@@ -119,6 +119,12 @@ fn streamed(
             }
             Spec::JwtIssuer(j)
         }
+        // The OpenAPI document is the portal's; the edge routes by the routes alone.
+        Spec::Service(svc) if svc.openapi.is_some() => {
+            let mut svc = svc.clone();
+            svc.openapi = None;
+            Spec::Service(svc)
+        }
         Spec::Oauth2Introspection(o) => {
             let mut o = o.clone();
             match open_secret(state, keys, &key.tenant, &o.client_secret_secret)

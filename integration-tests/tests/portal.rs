@@ -162,7 +162,7 @@ fn a_developer_gets_a_key_an_admin_approves_and_the_key_works_in_a_real_browser(
         "the key reached the upstream: {echo}"
     );
 
-    // The usage page showed the rollups' count: `tollgate stats` agrees, plus curl's call.
+    // The usage page showed exactly the run's calls: `tollgate stats` agrees, plus curl's.
     let shown = result["usage_requests"].as_u64().unwrap();
     wait_for("the curl call in the rollups", Duration::from_secs(10), || {
         let out = p
@@ -426,4 +426,159 @@ fn count_with(v: &serde_json::Value, field: &str, value: &str) -> usize {
         serde_json::Value::Array(a) => a.iter().map(|x| count_with(x, field, value)).sum(),
         _ => 0,
     }
+}
+
+const PETS: &str = r#"
+openapi: 3.0.3
+info:
+  title: Pet Store
+  version: "1.0.0"
+  description: "Pets, <b>bold</b> claims"
+servers: [{url: "https://pets.example.com/api"}]
+tags: [{name: animals}]
+paths:
+  /pets:
+    get: {summary: "List the pets <script>alert(3)</script>"}
+    post: {summary: Add a pet}
+  /pets/{id}:
+    get: {summary: One pet}
+"#;
+
+/// Governance end to end: `tollgate import openapi` makes a draft whose routes come from the
+/// document, the tenant's publishing rules refuse a service without an owner (in the CLI and
+/// in the portal's lifecycle form), the attached document is the docs (escaped), and the
+/// lifecycle moves made in the portal reach the edge: published routes serve by the
+/// document's methods, retired ones are refused.
+#[test]
+fn openapi_import_publishing_rules_and_the_lifecycle_reach_the_edge() {
+    let p = Portal::start();
+    std::fs::write(p.dir.path().join("pets.yaml"), PETS).unwrap();
+    let out = p
+        .cli(&[
+            "import",
+            "openapi",
+            "pets.yaml",
+            "--tenant",
+            "acme",
+            "--upstream",
+            "be",
+        ])
+        .ok()
+        .stdout;
+    assert!(out.contains("acme/pet-store (draft) with 2 routes"), "{out}");
+    let doc = p
+        .cli(&["get", "openapi", "pet-store", "--tenant", "acme"])
+        .ok()
+        .stdout;
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        doc["info"]["title"], "Pet Store",
+        "the attached document is returned"
+    );
+
+    // acme publishes only services with docs and an owner; the import had no contact.
+    std::fs::write(
+        p.dir.path().join("rules.yaml"),
+        "tenants: [{name: acme, publish_requires: [docs, owner]}]\n",
+    )
+    .unwrap();
+    p.cli(&["apply", "-f", "rules.yaml"]).ok();
+    let admin = p.token("tenant-admin", "acme");
+    let mut c = Client::new(&p);
+    assert_eq!(c.login(&admin).status, 303);
+    let page = c.get("/portal/services/acme/pet-store");
+    assert!(page.body.contains("id=\"lifecycle\"") && page.body.contains("id=\"to-published\""));
+    assert!(!page.body.contains("<script>alert(3)"), "OpenAPI text is escaped");
+    assert!(page
+        .body
+        .contains("List the pets &lt;script&gt;alert(3)&lt;/script&gt;"));
+    let csrf = csrf_of(&page.body);
+    let publish = [("csrf", csrf.as_str()), ("state", "published")];
+    let r = c.request("POST", "/portal/services/acme/pet-store/state", &publish);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains("publishes only services with an owner"),
+        "{}",
+        r.body
+    );
+
+    // With an owner (the document's contact), publishing goes through.
+    let owned = PETS.replace(
+        "  version: \"1.0.0\"\n",
+        "  version: \"1.0.0\"\n  contact: {email: pets@example.com}\n",
+    );
+    std::fs::write(p.dir.path().join("pets2.yaml"), owned).unwrap();
+    p.cli(&[
+        "import",
+        "openapi",
+        "pets2.yaml",
+        "--tenant",
+        "acme",
+        "--upstream",
+        "be",
+    ])
+    .ok();
+    let r = c.request("POST", "/portal/services/acme/pet-store/state", &publish);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = c.get("/portal/services/acme/pet-store");
+    assert!(page.body.contains("<span id=\"owner\">pets@example.com</span>"));
+    assert!(page.body.contains("/portal?tag=animals"));
+
+    // The edge serves the document's operations and nothing else.
+    std::fs::write(
+        p.dir.path().join("app.yaml"),
+        "apps: [{name: petapp, tenant: acme}]\nsubscriptions: [{app: petapp, service: pet-store, tenant: acme}]\n",
+    )
+    .unwrap();
+    p.cli(&["apply", "-f", "app.yaml"]).ok();
+    let key = p
+        .cli(&[
+            "key", "create", "--app", "petapp", "--tenant", "acme", "-o", "json",
+        ])
+        .ok()
+        .stdout;
+    let key: serde_json::Value = serde_json::from_str(&key).unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let call = |method: &str, path: &str| {
+        send(p.dev.listen, method, path, &[("apikey", &key)], b"").expect("the edge answers")
+    };
+    wait_for("the published routes", Duration::from_secs(2), || {
+        (call("GET", "/api/pets/7").status == 200).then_some(())
+    });
+    assert_eq!(call("POST", "/api/pets").status, 200);
+    assert_eq!(call("DELETE", "/api/pets/7").status, 404, "not in the document");
+    assert_eq!(call("GET", "/api/pets/7/toys").status, 404);
+
+    // Deprecated with a sunset, then retired: refused on the edge within a second.
+    let r = c.request(
+        "POST",
+        "/portal/services/acme/pet-store/state",
+        &[
+            ("csrf", &csrf),
+            ("state", "deprecated"),
+            ("sunset", "2027-06-30T00:00:00Z"),
+        ],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = wait_for("the sunset header", Duration::from_secs(1), || {
+        let r = call("GET", "/api/pets");
+        r.header("sunset").is_some().then_some(r)
+    });
+    assert_eq!(r.header("sunset"), Some("Wed, 30 Jun 2027 00:00:00 GMT"));
+    let catalog = c.get("/portal");
+    assert!(
+        catalog.body.contains("sunset 2027-06-30T00:00:00Z"),
+        "deprecated services show their sunset"
+    );
+    let r = c.request(
+        "POST",
+        "/portal/services/acme/pet-store/state",
+        &[("csrf", &csrf), ("state", "retired")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = wait_for("the retirement", Duration::from_secs(1), || {
+        let r = call("GET", "/api/pets");
+        (r.status == 403).then_some(r)
+    });
+    assert_eq!(r.error_code(), "api_retired");
 }

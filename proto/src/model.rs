@@ -393,6 +393,10 @@ pub struct Tenant {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// What a service of this tenant needs before it is published (or deprecated): the
+    /// tenant's publishing rules. Empty: no rule.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish_requires: Vec<PublishRequirement>,
     /// Optimistic concurrency: apply only if the stored resource is at this version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<u64>,
@@ -518,6 +522,16 @@ pub enum ServiceState {
     Retired,
 }
 
+/// A tenant's publishing rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishRequirement {
+    /// Docs a person wrote: an attached `openapi` document or a `description`.
+    Docs,
+    /// An `owner` (a team or a person to ask).
+    Owner,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
@@ -571,6 +585,16 @@ pub struct Service {
     pub routes: Vec<Route>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Who answers for the API: a team or a person (shown in the portal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Labels to find it by in the catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// The API's OpenAPI 3 document (an object), shown as its docs in the portal and
+    /// returned by `tollgate get openapi`; without one, docs are generated from the routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<u64>,
 }

@@ -1,5 +1,7 @@
 //! OpenAPI 3.1 documents generated from a service's spec: what `tollgate get openapi
-//! SERVICE` prints and what the portal renders for a service without a document of its own.
+//! SERVICE` prints and what the portal renders for a service without a document of its own
+//! (an attached `openapi` document is returned as it is). [`import`] goes the other way: a
+//! draft service whose routes come from a document's paths and methods.
 //!
 //! - A **prompt API** gets its one operation, `POST` on each route path, with the request
 //!   body `{"variables": {...}}` typed from the template's variables (required ones listed)
@@ -20,8 +22,11 @@ use crate::model::{AiRoute, AuthKind, PromptTemplate, Service, ServiceState};
 /// The methods a route without a method list is documented with.
 const ANY_METHOD: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 
-/// The document for `svc`.
+/// The document for `svc`: its own, or one generated from its spec.
 pub fn for_service(svc: &Service) -> Value {
+    if let Some(doc) = &svc.openapi {
+        return doc.clone();
+    }
     let mut paths = Map::new();
     let mut unlisted = Vec::new();
     let deprecated = matches!(svc.state, ServiceState::Deprecated);
@@ -324,6 +329,123 @@ fn forwarded_operation(svc: &Service, prefix: bool) -> Value {
     op
 }
 
+/// The methods an OpenAPI path item may hold, as routes name them.
+const OPERATIONS: [&str; 8] = [
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// A draft service of `tenant` in front of `upstream` made from an OpenAPI 3 document: one
+/// route per path with the methods it documents (`=/exact` for a fixed path, a regex for a
+/// templated one, each under the path of the first `servers` URL), named `name` or after
+/// `info.title`, with the document attached as its docs.
+pub fn import(doc: &Value, tenant: &str, upstream: &str, name: Option<&str>) -> Result<Service, String> {
+    crate::validate::check_openapi(doc)?;
+    let info = &doc["info"];
+    let name = match name {
+        Some(n) => n.to_string(),
+        None => slug(info["title"].as_str().unwrap_or("")),
+    };
+    crate::validate::check_name(&name).map_err(|e| format!("{e} (give --name)"))?;
+    let base = doc["servers"][0]["url"]
+        .as_str()
+        .and_then(|u| {
+            url::Url::parse(u)
+                .ok()
+                .map(|u| u.path().to_string())
+                .or_else(|| u.starts_with('/').then(|| u.to_string()))
+        })
+        .map(|p| p.trim_end_matches('/').to_string())
+        .unwrap_or_default();
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        if !path.starts_with('/') {
+            return Err(format!("path {path:?} does not start with /"));
+        }
+        let mut methods: Vec<String> = OPERATIONS
+            .iter()
+            .filter(|m| item.get(**m).is_some())
+            .map(|m| m.to_uppercase())
+            .collect();
+        if methods.is_empty() {
+            continue;
+        }
+        methods.sort();
+        let full = format!("{base}{path}");
+        let route_path = if full.contains('{') {
+            let mut re = String::from("~^");
+            for (i, seg) in full.split('/').enumerate() {
+                if i > 0 {
+                    re.push('/');
+                }
+                if seg.starts_with('{') && seg.ends_with('}') {
+                    re.push_str("[^/]+");
+                } else {
+                    re.push_str(&regex::escape(seg));
+                }
+            }
+            re.push('$');
+            re
+        } else {
+            format!("={full}")
+        };
+        routes.push(crate::model::Route {
+            paths: vec![route_path],
+            methods,
+            ..Default::default()
+        });
+    }
+    if routes.is_empty() {
+        return Err("the document has no operations under paths".into());
+    }
+    let tags = doc["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .map(slug)
+        .filter(|t| crate::validate::check_name(t).is_ok())
+        .take(20)
+        .collect();
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
+    Ok(Service {
+        name,
+        tenant: tenant.into(),
+        version: text(&info["version"]).filter(|v| crate::validate::check_name(v).is_ok()),
+        state: ServiceState::Draft,
+        sunset: None,
+        visibility: Default::default(),
+        approval: Default::default(),
+        auth: vec![AuthKind::ApiKey],
+        upstream: Some(upstream.into()),
+        ai: None,
+        policies: vec![],
+        routes,
+        description: text(&info["description"]).or_else(|| text(&info["summary"])),
+        owner: text(&info["contact"]["email"]).or_else(|| text(&info["contact"]["name"])),
+        tags,
+        openapi: Some(doc.clone()),
+        resource_version: None,
+    })
+}
+
+/// A name from a title: lowercase letters and digits, runs of anything else as one `-`.
+fn slug(title: &str) -> String {
+    let mut out = String::new();
+    for c in title.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    out.trim_end_matches('-').chars().take(63).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,6 +464,9 @@ mod tests {
             upstream: None,
             ai,
             policies: vec![],
+            owner: None,
+            tags: vec![],
+            openapi: None,
             routes: vec![Route {
                 paths: vec!["/sentiment".into(), "~^/x/[0-9]+$".into()],
                 ..Route::default()
@@ -434,5 +559,52 @@ mod tests {
         assert_eq!(health.keys().collect::<Vec<_>>(), ["get"]);
         assert!(health["get"].get("x-tollgate-match").is_none());
         assert_eq!(health["get"]["summary"], "Forwarded to upstream shop");
+    }
+
+    #[test]
+    fn import_makes_a_draft_with_a_route_per_path() {
+        let doc = json!({
+            "openapi": "3.0.3",
+            "info": {"title": "Pet Store API", "version": "1.0.0", "description": "Pets", "contact": {"email": "pets@example.com"}},
+            "servers": [{"url": "https://api.example.com/v1"}],
+            "tags": [{"name": "Pets"}, {"name": "bad tag!"}],
+            "paths": {
+                "/pets": {"get": {}, "post": {}, "parameters": []},
+                "/pets/{id}": {"get": {}, "delete": {}},
+                "/empty": {"parameters": []}
+            }
+        });
+        let s = import(&doc, "acme", "pets-be", None).unwrap();
+        assert_eq!((s.name.as_str(), s.state), ("pet-store-api", ServiceState::Draft));
+        assert_eq!(s.version.as_deref(), Some("1.0.0"));
+        assert_eq!(s.owner.as_deref(), Some("pets@example.com"));
+        assert_eq!(s.tags, ["pets", "bad-tag"]);
+        let routes: Vec<(String, Vec<String>)> = s
+            .routes
+            .iter()
+            .map(|r| (r.paths[0].clone(), r.methods.clone()))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                (
+                    "=/v1/pets".to_string(),
+                    vec!["GET".to_string(), "POST".to_string()]
+                ),
+                (
+                    "~^/v1/pets/[^/]+$".to_string(),
+                    vec!["DELETE".to_string(), "GET".to_string()]
+                ),
+            ]
+        );
+        assert_eq!(for_service(&s), doc, "the document is attached as the docs");
+        let mut errors = Vec::new();
+        crate::validate::validate_spec(&crate::Spec::Service(s), &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+
+        assert!(import(&json!({"swagger": "2.0"}), "a", "b", None).is_err());
+        let untitled = json!({"openapi": "3.1.0", "info": {"title": "!!"}, "paths": {"/a": {"get": {}}}});
+        assert!(import(&untitled, "a", "b", None).unwrap_err().contains("--name"));
+        assert_eq!(import(&untitled, "a", "b", Some("x")).unwrap().name, "x");
     }
 }

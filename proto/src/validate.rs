@@ -519,6 +519,73 @@ pub fn check_certificate_hosts<'a>(
     }
 }
 
+/// Most tags on one service.
+const MAX_TAGS: usize = 20;
+/// Largest OpenAPI document attached to a service (as compact JSON).
+pub const MAX_OPENAPI_BYTES: usize = 1 << 20;
+
+/// An attached OpenAPI document: an object of OpenAPI 3.x with `info` and, if any,
+/// `paths` as an object, at most [`MAX_OPENAPI_BYTES`].
+pub fn check_openapi(doc: &serde_json::Value) -> Result<(), String> {
+    let Some(obj) = doc.as_object() else {
+        return Err("an OpenAPI 3 document (an object with openapi, info and paths)".into());
+    };
+    match obj.get("openapi").and_then(|v| v.as_str()) {
+        Some(v) if v.starts_with("3.") => {}
+        Some(v) => return Err(format!("OpenAPI {v:?} is not supported: give a 3.x document")),
+        None => return Err("no \"openapi\" version field: give an OpenAPI 3.x document".into()),
+    }
+    if !obj.get("info").is_some_and(|i| i.is_object()) {
+        return Err("no \"info\" object".into());
+    }
+    if obj.get("paths").is_some_and(|p| !p.is_object()) {
+        return Err("\"paths\" must be an object".into());
+    }
+    let size = serde_json::to_vec(doc).map_or(usize::MAX, |v| v.len());
+    if size > MAX_OPENAPI_BYTES {
+        return Err(format!(
+            "the document is {} KiB; at most {} KiB",
+            size / 1024,
+            MAX_OPENAPI_BYTES / 1024
+        ));
+    }
+    Ok(())
+}
+
+/// What `svc` lacks under its tenant's publishing `rules`, when it is published or
+/// deprecated (a draft or a retired service needs nothing).
+pub fn publish_problems(svc: &Service, rules: &[PublishRequirement]) -> Vec<ValidationError> {
+    if !matches!(svc.state, ServiceState::Published | ServiceState::Deprecated) {
+        return Vec::new();
+    }
+    let resource = ResourceKey::new(Kind::Service, &svc.tenant, &svc.name).to_string();
+    let mut out = Vec::new();
+    for rule in rules {
+        let (field, missing) = match rule {
+            PublishRequirement::Docs => (
+                "openapi",
+                svc.openapi.is_none() && svc.description.as_deref().is_none_or(|d| d.trim().is_empty()),
+            ),
+            PublishRequirement::Owner => ("owner", svc.owner.is_none()),
+        };
+        if missing {
+            out.push(ValidationError {
+                resource: resource.clone(),
+                field: field.into(),
+                message: format!(
+                    "tenant {} publishes only services with {}: add it, or keep the service a draft",
+                    svc.tenant,
+                    match rule {
+                        PublishRequirement::Docs => "docs (an openapi document or a description)",
+                        PublishRequirement::Owner => "an owner",
+                    }
+                ),
+            });
+        }
+    }
+    out
+}
+
 fn validate_service(c: &mut Checker<'_>, s: &Service) {
     c.name("name", &s.name);
     if let Some(v) = &s.version {
@@ -546,6 +613,25 @@ fn validate_service(c: &mut Checker<'_>, s: &Service) {
     }
     for (i, p) in s.policies.iter().enumerate() {
         c.name(&format!("policies[{i}]"), p);
+    }
+    if let Some(owner) = &s.owner {
+        if owner.trim().is_empty() || owner.len() > 200 || owner.chars().any(char::is_control) {
+            c.err(
+                "owner",
+                "a team or a person: 1 to 200 characters, no control characters",
+            );
+        }
+    }
+    if s.tags.len() > MAX_TAGS {
+        c.err("tags", format!("at most {MAX_TAGS} tags"));
+    }
+    for (i, t) in s.tags.iter().enumerate() {
+        c.name(&format!("tags[{i}]"), t);
+    }
+    if let Some(doc) = &s.openapi {
+        if let Err(m) = check_openapi(doc) {
+            c.err("openapi", m);
+        }
     }
     if s.routes.is_empty() {
         c.err("routes", "at least one route is required");
@@ -1081,6 +1167,11 @@ pub fn check_jwt_issuers<'a>(
 pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<ValidationError>) {
     for (key, spec) in config {
         check_spec_references(key, spec, &|k| config.contains_key(k), &|_| false, out);
+        if let Spec::Service(svc) = spec {
+            if let Some(Spec::Tenant(t)) = config.get(&ResourceKey::new(Kind::Tenant, "", &svc.tenant)) {
+                out.extend(publish_problems(svc, &t.publish_requires));
+            }
+        }
     }
     check_certificate_hosts(
         config.iter().filter_map(|(k, s)| match s {

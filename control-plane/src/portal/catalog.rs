@@ -72,23 +72,33 @@ fn badge(svc: &Service) -> String {
     out
 }
 
-/// `GET /portal?q=&tenant=&state=`
+/// `GET /portal?q=&tenant=&tag=&state=`
 pub fn catalog(ctx: &Ctx, query: &Form) -> Resp {
-    let (q, tenant, state) = (
+    let (q, tenant, tag, state) = (
         query.get("q").to_lowercase(),
         query.get("tenant"),
+        query.get("tag"),
         query.get("state"),
     );
     let all = services(ctx);
     let mut tenants: Vec<&str> = all.iter().map(|s| s.tenant.as_str()).collect();
+    tenants.sort_unstable();
     tenants.dedup();
+    let mut tags: Vec<&str> = all
+        .iter()
+        .flat_map(|s| s.tags.iter().map(String::as_str))
+        .collect();
+    tags.sort_unstable();
+    tags.dedup();
     let shown: Vec<&Service> = all
         .iter()
         .filter(|s| tenant.is_empty() || s.tenant == tenant)
+        .filter(|s| tag.is_empty() || s.tags.iter().any(|t| t == tag))
         .filter(|s| state.is_empty() || state_name(s.state) == state)
         .filter(|s| {
             q.is_empty()
                 || s.name.to_lowercase().contains(&q)
+                || s.tags.iter().any(|t| t.contains(&q))
                 || s.description
                     .as_deref()
                     .is_some_and(|d| d.to_lowercase().contains(&q))
@@ -98,39 +108,178 @@ pub fn catalog(ctx: &Ctx, query: &Form) -> Resp {
     let _ = write!(
         b,
         "<form method=\"get\" action=\"/portal\" class=\"box\">\
-         <input name=\"q\" placeholder=\"Search services\" value=\"{}\"> <select name=\"tenant\"><option value=\"\">every tenant</option>",
+         <input name=\"q\" placeholder=\"Search services\" value=\"{}\"> ",
         E(query.get("q"))
     );
-    for t in &tenants {
-        let sel = if *t == tenant { " selected" } else { "" };
-        let _ = write!(b, "<option value=\"{}\"{sel}>{}</option>", E(t), E(t));
-    }
-    b.push_str("</select> <select name=\"state\"><option value=\"\">any state</option>");
-    for s in ["draft", "published", "deprecated", "retired"] {
-        let sel = if s == state { " selected" } else { "" };
-        let _ = write!(b, "<option{sel}>{s}</option>");
-    }
-    b.push_str("</select> <button>Search</button></form>");
+    let select = |b: &mut String, name: &str, any: &str, options: &[&str], chosen: &str| {
+        let _ = write!(b, "<select name=\"{name}\"><option value=\"\">{any}</option>");
+        for o in options {
+            let sel = if *o == chosen { " selected" } else { "" };
+            let _ = write!(b, "<option value=\"{}\"{sel}>{}</option>", E(o), E(o));
+        }
+        b.push_str("</select> ");
+    };
+    select(&mut b, "tenant", "every tenant", &tenants, tenant);
+    select(&mut b, "tag", "any tag", &tags, tag);
+    select(
+        &mut b,
+        "state",
+        "any state",
+        &["draft", "published", "deprecated", "retired"],
+        state,
+    );
+    b.push_str("<button>Search</button></form>");
     if shown.is_empty() {
         b.push_str("<p>No service matches.</p>");
     } else {
-        b.push_str("<table id=\"catalog\"><tr><th>Service</th><th>Tenant</th><th>Version</th><th>State</th><th>Description</th></tr>");
+        b.push_str("<table id=\"catalog\"><tr><th>Service</th><th>Tenant</th><th>Version</th><th>State</th><th>Tags</th><th>Description</th></tr>");
         for s in shown {
             let _ = write!(
                 b,
-                "<tr><td><a href=\"/portal/services/{}/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/portal/services/{}/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 U(&s.tenant),
                 U(&s.name),
                 E(&s.name),
                 E(&s.tenant),
                 E(s.version.as_deref().unwrap_or("")),
                 badge(s),
+                tag_list(s),
                 E(s.description.as_deref().unwrap_or(""))
             );
         }
         b.push_str("</table>");
     }
     ctx.page("Catalog", &b)
+}
+
+/// A service's tags, each a link to the catalog filtered by it.
+fn tag_list(s: &Service) -> String {
+    s.tags
+        .iter()
+        .map(|t| {
+            format!(
+                "<a class=\"badge tag\" href=\"/portal?tag={}\">{}</a>",
+                U(t),
+                E(t)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The name the versions of one API share: the service name without a `-v2` suffix.
+fn family(name: &str) -> &str {
+    match name.rsplit_once("-v") {
+        Some((base, n)) if !base.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
+/// The versions of `svc`'s API that the user may see, side by side (`svc` among them).
+fn versions(ctx: &Ctx, svc: &Service) -> String {
+    let mut all: Vec<Service> = services(ctx)
+        .into_iter()
+        .filter(|s| s.tenant == svc.tenant && family(&s.name) == family(&svc.name))
+        .collect();
+    if all.len() < 2 {
+        return String::new();
+    }
+    all.sort_by(|a, b| a.version.cmp(&b.version).then_with(|| a.name.cmp(&b.name)));
+    let mut b = String::from(
+        "<div class=\"box\" id=\"versions\"><h2>Versions</h2><table><tr><th>Version</th><th>Service</th><th>State</th><th>Routes</th><th>Description</th></tr>",
+    );
+    for s in &all {
+        let routes: Vec<&str> = s
+            .routes
+            .iter()
+            .flat_map(|r| r.paths.iter().map(String::as_str))
+            .collect();
+        let name = if s.name == svc.name {
+            format!("<strong>{}</strong>", E(&s.name))
+        } else {
+            format!(
+                "<a href=\"/portal/services/{}/{}\">{}</a>",
+                U(&s.tenant),
+                U(&s.name),
+                E(&s.name)
+            )
+        };
+        let _ = write!(
+            b,
+            "<tr><td>{}</td><td>{name}</td><td>{}</td><td><code>{}</code></td><td>{}</td></tr>",
+            E(s.version.as_deref().unwrap_or("")),
+            badge(s),
+            E(&routes.join(" ")),
+            E(s.description.as_deref().unwrap_or(""))
+        );
+    }
+    b.push_str("</table></div>");
+    b
+}
+
+/// The lifecycle form of a service, for the admins of its tenant: the moves from its state.
+fn lifecycle(ctx: &Ctx, svc: &Service) -> String {
+    let may = ctx.session.role == "cluster-admin"
+        || (ctx.session.role == "tenant-admin" && ctx.session.tenant.as_deref() == Some(svc.tenant.as_str()));
+    let moves: &[&str] = match svc.state {
+        ServiceState::Draft => &["published"],
+        ServiceState::Published => &["deprecated", "draft"],
+        ServiceState::Deprecated => &["retired", "published"],
+        ServiceState::Retired => &["deprecated"],
+    };
+    if !may {
+        return String::new();
+    }
+    let mut b = format!(
+        "<div class=\"box\" id=\"lifecycle\"><h2>Lifecycle</h2><p>Now {}.</p>",
+        badge(svc)
+    );
+    for to in moves {
+        let _ = write!(
+            b,
+            "<form class=\"inline\" method=\"post\" action=\"/portal/services/{}/{}/state\">{}\
+             <input type=\"hidden\" name=\"state\" value=\"{to}\">{}<button id=\"to-{to}\">Make it {to}</button></form> ",
+            U(&svc.tenant),
+            U(&svc.name),
+            csrf_field(&ctx.session.csrf),
+            if *to == "deprecated" {
+                "<input name=\"sunset\" placeholder=\"sunset, e.g. 2027-06-30T00:00:00Z\" size=\"32\"> "
+            } else {
+                ""
+            }
+        );
+    }
+    b.push_str("</div>");
+    b
+}
+
+/// `POST /portal/services/{tenant}/{name}/state` (state, sunset): moves the service through
+/// its lifecycle, as the user's token; the tenant's publishing rules apply.
+pub async fn set_state(ctx: &Ctx, tenant: &str, name: &str, form: &Form) -> Resp {
+    let Some(mut svc) = find(ctx, tenant, name) else {
+        return not_found(ctx);
+    };
+    svc.state = match form.get("state") {
+        "draft" => ServiceState::Draft,
+        "published" => ServiceState::Published,
+        "deprecated" => ServiceState::Deprecated,
+        "retired" => ServiceState::Retired,
+        _ => return refused(ctx, "No such state."),
+    };
+    if !form.get("sunset").is_empty() {
+        svc.sunset = Some(form.get("sunset").to_string());
+    }
+    svc.resource_version = None;
+    let doc = match serde_json::to_value(&svc) {
+        Ok(v) => serde_json::json!({ "services": [v] }),
+        Err(_) => return refused(ctx, "The service could not be encoded."),
+    };
+    let r = ctx.apply(doc).await;
+    ctx.done(
+        r,
+        &format!("/portal/services/{}/{}", U(tenant), U(name)),
+        "The service was not changed",
+    )
 }
 
 fn find(ctx: &Ctx, tenant: &str, name: &str) -> Option<Service> {
@@ -156,7 +305,7 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<p>{} · tenant <strong>{}</strong>{} · auth: {} · <a href=\"/portal/usage?tenant={}&service={}\">usage</a></p><p>{}</p>",
+        "<p>{} · tenant <strong>{}</strong>{} · auth: {} · <a href=\"/portal/usage?tenant={}&service={}\">usage</a></p><p>{}</p><p>{}{}</p>",
         badge(&svc),
         E(&svc.tenant),
         svc.version
@@ -174,7 +323,12 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
             .join(", ")),
         U(&svc.tenant),
         U(&svc.name),
-        E(svc.description.as_deref().unwrap_or(""))
+        E(svc.description.as_deref().unwrap_or("")),
+        svc.owner
+            .as_deref()
+            .map(|o| format!("Owner: <span id=\"owner\">{}</span> ", E(o)))
+            .unwrap_or_default(),
+        tag_list(&svc)
     );
     // Subscriptions: the user's apps in the service's tenant, and what they asked already.
     let same_tenant = ctx.session.tenant.as_deref().is_none_or(|t| t == svc.tenant);
@@ -223,6 +377,8 @@ pub async fn service(ctx: &Ctx, tenant: &str, name: &str) -> Resp {
     if matches!(svc.state, ServiceState::Published | ServiceState::Deprecated) {
         b.push_str(&tryit::form(&svc, &ctx.session.csrf, ctx.gateway.as_ref()));
     }
+    b.push_str(&versions(ctx, &svc));
+    b.push_str(&lifecycle(ctx, &svc));
     b.push_str("<h2>API</h2>");
     b.push_str(&docs(&tollgate_proto::openapi::for_service(&svc)));
     ctx.page(&svc.name, &b)

@@ -8,10 +8,11 @@
 //! ```text
 //!  GET  /portal/login                 form (token), with its own CSRF pair
 //!  POST /portal/login                 token checked by the admin API ─> session cookie
-//!  GET  /portal                       catalog (q, tenant, state)
+//!  GET  /portal                       catalog (q, tenant, tag, state)
 //!  GET  /portal/services/T/S          the service, its docs, its subscription form
 //!  POST /portal/services/T/S/subscribe
 //!  POST /portal/services/T/S/try      try-it: one request through the gateway (`tryit.rs`)
+//!  POST /portal/services/T/S/state    lifecycle moves (tenant admins; publishing rules apply)
 //!  GET  /portal/apps                  apps, keys, subscriptions; POST /portal/apps
 //!  POST /portal/apps/T/A/keys         a key, shown once
 //!  POST /portal/keys/T/ID/revoke
@@ -124,6 +125,7 @@ impl Portal {
             (&Method::GET, ["services", t, s]) => catalog::service(&ctx, t, s).await,
             (&Method::POST, ["services", t, s, "subscribe"]) => catalog::subscribe(&ctx, t, s, &form).await,
             (&Method::POST, ["services", t, s, "try"]) => catalog::try_it(&ctx, t, s, &form).await,
+            (&Method::POST, ["services", t, s, "state"]) => catalog::set_state(&ctx, t, s, &form).await,
             (&Method::GET, ["apps"]) => apps::apps(&ctx).await,
             (&Method::POST, ["apps"]) => apps::create_app(&ctx, &form).await,
             (&Method::POST, ["apps", t, a, "keys"]) => apps::create_key(&ctx, t, a, &form).await,
