@@ -398,6 +398,45 @@ fn the_portal_refuses_cross_tenant_reads_forged_forms_and_escapes_stored_markup(
     let apps = c.get("/portal/apps");
     assert!(!apps.body.contains(XSS) && apps.body.contains("&lt;img src=x onerror=alert(2)&gt;"));
 
+    // A developer requests a subscription but cannot approve it; a key made in the portal
+    // and revoked there is refused by the edge within a second.
+    let r = c.request(
+        "POST",
+        "/portal/services/acme/orders/subscribe",
+        &[("csrf", &csrf), ("app", "mobile")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = c.request(
+        "POST",
+        "/portal/subscriptions/acme/mobile%3Aorders/approve",
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(r.status, 403, "no self-approval: {}", r.body);
+    p.cli(&["subscription", "approve", "mobile:orders", "--tenant", "acme"])
+        .ok();
+    let r = c.request("POST", "/portal/apps/acme/mobile/keys", &[("csrf", &csrf)]);
+    let marker = "id=\"new-key\">";
+    let at = r.body.find(marker).expect("the key, once") + marker.len();
+    let key = r.body[at..].split('<').next().unwrap().to_string();
+    let call = || {
+        send(p.dev.listen, "GET", "/orders", &[("apikey", &key)], b"")
+            .expect("the edge answers")
+            .status
+    };
+    wait_for("the new key on the edge", Duration::from_secs(1), || {
+        (call() == 200).then_some(())
+    });
+    let id = key.split('_').nth(1).unwrap();
+    let r = c.request(
+        "POST",
+        &format!("/portal/keys/acme/{id}/revoke"),
+        &[("csrf", &csrf)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    wait_for("the revoked key refused", Duration::from_secs(1), || {
+        (call() == 401).then_some(())
+    });
+
     // Try-it sends only to the service's own routes.
     let r = c.request(
         "POST",
