@@ -187,3 +187,75 @@ fn a_stalled_request_body_is_cut_off_with_408() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(&"a".repeat(24)), "{answer}");
 }
+
+/// Sends `raw` on one connection and reads until the edge closes it (bounded): every answer
+/// head's status, and whether the connection was closed.
+fn exchange(edge: &EdgeNode, raw: &[u8]) -> (Vec<u16>, bool) {
+    let mut s = TcpStream::connect(edge.proxy).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut got = Vec::new();
+    let closed = loop {
+        let mut buf = [0u8; 8192];
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    let statuses = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text[i + 9..i + 12].parse().ok())
+        .collect();
+    (statuses, closed)
+}
+
+/// Request smuggling as an attacker tries it (DESIGN.md §10): every ambiguous framing gets
+/// 400 and the connection closed, whether it comes first on a connection (the lean loop's
+/// head) or after a request with a body (hyper's), and the upstream never sees the request
+/// hidden behind it.
+#[test]
+fn ambiguous_framing_gets_400_and_a_closed_connection_on_either_parser() {
+    let (_sb, edge, up) = start(&[]);
+    let cases: [(&str, &str); 12] = [
+        ("cl+te", "POST /open HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("te+cl", "POST /open HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n"),
+        ("two hosts", "GET /open HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("no host", "GET /open HTTP/1.1\r\n\r\n"),
+        ("bare lf", "GET /open HTTP/1.1\r\nHost: a\nX: y\r\n\r\n"),
+        ("bare cr", "GET /open HTTP/1.1\r\nHost: a\r\nX: y\rz\r\n\r\n"),
+        ("two equal cl", "POST /open HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"),
+        ("cl list", "POST /open HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\nx"),
+        ("te not final chunked", "POST /open HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+        ("te twice", "POST /open HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("obs-fold", "GET /open HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n"),
+        ("space before colon", "GET /open HTTP/1.1\r\nHost: a\r\nX : y\r\n\r\n"),
+    ];
+    let smuggled = "GET /open/smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let first = "POST /open/first HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok";
+    for (case, raw) in cases {
+        // First on its connection.
+        let (statuses, closed) = exchange(&edge, format!("{raw}{smuggled}").as_bytes());
+        assert_eq!((statuses.as_slice(), closed), (&[400][..], true), "{case}, first");
+        // After a request with a body, which hyper serves.
+        let (statuses, closed) = exchange(&edge, format!("{first}{raw}{smuggled}").as_bytes());
+        assert_eq!(
+            (statuses.as_slice(), closed),
+            (&[200, 400][..], true),
+            "{case}, second"
+        );
+    }
+    let paths: Vec<String> = up
+        .requests()
+        .iter()
+        .filter_map(|r| r["path"].as_str().map(str::to_string))
+        .collect();
+    assert!(!paths.iter().any(|p| p.contains("smuggled")), "{paths:?}");
+    assert_eq!(paths.iter().filter(|p| *p == "/open/first").count(), cases.len());
+    // A well-framed chunked body and a keep-alive request after it still pass.
+    let chunked =
+        "POST /open/c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+                   GET /open/d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
+    assert_eq!(exchange(&edge, chunked.as_bytes()), (vec![200, 200], true));
+}

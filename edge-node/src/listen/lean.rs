@@ -159,6 +159,10 @@ fn parse(buf: &mut BytesMut) -> Next {
         if req.version != Some(1) {
             return Next::HandOver;
         }
+        // Ambiguous framing: hyper's guard refuses it (`framing.rs`), answering 400.
+        if super::framing::check_head(&buf[..len]).is_err() {
+            return Next::HandOver;
+        }
         let (Some(method), Some(path)) = (req.method, req.path) else {
             return Next::HandOver;
         };

@@ -13,6 +13,10 @@
 //! the first request it does not take (a body, an upgrade, h2, anything unusual or
 //! malformed).
 //!
+//! Every HTTP/1 connection hyper serves reads through [`framing::Guarded`], which checks
+//! each request head on the wire and refuses ambiguous framing (request smuggling) before
+//! hyper's lenient parser sees it; the lean loop checks its heads the same way.
+//!
 //! A listener given a TLS acceptor (`--tls-listen`) runs the handshake first, in the
 //! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves through hyper; its
 //! requests carry the [`ClientTls`] extension.
@@ -43,6 +47,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::body::{Body, ClientBody};
 use crate::listen::tls::ClientTls;
 
+pub mod framing;
 mod lean;
 pub mod tls;
 
@@ -157,8 +162,17 @@ pub async fn serve<H: Handler>(
                         return;
                     }
                 };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                // HTTP/1 heads are checked on the wire (`framing.rs`); h2 frames itself.
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let result = if h2 {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                } else {
+                    let io = TokioIo::new(framing::Guarded::new(stream));
+                    let conn = builder.serve_connection_with_upgrades(io, service);
+                    watcher.watch(conn.into_owned()).await
+                };
+                if let Err(e) = result {
                     tracing::debug!(listener = name, %remote, error = %crate::error::chain(&*e), "connection ended with an error");
                 }
             });
@@ -176,7 +190,8 @@ pub async fn serve<H: Handler>(
             else {
                 return;
             };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            let io = TokioIo::new(framing::Guarded::new(io));
+            let conn = builder.serve_connection_with_upgrades(io, service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(listener = name, %remote, error = %crate::error::chain(&*e), "connection ended with an error");
             }
