@@ -204,6 +204,10 @@ pub struct EdgeArgs {
     /// (408, or the exchange is cut once the answer has started)
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     body_read_timeout: std::time::Duration,
+    /// How long an upgraded (WebSocket) connection may carry no byte either way before it
+    /// is closed
+    #[arg(long, default_value = "5m", value_parser = parse_timeout)]
+    upgrade_idle_timeout: std::time::Duration,
     #[command(flatten)]
     observe: ObserveArgs,
     // mTLS towards the control plane (then its URLs are https://).
@@ -286,6 +290,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         max_connections: a.max_connections,
         tls_listen: a.tls_listen,
         body_read_timeout: a.body_read_timeout,
+        upgrade_idle_timeout: a.upgrade_idle_timeout,
         cluster_tls: a.tls.files()?.map(|f| tollgate_edge::ClusterTlsFiles {
             ca: f.ca,
             cert: f.cert,
@@ -365,6 +370,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
             tls_listen: a.tls_listen,
             body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
+            upgrade_idle_timeout: tollgate_edge::DEFAULT_UPGRADE_IDLE_TIMEOUT,
             cluster_tls: None,
             observe: a.observe.options(&a.data_dir.join("edge"), "dev-edge"),
         },

@@ -110,6 +110,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default for `--body-read-timeout`: how long a client may send no request body bytes.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `--upgrade-idle-timeout`: how long an upgraded connection may be silent.
+pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Cap on open admin connections (probes and scrapes).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -143,6 +145,8 @@ pub struct EdgeOptions {
     /// How long a client may send no request body bytes before the request is abandoned
     /// (408 while no answer has started, else the exchange is cut).
     pub body_read_timeout: Duration,
+    /// How long an upgraded (WebSocket) connection may carry no byte before it is closed.
+    pub upgrade_idle_timeout: Duration,
     /// The call log, traces and OTLP export.
     pub observe: ObserveOptions,
 }
@@ -333,7 +337,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             "proxy",
             proxy_listener,
             proxy::Proxy::new(shared.clone(), peers.clone(), observer.clone())
-                .with_body_read_timeout(opts.body_read_timeout),
+                .with_body_read_timeout(opts.body_read_timeout)
+                .with_upgrade_idle_timeout(opts.upgrade_idle_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,
@@ -354,7 +359,8 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             "tls",
             listener,
             proxy::Proxy::new(shared.clone(), peers.clone(), observer.clone())
-                .with_body_read_timeout(opts.body_read_timeout),
+                .with_body_read_timeout(opts.body_read_timeout)
+                .with_upgrade_idle_timeout(opts.upgrade_idle_timeout),
             shutdown_rx.clone(),
             DRAIN_TIMEOUT,
             opts.max_connections,

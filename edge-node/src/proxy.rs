@@ -53,6 +53,7 @@ pub struct Proxy {
     peers: Arc<Peers>,
     observer: Arc<Observer>,
     body_read_timeout: Duration,
+    upgrade_idle_timeout: Duration,
 }
 
 impl Proxy {
@@ -62,7 +63,14 @@ impl Proxy {
             peers,
             observer,
             body_read_timeout: crate::DEFAULT_BODY_READ_TIMEOUT,
+            upgrade_idle_timeout: crate::DEFAULT_UPGRADE_IDLE_TIMEOUT,
         }
+    }
+
+    /// How long an upgraded connection may carry no byte either way before it is closed.
+    pub fn with_upgrade_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_idle_timeout = timeout;
+        self
     }
 
     /// How long a client may send no request body bytes before it is cut off.
@@ -123,7 +131,10 @@ impl Proxy {
         service.policies.check_request_size(req.headers())?;
         ctx.upgrade = forward::upgrade_requested(&req);
         ctx.client_tls = req.extensions().get::<ClientTls>().is_some();
-        let client_upgrade = ctx.upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = ctx.upgrade.is_some().then(|| {
+            let held = req.extensions().get::<crate::listen::Held>().cloned();
+            (hyper::upgrade::on(&mut req), held)
+        });
 
         let Backend::Upstream(pool) = &service.backend else {
             unreachable!("AI services are answered above");
@@ -148,8 +159,14 @@ impl Proxy {
         let (resp, target) = sent?;
         ctx.upstream = Some(pool.targets[target].public.clone());
         let mut resp = match client_upgrade {
-            Some(client) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                forward::splice_upgrade(client, resp, &ctx.request_id)
+            Some((client, held)) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                crate::upstream::tunnel::splice(
+                    client,
+                    resp,
+                    &ctx.request_id,
+                    self.upgrade_idle_timeout,
+                    held,
+                )
             }
             _ => forward::downstream_response(resp),
         };

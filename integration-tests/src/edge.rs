@@ -180,6 +180,11 @@ impl EdgeNode {
         }
     }
 
+    /// SIGTERM (a graceful drain); whether it exited cleanly within `timeout`.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.proc.take().is_some_and(|p| p.terminate(timeout))
+    }
+
     /// `kill -9`, then start again on the same ports and data dir.
     pub fn restart(&mut self) {
         self.kill();

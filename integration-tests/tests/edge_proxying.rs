@@ -156,11 +156,16 @@ struct Fixture {
 
 impl Fixture {
     async fn start() -> Fixture {
+        Self::start_with(&[]).await
+    }
+
+    /// With more `tollgate edge` flags.
+    async fn start_with(args: &[&str]) -> Fixture {
         let up = start_upstream().await;
         let sb = Sandbox::cluster(1);
         let file = sb.file("config.yaml", &config(up, free_port()));
         sb.cli(0, &["apply", "-f", &file]).ok();
-        let edge = EdgeNode::start(&sb, "edge-a");
+        let edge = EdgeNode::start_with_args(&sb, "edge-a", args);
         tollgate_integration_tests::wait_for("the edge to route", Duration::from_secs(10), || {
             let r = edge.request("GET", "/hello", &[]);
             (r.status == 200).then_some(())
@@ -374,4 +379,119 @@ async fn upgrades_carry_bytes_both_ways() {
         .unwrap()
         .unwrap();
     assert_eq!(&buf, b"ping through the edge");
+}
+
+/// An upgraded tunnel through the edge at `addr`, its echo checked once.
+async fn tunnel(addr: SocketAddr) -> TokioIo<hyper::upgrade::Upgraded> {
+    let mut send = h1(addr).await;
+    let req = Request::get("/ws")
+        .header("host", "edge")
+        .header("connection", "upgrade")
+        .header("upgrade", "echo")
+        .body(full(""))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.expect("upgrade"));
+    echo(&mut io, b"hi").await;
+    io
+}
+
+async fn echo(io: &mut TokioIo<hyper::upgrade::Upgraded>, msg: &[u8]) {
+    io.write_all(msg).await.unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .expect("the echo within 5 s")
+        .unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// `--upgrade-idle-timeout`: a tunnel that carries nothing is closed after it, one that
+/// keeps talking stays open past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upgraded_connections_are_closed_busy_ones_kept() {
+    let fx = Fixture::start_with(&["--upgrade-idle-timeout", "1s"]).await;
+    let e = fx.edge.proxy;
+    let (mut idle, mut busy) = (tunnel(e).await, tunnel(e).await);
+    let opened = Instant::now();
+    let idle_closed = tokio::spawn(async move {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buf)).await;
+        (n.map(|r| r.unwrap_or(0)), opened.elapsed())
+    });
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        echo(&mut busy, b"still here").await;
+    }
+    let (n, after) = idle_closed.await.unwrap();
+    assert_eq!(
+        n.expect("the idle tunnel closed within 5 s"),
+        0,
+        "closed, not data"
+    );
+    assert!(after >= Duration::from_millis(900), "closed too early: {after:?}");
+    assert!(
+        opened.elapsed() > Duration::from_millis(2400),
+        "the busy tunnel outlived the timeout"
+    );
+}
+
+/// Tunnels hold their connection's slot: with `--max-connections 2` and two tunnels open, a
+/// third connection waits unanswered until a tunnel closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgraded_connections_count_against_max_connections() {
+    let fx = Fixture::start_with(&["--max-connections", "2"]).await;
+    let e = fx.edge.proxy;
+    // The fixture's readiness probe connections must have closed first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let first = tunnel(e).await;
+    let _second = tunnel(e).await;
+    let mut third = TcpStream::connect(e).await.unwrap();
+    third
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64];
+    let waited = tokio::time::timeout(Duration::from_millis(1000), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "a third connection was served past the cap");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+        .await
+        .expect("served once a tunnel closed")
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
+/// A graceful drain waits for tunnels too: after SIGTERM a tunnel still carries bytes, is
+/// closed as the drain ends (5 s), and the edge then exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_keeps_tunnels_until_its_end_then_closes_them() {
+    let mut fx = Fixture::start().await;
+    let mut io = tunnel(fx.edge.proxy).await;
+    let started = Instant::now();
+    let stopped = tokio::task::spawn_blocking(move || {
+        let clean = fx.edge.terminate(Duration::from_secs(15));
+        (clean, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    echo(&mut io, b"during the drain").await;
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(8), io.read(&mut buf)).await;
+    let closed_after = started.elapsed();
+    assert!(
+        matches!(n, Ok(Ok(0)) | Ok(Err(_))),
+        "the tunnel was closed by the drain: {n:?}"
+    );
+    assert!(
+        closed_after >= Duration::from_secs(3),
+        "closed before the drain ended: {closed_after:?}"
+    );
+    let (clean, exited_after) = stopped.await.unwrap();
+    assert!(clean, "the edge exited cleanly");
+    assert!(exited_after < Duration::from_secs(8), "{exited_after:?}");
 }

@@ -17,6 +17,9 @@
 //! each request head on the wire and refuses ambiguous framing (request smuggling) before
 //! hyper's lenient parser sees it; the lean loop checks its heads the same way.
 //!
+//! Upgraded connections stay under the same accounting: each request carries [`Held`] (its
+//! connection's slot and the shutdown), which the tunnel keeps until it ends.
+//!
 //! A listener given a TLS acceptor (`--tls-listen`) runs the handshake first, in the
 //! connection's task and bounded by [`TLS_HANDSHAKE_TIMEOUT`], then serves through hyper; its
 //! requests carry the [`ClientTls`] extension.
@@ -41,7 +44,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::body::{Body, ClientBody};
@@ -79,6 +82,25 @@ pub trait Handler: Clone + Send + Sync + 'static {
         remote: SocketAddr,
         req: Request<B>,
     ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// What a request carries of its connection for work that outlives the request (an
+/// upgraded tunnel, `upstream/tunnel.rs`): the connection's slot, so the work counts against
+/// the cap until it ends, and the listener's shutdown with its drain period.
+#[derive(Clone)]
+pub struct Held {
+    _slot: Arc<OwnedSemaphorePermit>,
+    shutdown: watch::Receiver<bool>,
+    drain: Duration,
+}
+
+impl Held {
+    /// Resolves when the drain that follows a shutdown is about to end (a little before the
+    /// listener stops waiting for held work).
+    pub async fn drained(&mut self) {
+        signalled(&mut self.shutdown).await;
+        tokio::time::sleep(self.drain.saturating_sub(self.drain / 10)).await;
+    }
 }
 
 /// Resolves once `shutdown` says so (or its sender is gone).
@@ -137,11 +159,18 @@ pub async fn serve<H: Handler>(
         let lean_handler = handler.clone();
         let handler = handler.clone();
         let over_tls = tls.is_some();
+        let slot = Arc::new(slot);
+        let held = Held {
+            _slot: slot.clone(),
+            shutdown: shutdown.clone(),
+            drain,
+        };
         let service = service_fn(move |mut req: Request<Incoming>| {
             let handler = handler.clone();
             if over_tls {
                 req.extensions_mut().insert(ClientTls);
             }
+            req.extensions_mut().insert(held.clone());
             async move { Ok::<_, Infallible>(handler.handle(remote, req).await) }
         });
         if let Some(acceptor) = &tls {
@@ -199,7 +228,14 @@ pub async fn serve<H: Handler>(
     }
     drop(listener);
     tracing::debug!(listener = name, "draining connections");
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    // Connections first, then work that holds a connection's slot (upgraded tunnels, which
+    // close themselves as the drain ends): every slot back means nothing is left.
+    let everything = async {
+        graceful.shutdown().await;
+        let all = u32::try_from(max_connections.max(1)).unwrap_or(u32::MAX);
+        let _ = slots.acquire_many(all).await;
+    };
+    if tokio::time::timeout(drain, everything).await.is_err() {
         tracing::warn!(
             listener = name,
             ?drain,

@@ -6,8 +6,7 @@
 //! upstream's response headers arrive (the body then streams as long as it takes).
 //!
 //! Upgrades (WebSocket): an HTTP/1.1 request with `Connection: upgrade` keeps its `Upgrade`
-//! header; when the upstream answers 101, both connections are handed over and bytes are
-//! copied between them until either side closes.
+//! header; when the upstream answers 101, `tunnel.rs` takes both connections over.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -175,39 +174,6 @@ pub fn upgrade_requested<B>(req: &Request<B>) -> Option<HeaderValue> {
         .iter()
         .any(|v| wire::has_token(v.as_bytes(), "upgrade"));
     wants.then(|| req.headers().get(UPGRADE).cloned()).flatten()
-}
-
-/// Answers the client with the upstream's 101 and, once both sides have switched, copies
-/// bytes both ways until either closes.
-pub fn splice_upgrade<B>(
-    client: hyper::upgrade::OnUpgrade,
-    mut resp: Response<B>,
-    request_id: &HeaderValue,
-) -> Response<Body> {
-    let upstream = hyper::upgrade::on(&mut resp);
-    let id = request_id.clone();
-    tokio::spawn(async move {
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::debug!(request_id = id.to_str().unwrap_or_default(), error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let mut client = hyper_util::rt::TokioIo::new(client);
-        let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    });
-    let (mut parts, _) = resp.into_parts();
-    let protocol = parts.headers.get(UPGRADE).cloned();
-    remove_hop_by_hop(&mut parts.headers);
-    if let Some(p) = protocol {
-        parts.headers.insert(UPGRADE, p);
-        parts
-            .headers
-            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    Response::from_parts(parts, body::full(bytes::Bytes::new()))
 }
 
 /// The client's host as it asked for it (`:authority` or `Host`).

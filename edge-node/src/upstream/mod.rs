@@ -15,6 +15,7 @@ pub mod forward;
 pub mod guarded;
 pub mod health;
 pub mod target;
+pub mod tunnel;
 
 use std::collections::HashMap;
 use std::time::Duration;
