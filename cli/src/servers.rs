@@ -193,7 +193,8 @@ pub struct EdgeArgs {
     /// Token of role edge (`tollgate token create --role edge`) presented to the control plane
     #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
-    /// Most open client connections; past it, new ones wait to be accepted
+    /// Most open client connections (upgraded ones included); past it, a new connection is
+    /// answered 503 and closed
     #[arg(long, default_value_t = tollgate_edge::DEFAULT_MAX_CONNECTIONS)]
     max_connections: usize,
     /// Also serve the proxy over TLS here, with the certificates of the config (by SNI);

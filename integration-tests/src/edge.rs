@@ -191,6 +191,11 @@ impl EdgeNode {
         self.spawn();
     }
 
+    /// The edge process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     /// The edge process was started and has not exited.
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::is_alive)

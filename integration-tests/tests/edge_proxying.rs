@@ -438,7 +438,8 @@ async fn idle_upgraded_connections_are_closed_busy_ones_kept() {
 }
 
 /// Tunnels hold their connection's slot: with `--max-connections 2` and two tunnels open, a
-/// third connection waits unanswered until a tunnel closes.
+/// third connection is answered 503 at once (JSON, `Retry-After`, a request id) and closed;
+/// once a tunnel closes, connections are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgraded_connections_count_against_max_connections() {
     let fx = Fixture::start_with(&["--max-connections", "2"]).await;
@@ -447,24 +448,98 @@ async fn upgraded_connections_count_against_max_connections() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = tunnel(e).await;
     let _second = tunnel(e).await;
-    let mut third = TcpStream::connect(e).await.unwrap();
-    third
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = vec![0u8; 64];
-    let waited = tokio::time::timeout(Duration::from_millis(1000), third.read(&mut buf)).await;
-    assert!(waited.is_err(), "a third connection was served past the cap");
+    let ask = || async {
+        let mut c = TcpStream::connect(e).await.unwrap();
+        c.write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut answer))
+            .await
+            .expect("answered and closed within 5 s")
+            .unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let refused = ask().await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    for part in ["retry-after: 1", "x-request-id: ", "\"code\":\"overloaded\""] {
+        assert!(refused.contains(part), "{part} in {refused}");
+    }
     drop(first);
-    let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
-        .await
-        .expect("served once a tunnel closed")
-        .unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    let served = wait_until_served(&ask).await;
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+}
+
+/// Asks (bounded) until the answer is not a 503.
+async fn wait_until_served<F, Fut>(ask: &F) -> String
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = ask().await;
+        if !a.starts_with("HTTP/1.1 503") || Instant::now() > deadline {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A connection flood far past the cap: every connection is answered (200 or 503) or closed
+/// at once, none waits, and the edge's memory does not grow with the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_past_the_cap_is_answered_503_without_memory_growth() {
+    let fx = Fixture::start_with(&["--max-connections", "8"]).await;
+    let e = fx.edge.proxy;
+    let rss = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", fx.edge.pid().unwrap())).unwrap();
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .unwrap()
+            .to_string();
+        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap()
+    };
+    // Eight slow clients hold every slot (a head never finished).
+    let mut holders = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(e).await.unwrap();
+        c.write_all(b"GET /hello HTTP/1.1\r\n").await.unwrap();
+        holders.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let flood = |n: usize| async move {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut c = TcpStream::connect(e).await.ok()?;
+                    let _ = c.write_all(b"GET /hello HTTP/1.1\r\nHost: edge\r\n\r\n").await;
+                    let mut answer = Vec::new();
+                    let _ = tokio::time::timeout(Duration::from_secs(3), c.read_to_end(&mut answer))
+                        .await
+                        .ok()?;
+                    Some(answer.starts_with(b"HTTP/1.1 503"))
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for t in tasks {
+            refused += usize::from(t.await.unwrap() == Some(true));
+        }
+        refused
+    };
+    let warm = flood(200).await;
+    let before = rss();
+    let mut refused = warm;
+    for _ in 0..5 {
+        refused += flood(400).await;
+    }
+    let after = rss();
+    eprintln!("503s: {refused} of 2200; RSS {before} -> {after} KiB");
+    assert!(refused >= 2000, "most of the flood gets its 503: {refused}");
+    assert!(after < before + 8 * 1024, "RSS grew from {before} to {after} KiB");
+    drop(holders);
 }
 
 /// A graceful drain waits for tunnels too: after SIGTERM a tunnel still carries bytes, is

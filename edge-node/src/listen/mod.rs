@@ -1,7 +1,7 @@
 //! Accept loops for the edge's HTTP listeners (proxy and admin): HTTP/1.1 and h2 on one
 //! port, upgrades (WebSocket), a header-read timeout, limits on header size and count
-//! (hyper answers 431), a cap on open connections (past it, accepting waits), and a graceful
-//! drain bounded in time.
+//! (hyper answers 431), a cap on open connections (past it, a plaintext client gets 503 at
+//! once and the connection is closed; nothing queues), and a graceful drain bounded in time.
 //!
 //! HTTP/2 rapid reset (CVE-2023-44487) is bounded per connection: at most 256 concurrent
 //! streams, at most 20 streams reset by the client before they are served, at most 256
@@ -103,6 +103,34 @@ impl Held {
     }
 }
 
+/// Connections past the cap being answered 503 at once; past this many more, a connection
+/// past the cap is closed unanswered.
+const MAX_OVERFLOW: usize = 256;
+/// How long answering one of them may take.
+const OVERFLOW_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers a connection past the cap with a 503 and closes it. What the client sent first is
+/// read (up to 4 KiB, within [`OVERFLOW_TIMEOUT`]) so the close does not reset the answer.
+async fn overloaded(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str =
+        r#"{"error":{"code":"overloaded","message":"the edge is at its connection limit; retry shortly"}}"#;
+    let answer = async {
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await?;
+        let id = crate::request_id::generate();
+        let text = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\nx-request-id: {}\r\ncontent-length: {}\r\n\r\n{BODY}",
+            id.to_str().unwrap_or_default(),
+            BODY.len()
+        );
+        stream.write_all(text.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(OVERFLOW_TIMEOUT, answer).await;
+}
+
 /// Resolves once `shutdown` says so (or its sender is gone).
 pub async fn signalled(shutdown: &mut watch::Receiver<bool>) {
     // An error means the sender was dropped, which is a shutdown too.
@@ -110,7 +138,8 @@ pub async fn signalled(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `drain`. At most
-/// `max_connections` are open at once. With `tls`, connections are TLS.
+/// `max_connections` are open at once; past them, [`overloaded`]. With `tls`, connections
+/// are TLS.
 pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
@@ -136,13 +165,8 @@ pub async fn serve<H: Handler>(
         .max_local_error_reset_streams(MAX_H2_LOCAL_ERROR_RESETS)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let graceful = GracefulShutdown::new();
+    let overflow = Arc::new(Semaphore::new(MAX_OVERFLOW));
     loop {
-        // Past the cap, wait for a connection to close before accepting another (the kernel's
-        // backlog holds newcomers meanwhile).
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = signalled(&mut shutdown) => break,
-        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -154,6 +178,20 @@ pub async fn serve<H: Handler>(
                 }
             },
             _ = signalled(&mut shutdown) => break,
+        };
+        // Past the cap: a plaintext client is told 503 at once (a few at a time, each bounded
+        // in time), anything else is closed; nothing is queued.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            match overflow.clone().try_acquire_owned() {
+                Ok(permit) if tls.is_none() => {
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        overloaded(stream).await;
+                    });
+                }
+                _ => drop(stream),
+            }
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let lean_handler = handler.clone();
