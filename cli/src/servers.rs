@@ -209,6 +209,10 @@ pub struct EdgeArgs {
     /// is closed
     #[arg(long, default_value = "5m", value_parser = parse_timeout)]
     upgrade_idle_timeout: std::time::Duration,
+    /// How long a client may take no byte of an answer being sent (a slow reader) before
+    /// its connection is closed
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
+    send_timeout: std::time::Duration,
     #[command(flatten)]
     observe: ObserveArgs,
     // mTLS towards the control plane (then its URLs are https://).
@@ -292,6 +296,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         tls_listen: a.tls_listen,
         body_read_timeout: a.body_read_timeout,
         upgrade_idle_timeout: a.upgrade_idle_timeout,
+        send_timeout: a.send_timeout,
         cluster_tls: a.tls.files()?.map(|f| tollgate_edge::ClusterTlsFiles {
             ca: f.ca,
             cert: f.cert,
@@ -372,6 +377,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             tls_listen: a.tls_listen,
             body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
             upgrade_idle_timeout: tollgate_edge::DEFAULT_UPGRADE_IDLE_TIMEOUT,
+            send_timeout: tollgate_edge::DEFAULT_SEND_TIMEOUT,
             cluster_tls: None,
             observe: a.observe.options(&a.data_dir.join("edge"), "dev-edge"),
         },

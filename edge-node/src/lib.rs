@@ -112,6 +112,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `--upgrade-idle-timeout`: how long an upgraded connection may be silent.
 pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default for `--send-timeout`: how long a client may take no answer byte (slow read).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Cap on open admin connections (probes and scrapes).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -147,6 +149,8 @@ pub struct EdgeOptions {
     pub body_read_timeout: Duration,
     /// How long an upgraded (WebSocket) connection may carry no byte before it is closed.
     pub upgrade_idle_timeout: Duration,
+    /// How long a client may take no byte of an answer the edge is sending (slow read).
+    pub send_timeout: Duration,
     /// The call log, traces and OTLP export.
     pub observe: ObserveOptions,
 }
@@ -340,18 +344,24 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
                 .with_body_read_timeout(opts.body_read_timeout)
                 .with_upgrade_idle_timeout(opts.upgrade_idle_timeout),
             shutdown_rx.clone(),
-            DRAIN_TIMEOUT,
-            opts.max_connections,
-            None,
+            listen::Options {
+                drain: DRAIN_TIMEOUT,
+                max_connections: opts.max_connections,
+                tls: None,
+                send_timeout: opts.send_timeout,
+            },
         )),
         tokio::spawn(listen::serve(
             "admin",
             admin_listener,
             admin::Admin::new(shared.clone(), peers.clone(), observer.clone()),
             shutdown_rx.clone(),
-            DRAIN_TIMEOUT,
-            ADMIN_MAX_CONNECTIONS,
-            None,
+            listen::Options {
+                drain: DRAIN_TIMEOUT,
+                max_connections: ADMIN_MAX_CONNECTIONS,
+                tls: None,
+                send_timeout: opts.send_timeout,
+            },
         )),
     ];
     if let Some(listener) = tls_listener {
@@ -362,9 +372,12 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
                 .with_body_read_timeout(opts.body_read_timeout)
                 .with_upgrade_idle_timeout(opts.upgrade_idle_timeout),
             shutdown_rx.clone(),
-            DRAIN_TIMEOUT,
-            opts.max_connections,
-            Some(tls::acceptor(shared.clone())),
+            listen::Options {
+                drain: DRAIN_TIMEOUT,
+                max_connections: opts.max_connections,
+                tls: Some(tls::acceptor(shared.clone())),
+                send_timeout: opts.send_timeout,
+            },
         )));
     }
     let client = stream::StreamClient::new(

@@ -23,6 +23,9 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
     Full::new(s.into()).boxed()
 }
 
+/// The size of `/big`'s answer.
+const BIG: usize = 16 << 20;
+
 /// An upstream with one behaviour per path.
 async fn upstream(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     let path = req.uri().path().to_string();
@@ -50,6 +53,7 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallibl
             tokio::time::sleep(Duration::from_secs(3)).await;
             Response::new(full("late"))
         }
+        "/big" => Response::new(full(vec![b'x'; BIG])),
         "/ws" => {
             let mut req = req;
             let on = hyper::upgrade::on(&mut req);
@@ -569,4 +573,44 @@ async fn a_drain_keeps_tunnels_until_its_end_then_closes_them() {
     let (clean, exited_after) = stopped.await.unwrap();
     assert!(clean, "the edge exited cleanly");
     assert!(exited_after < Duration::from_secs(8), "{exited_after:?}");
+}
+
+/// Slow read: a client that takes no answer byte for `--send-timeout` is cut off, on the lean
+/// path (a GET) and on hyper's (a POST with a body), instead of holding its connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_after_the_send_timeout() {
+    let fx = Fixture::start_with(&["--send-timeout", "1s"]).await;
+    let e = fx.edge.proxy;
+    for (what, head) in [
+        (
+            "lean",
+            "GET /big HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n",
+        ),
+        (
+            "hyper",
+            "POST /big HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        ),
+    ] {
+        let mut c = TcpStream::connect(e).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        // Read nothing while the edge's send stalls past its timeout.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "{what}: the connection was not closed");
+        assert!(
+            got.len() < BIG,
+            "{what}: the whole answer was sent after all ({} bytes)",
+            got.len()
+        );
+    }
 }

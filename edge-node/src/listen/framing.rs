@@ -16,14 +16,19 @@
 //! any on HTTP/1.0; obs-fold; bare CR or bare LF; `Host` missing (HTTP/1.1) or repeated; a
 //! header name with spaces; a malformed chunk-size line.
 //!
+//! Slow readers: a write that waits on the client for longer than the send timeout fails,
+//! and hyper closes the connection.
+//!
 //! Upgrades: after a request with `Upgrade` (or `CONNECT`) nothing more is read until the
 //! answer's status line is written: a `101` turns checking off (the bytes are the upgraded
 //! protocol's), any other status turns it back on. An h2 connection (the preface first) is
 //! not HTTP/1 and passes through.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -172,10 +177,14 @@ pub struct Guarded<IO> {
     eof: bool,
     /// hyper's read, parked while an upgrade's answer is awaited.
     reader: Option<Waker>,
+    /// How long a write may make no progress (a client that stopped reading).
+    send_timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<IO> Guarded<IO> {
-    pub fn new(io: IO) -> Self {
+    /// `send_timeout`: how long a write may wait on the client before the connection fails.
+    pub fn new(io: IO, send_timeout: Duration) -> Self {
         Self {
             io,
             raw: BytesMut::with_capacity(wire::READ_SIZE),
@@ -183,7 +192,30 @@ impl<IO> Guarded<IO> {
             state: State::Head { first: true },
             eof: false,
             reader: None,
+            send_timeout,
+            stalled: None,
         }
+    }
+
+    /// A write's outcome, with the stall clock: pending for longer than the send timeout is
+    /// an error (hyper then closes the connection).
+    fn timed<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let timeout = self.send_timeout;
+        let clock = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if clock.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took no answer byte within the send timeout",
+            )));
+        }
+        Poll::Pending
     }
 
     /// Clears what it can of the bytes past `ready`; false when nothing moved.
@@ -375,7 +407,8 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.written(buf);
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.timed(cx, r)
     }
 
     fn poll_write_vectored(
@@ -386,7 +419,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
         if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
             self.written(first);
         }
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.timed(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -53,6 +53,7 @@ pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
     out: Vec<u8>,
+    send_timeout: Duration,
 }
 
 /// What the loop made of the bytes read so far.
@@ -81,6 +82,7 @@ impl Conn {
             io,
             buf: BytesMut::with_capacity(wire::READ_SIZE),
             out: Vec::with_capacity(1024),
+            send_timeout: Duration::MAX,
         }
     }
 
@@ -98,6 +100,7 @@ pub async fn serve<H: Handler>(
     remote: SocketAddr,
     handler: &H,
     header_read_timeout: Duration,
+    send_timeout: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> End {
     let clock = tokio::time::sleep(header_read_timeout);
@@ -131,6 +134,9 @@ pub async fn serve<H: Handler>(
         let head_only = req.method() == Method::HEAD;
         let resp = handler.handle(remote, req).await;
         let close = close || *shutdown.borrow();
+        // A client that takes no answer byte for the send timeout is cut off (slow read): each
+        // write is at most a gathered buffer or one body frame.
+        conn.send_timeout = send_timeout;
         if write(&mut conn, resp, head_only, close).await.is_err() || close {
             let _ = conn.io.shutdown().await;
             return End::Closed;
@@ -363,7 +369,7 @@ async fn write(conn: &mut Conn, resp: Response<Body>, head_only: bool, close: bo
 /// Writes what is gathered.
 async fn flush(conn: &mut Conn) -> io::Result<()> {
     if !conn.out.is_empty() {
-        conn.io.write_all(&conn.out).await?;
+        send(&mut conn.io, &conn.out, conn.send_timeout).await?;
         conn.out.clear();
     }
     Ok(())
@@ -376,7 +382,27 @@ async fn push(conn: &mut Conn, data: &Bytes) -> io::Result<()> {
         return Ok(());
     }
     flush(conn).await?;
-    conn.io.write_all(data).await
+    send(&mut conn.io, data, conn.send_timeout).await
+}
+
+/// `write_all`, failing when the client takes none of it for `timeout`.
+async fn send(io: &mut TcpStream, data: &[u8], timeout: Duration) -> io::Result<()> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = tokio::time::timeout(timeout, io.write(rest))
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took no answer byte within the send timeout",
+                )
+            })??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        rest = &rest[n..];
+    }
+    Ok(())
 }
 
 /// A connection handed to hyper: the bytes read and not yet served come first.

@@ -137,18 +137,33 @@ pub async fn signalled(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Serves `listener` until `shutdown`, then drains for at most `drain`. At most
-/// `max_connections` are open at once; past them, [`overloaded`]. With `tls`, connections
-/// are TLS.
+/// How one listener serves: its drain, its connection cap, TLS, and the send timeout.
+#[derive(Clone)]
+pub struct Options {
+    /// How long a drain waits for connections (and tunnels) after a shutdown.
+    pub drain: Duration,
+    /// Most connections open at once; past them, [`overloaded`].
+    pub max_connections: usize,
+    /// TLS on every connection, when given.
+    pub tls: Option<TlsAcceptor>,
+    /// How long a write may wait on a client that takes no byte (slow read).
+    pub send_timeout: Duration,
+}
+
+/// Serves `listener` until `shutdown`, then drains for at most `opts.drain`.
 pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
     handler: H,
     mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-    max_connections: usize,
-    tls: Option<TlsAcceptor>,
+    opts: Options,
 ) {
+    let Options {
+        drain,
+        max_connections,
+        tls,
+        send_timeout,
+    } = opts;
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -235,7 +250,7 @@ pub async fn serve<H: Handler>(
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     watcher.watch(conn.into_owned()).await
                 } else {
-                    let io = TokioIo::new(framing::Guarded::new(stream));
+                    let io = TokioIo::new(framing::Guarded::new(stream, send_timeout));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     watcher.watch(conn.into_owned()).await
                 };
@@ -252,12 +267,19 @@ pub async fn serve<H: Handler>(
         tokio::spawn(async move {
             let _slot = slot;
             let conn = lean::Conn::new(stream);
-            let lean::End::HandOver(io) =
-                lean::serve(conn, remote, &lean_handler, HEADER_READ_TIMEOUT, conn_shutdown).await
+            let lean::End::HandOver(io) = lean::serve(
+                conn,
+                remote,
+                &lean_handler,
+                HEADER_READ_TIMEOUT,
+                send_timeout,
+                conn_shutdown,
+            )
+            .await
             else {
                 return;
             };
-            let io = TokioIo::new(framing::Guarded::new(io));
+            let io = TokioIo::new(framing::Guarded::new(io, send_timeout));
             let conn = builder.serve_connection_with_upgrades(io, service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(listener = name, %remote, error = %crate::error::chain(&*e), "connection ended with an error");

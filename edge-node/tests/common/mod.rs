@@ -117,6 +117,7 @@ pub fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         cluster_tls: None,
         body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
         upgrade_idle_timeout: tollgate_edge::DEFAULT_UPGRADE_IDLE_TIMEOUT,
+        send_timeout: tollgate_edge::DEFAULT_SEND_TIMEOUT,
         observe: tollgate_edge::ObserveOptions {
             call_log: Some(tollgate_edge::LogConfig::in_dir(data_dir.join("calls"))),
             otlp: None,

@@ -92,7 +92,7 @@ async fn through(input: &[u8]) -> Vec<u8> {
     let (mut client, server) = tokio::io::duplex(1 << 16);
     client.write_all(input).await.unwrap();
     drop(client);
-    let mut g = Guarded::new(server);
+    let mut g = Guarded::new(server, std::time::Duration::from_secs(30));
     let mut out = Vec::new();
     g.read_to_end(&mut out).await.unwrap();
     out
@@ -136,7 +136,7 @@ async fn h2_and_accepted_upgrades_pass_through_refused_upgrades_are_checked_agai
         client.write_all(up).await.unwrap();
         client.write_all(after).await.unwrap();
         client.shutdown().await.unwrap(); // the answer can still be written back
-        let mut g = Guarded::new(server);
+        let mut g = Guarded::new(server, std::time::Duration::from_secs(30));
         let mut got = vec![0; up.len()];
         g.read_exact(&mut got).await.unwrap();
         assert_eq!(got, up.to_vec());

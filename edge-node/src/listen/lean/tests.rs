@@ -53,9 +53,12 @@ async fn start() -> (SocketAddr, watch::Sender<bool>) {
         listener,
         Echo,
         stopped,
-        Duration::from_secs(1),
-        16,
-        None,
+        crate::listen::Options {
+            drain: Duration::from_secs(1),
+            max_connections: 16,
+            tls: None,
+            send_timeout: Duration::from_secs(30),
+        },
     ));
     (addr, stop)
 }
