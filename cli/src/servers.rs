@@ -213,6 +213,10 @@ pub struct EdgeArgs {
     /// its connection is closed
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     send_timeout: std::time::Duration,
+    /// How long a client may take to send a request's head (slowloris) before its connection
+    /// is closed
+    #[arg(long, default_value = "10s", value_parser = parse_timeout)]
+    header_read_timeout: std::time::Duration,
     #[command(flatten)]
     observe: ObserveArgs,
     // mTLS towards the control plane (then its URLs are https://).
@@ -297,6 +301,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         body_read_timeout: a.body_read_timeout,
         upgrade_idle_timeout: a.upgrade_idle_timeout,
         send_timeout: a.send_timeout,
+        header_read_timeout: a.header_read_timeout,
         cluster_tls: a.tls.files()?.map(|f| tollgate_edge::ClusterTlsFiles {
             ca: f.ca,
             cert: f.cert,
@@ -378,6 +383,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
             upgrade_idle_timeout: tollgate_edge::DEFAULT_UPGRADE_IDLE_TIMEOUT,
             send_timeout: tollgate_edge::DEFAULT_SEND_TIMEOUT,
+            header_read_timeout: tollgate_edge::DEFAULT_HEADER_READ_TIMEOUT,
             cluster_tls: None,
             observe: a.observe.options(&a.data_dir.join("edge"), "dev-edge"),
         },

@@ -114,6 +114,8 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default for `--send-timeout`: how long a client may take no answer byte (slow read).
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `--header-read-timeout`: how long a client may take to send a request head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cap on open admin connections (probes and scrapes).
 const ADMIN_MAX_CONNECTIONS: usize = 256;
 
@@ -151,6 +153,8 @@ pub struct EdgeOptions {
     pub upgrade_idle_timeout: Duration,
     /// How long a client may take no byte of an answer the edge is sending (slow read).
     pub send_timeout: Duration,
+    /// How long a client may take to send a request's head (slowloris).
+    pub header_read_timeout: Duration,
     /// The call log, traces and OTLP export.
     pub observe: ObserveOptions,
 }
@@ -349,6 +353,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
                 max_connections: opts.max_connections,
                 tls: None,
                 send_timeout: opts.send_timeout,
+                header_read_timeout: opts.header_read_timeout,
             },
         )),
         tokio::spawn(listen::serve(
@@ -361,6 +366,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
                 max_connections: ADMIN_MAX_CONNECTIONS,
                 tls: None,
                 send_timeout: opts.send_timeout,
+                header_read_timeout: opts.header_read_timeout,
             },
         )),
     ];
@@ -377,6 +383,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
                 max_connections: opts.max_connections,
                 tls: Some(tls::acceptor(shared.clone())),
                 send_timeout: opts.send_timeout,
+                header_read_timeout: opts.header_read_timeout,
             },
         )));
     }

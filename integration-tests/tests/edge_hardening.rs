@@ -1,6 +1,7 @@
 //! Edge policies and limits through a real control plane and a real edge process: CORS
 //! (preflights answered by the edge without credentials; grants only for allowed origins)
-//! and the body-read timeout for clients that stall mid-body (`--body-read-timeout`).
+//! the body-read timeout for clients that stall mid-body (`--body-read-timeout`), the
+//! header-read timeout for slowloris heads (`--header-read-timeout`), and request smuggling.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -258,4 +259,76 @@ fn ambiguous_framing_gets_400_and_a_closed_connection_on_either_parser() {
         "POST /open/c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
                    GET /open/d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     assert_eq!(exchange(&edge, chunked.as_bytes()), (vec![200, 200], true));
+}
+
+/// Sends a request head one header line every 200 ms (slowloris), first on a fresh
+/// connection or, with `after_body`, after a request with a body (so hyper reads the slow
+/// head, not the lean loop). Returns how long after the first byte of the slow head the edge
+/// closed the connection, or `None` if it still held it after 8 s.
+fn slowloris(addr: std::net::SocketAddr, after_body: bool) -> Option<Duration> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    if after_body {
+        s.write_all(b"POST /open/first HTTP/1.1\r\nHost: edge\r\nContent-Length: 2\r\n\r\nhi")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("closed before answering the first request"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        // The answer's body, if any, is drained by the reads below.
+    }
+    let started = Instant::now();
+    let mut lines = std::iter::once(&b"GET /open/slow HTTP/1.1\r\nHost: edge\r\n"[..])
+        .chain(std::iter::repeat(&b"X-Slow: still-coming\r\n"[..]));
+    while started.elapsed() < Duration::from_secs(8) {
+        if s.write_all(lines.next().unwrap()).is_err() {
+            return Some(started.elapsed());
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {} // an answer to the first request, or a 408 before the close
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+/// Slowloris (issue 14): heads trickled a line at a time are cut off once
+/// `--header-read-timeout` has passed since they began, on a fresh connection (the lean
+/// loop) and after a request with a body (hyper), while other clients are served.
+#[test]
+fn slowloris_heads_are_cut_off_after_the_header_read_timeout() {
+    let (_sb, edge, up) = start(&["--header-read-timeout", "1s"]);
+    let addr = edge.proxy;
+    let attackers: Vec<_> = (0..40)
+        .map(|i| std::thread::spawn(move || slowloris(addr, i % 2 == 1)))
+        .collect();
+    // Served meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        assert_eq!(edge.request("GET", "/open/meanwhile", &[]).status, 200);
+    }
+    let mut cut = Vec::new();
+    for (i, a) in attackers.into_iter().enumerate() {
+        let after = a.join().unwrap();
+        let after = after.unwrap_or_else(|| panic!("slow head {i} was still held after 8 s"));
+        cut.push(after);
+    }
+    cut.sort();
+    let (first, last) = (cut[0], cut[cut.len() - 1]);
+    eprintln!("40 slow heads cut after {first:?} .. {last:?}");
+    assert!(first >= Duration::from_millis(800), "cut too early: {first:?}");
+    assert!(last < Duration::from_secs(3), "cut too late: {last:?}");
+    assert!(
+        !up.requests().iter().any(|r| r["path"] == "/open/slow"),
+        "a slow head reached the upstream"
+    );
 }

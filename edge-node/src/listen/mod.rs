@@ -54,8 +54,6 @@ pub mod framing;
 mod lean;
 pub mod tls;
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Hard limits on a request head, past which hyper itself answers 431 (with no body). The
 /// proxy answers 431 with a JSON error well before them (`phases::normalize::MAX_HEADERS`,
 /// `phases::normalize::MAX_HEADER_BYTES`).
@@ -148,6 +146,9 @@ pub struct Options {
     pub tls: Option<TlsAcceptor>,
     /// How long a write may wait on a client that takes no byte (slow read).
     pub send_timeout: Duration,
+    /// How long a client may take to send a request's head, counted from the moment the
+    /// connection waits for one (slowloris).
+    pub header_read_timeout: Duration,
 }
 
 /// Serves `listener` until `shutdown`, then drains for at most `opts.drain`.
@@ -163,13 +164,14 @@ pub async fn serve<H: Handler>(
         max_connections,
         tls,
         send_timeout,
+        header_read_timeout,
     } = opts;
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(HEAD_BUFFER_BYTES);
     builder
         .http2()
@@ -271,7 +273,7 @@ pub async fn serve<H: Handler>(
                 conn,
                 remote,
                 &lean_handler,
-                HEADER_READ_TIMEOUT,
+                header_read_timeout,
                 send_timeout,
                 conn_shutdown,
             )

@@ -118,6 +118,7 @@ pub fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
         upgrade_idle_timeout: tollgate_edge::DEFAULT_UPGRADE_IDLE_TIMEOUT,
         send_timeout: tollgate_edge::DEFAULT_SEND_TIMEOUT,
+        header_read_timeout: tollgate_edge::DEFAULT_HEADER_READ_TIMEOUT,
         observe: tollgate_edge::ObserveOptions {
             call_log: Some(tollgate_edge::LogConfig::in_dir(data_dir.join("calls"))),
             otlp: None,

@@ -58,6 +58,7 @@ async fn start() -> (SocketAddr, watch::Sender<bool>) {
             max_connections: 16,
             tls: None,
             send_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
         },
     ));
     (addr, stop)
