@@ -454,4 +454,6 @@ impl AsyncWrite for Prefixed {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
