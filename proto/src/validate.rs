@@ -177,6 +177,23 @@ const METADATA_HOSTS: [&str; 3] = [
 
 fn check_url(value: &str, allow_internal: bool) -> Result<(), String> {
     let url = url::Url::parse(value).map_err(|e| format!("invalid URL {value:?}: {e}"))?;
+    // The WHATWG parser above forgives what edges do not (`http:&/host`, `http:/host`,
+    // backslashes): edges read URLs as RFC 3986, so a URL must be one there too, with the
+    // same host, or an accepted config would be refused by every edge.
+    let strict = value
+        .parse::<http::Uri>()
+        .map_err(|e| format!("invalid URL {value:?}: {e}"))?;
+    let same_host = strict.host().is_some_and(|h| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        url.host_str().is_some_and(|u| {
+            u.trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(h)
+        })
+    });
+    if !value.contains("://") || !same_host {
+        return Err(format!("invalid URL {value:?}: write scheme://host[:port]/path"));
+    }
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!("invalid URL {value:?}: scheme must be http or https"));
     }
@@ -362,6 +379,12 @@ fn validate_upstream(c: &mut Checker<'_>, u: &Upstream) {
     }
     for (i, t) in u.targets.iter().enumerate() {
         c.url(&format!("targets[{i}].url"), &t.url, u.allow_internal_addresses);
+        if t.url.contains('?') {
+            c.err(
+                format!("targets[{i}].url"),
+                "a query is not allowed in a target URL",
+            );
+        }
         if t.weight > 10_000 {
             c.err(format!("targets[{i}].weight"), "must be at most 10000");
         }
@@ -1253,6 +1276,19 @@ mod tests {
             (
                 "tenants: [{name: acme}]\nupstreams: [{name: md, tenant: acme, targets: [{url: 'http://169.254.169.254/'}]}]".to_string(),
                 "upstream acme/md: targets[0].url: URL \"http://169.254.169.254/\" points at a link-local or metadata address",
+            ),
+            // Found by fuzzing (issue 14): URLs the WHATWG parser forgives and edges refuse.
+            (
+                "tenants: [{name: acme}]\nupstreams: [{name: be, tenant: acme, targets: [{url: 'http:&/127.0.0.1:9001'}]}]".to_string(),
+                "upstream acme/be: targets[0].url: invalid URL \"http:&/127.0.0.1:9001\": invalid format",
+            ),
+            (
+                "tenants: [{name: acme}]\nupstreams: [{name: be, tenant: acme, targets: [{url: 'http:/10.0.0.1'}]}]".to_string(),
+                "upstream acme/be: targets[0].url: invalid URL \"http:/10.0.0.1\": invalid format",
+            ),
+            (
+                "tenants: [{name: acme}]\nupstreams: [{name: be, tenant: acme, targets: [{url: 'http://10.0.0.1/a?b=1'}]}]".to_string(),
+                "upstream acme/be: targets[0].url: a query is not allowed in a target URL",
             ),
             (
                 format!("{BASE}jwt_issuers: [{{name: i, tenant: acme, issuer: x, jwks_url: 'https://idp/jwks', algorithms: [none]}}]"),

@@ -8,6 +8,8 @@
 //! [`state::Shared::snapshot`] (one atomic load).
 
 pub mod cluster_tls;
+#[cfg(test)]
+mod fuzz;
 pub mod lkg;
 pub mod resources;
 pub mod snapshot;

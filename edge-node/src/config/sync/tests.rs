@@ -201,3 +201,5 @@ fn chunks_out_of_order_are_refused() {
     ));
     assert_eq!(a.version(), 5);
 }
+
+mod fuzz;

@@ -278,3 +278,5 @@ fn host_port_is_stripped() {
     assert_eq!(host_without_port("a.test."), "a.test");
     assert_eq!(host_without_port("a.test"), "a.test");
 }
+
+mod fuzz;

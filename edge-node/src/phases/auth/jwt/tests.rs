@@ -441,3 +441,5 @@ fn issuers_compile_with_clear_errors() {
         "issuer: \"https://idp\" is also the issuer of jwt_issuer acme/idp"
     );
 }
+
+mod fuzz;
