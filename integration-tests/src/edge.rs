@@ -45,6 +45,9 @@ pub struct EdgeNode {
     /// `--tls-ca/--tls-cert/--tls-key` towards an mTLS control plane: in a
     /// [`Sandbox::cluster_tls`] sandbox a certificate `edge-<node_id>` of its CA.
     pub cluster_tls: Option<TlsFiles>,
+    /// The network namespace it runs in (set its addresses on the host too); `None`:
+    /// loopback.
+    pub host: Option<crate::netns::Host>,
     proc: Option<Proc>,
 }
 
@@ -131,6 +134,7 @@ impl EdgeNode {
             join_token: join_token.to_string(),
             extra_args: Vec::new(),
             cluster_tls: None,
+            host: None,
             proc: None,
         }
     }
@@ -166,7 +170,13 @@ impl EdgeNode {
             args.extend(files.args());
         }
         let name = format!("edge {}", self.node_id);
-        self.proc = Some(Proc::spawn(&name, &args, self.log.clone()));
+        self.proc = Some(Proc::spawn_on(
+            self.host.as_ref(),
+            &name,
+            &args,
+            self.log.clone(),
+            Path::new("."),
+        ));
         let admin = self.admin;
         wait_for(&format!("{name} /healthz"), START_TIMEOUT, || {
             http_get(admin, "/healthz").filter(|(s, _)| *s == 200)

@@ -13,7 +13,9 @@
 
 pub mod dev;
 pub mod edge;
+pub mod history;
 pub mod idp;
+pub mod netns;
 pub mod tls;
 
 use std::io::Write;
@@ -166,6 +168,23 @@ impl Proc {
     /// Like [`Proc::spawn`], in working directory `cwd`.
     pub fn spawn_in(name: &str, args: &[String], log: PathBuf, cwd: &Path) -> Proc {
         Self::spawn_program(&tollgate_bin(), name, args, log, cwd)
+    }
+
+    /// Like [`Proc::spawn_in`], inside the network namespace of `host` when there is one.
+    pub fn spawn_on(
+        host: Option<&netns::Host>,
+        name: &str,
+        args: &[String],
+        log: PathBuf,
+        cwd: &Path,
+    ) -> Proc {
+        match host {
+            Some(h) => {
+                let (program, args) = netns::exec_in(h, &tollgate_bin(), args);
+                Self::spawn_program(&program, name, &args, log, cwd)
+            }
+            None => Self::spawn_in(name, args, log, cwd),
+        }
     }
 
     /// Another program (a Prometheus server, a Python receiver), its output into `log`;
@@ -341,6 +360,8 @@ pub struct CpNode {
     pub dir: PathBuf,
     /// The node's certificate, key and CA when the sandbox runs mTLS.
     pub tls: Option<TlsFiles>,
+    /// The network namespace it runs in ([`Sandbox::cluster_in`]); `None`: loopback.
+    pub host: Option<netns::Host>,
     pub proc: Option<Proc>,
 }
 
@@ -374,7 +395,14 @@ impl CpNode {
             args.extend(tls.args());
         }
         let log = self.dir.with_extension("log");
-        self.proc = Some(Proc::spawn(&format!("cp{}", self.id), &args, log));
+        let name = format!("cp{}", self.id);
+        self.proc = Some(Proc::spawn_on(
+            self.host.as_ref(),
+            &name,
+            &args,
+            log,
+            Path::new("."),
+        ));
         let http = self.http;
         wait_for(
             &format!("cp{} /healthz", self.id),
@@ -442,6 +470,9 @@ pub struct Sandbox {
     pub pki: Option<Pki>,
     /// The certificate the sandbox's CLI and gRPC clients present under mTLS.
     pub operator: Option<TlsFiles>,
+    /// Node `id`'s network namespace is `cp_hosts[id - 1]` ([`Sandbox::cluster_in`]); empty:
+    /// every node on loopback.
+    pub cp_hosts: Vec<netns::Host>,
 }
 
 impl Sandbox {
@@ -458,6 +489,13 @@ impl Sandbox {
         Self::build(n, true)
     }
 
+    /// Like [`Sandbox::cluster`], each node in a network namespace of `net` (hosts `cp1`..),
+    /// on the default ports of its own address, so that `net` can partition them.
+    pub fn cluster_in(net: &netns::Net, n: u64) -> Sandbox {
+        let hosts = (1..=n).map(|id| net.host(&format!("cp{id}"))).collect();
+        Self::build_on(n, false, hosts)
+    }
+
     /// One control-plane process, started but not initialized: no token exists yet.
     pub fn uninitialized() -> Sandbox {
         let mut sb = Sandbox {
@@ -467,12 +505,17 @@ impl Sandbox {
             edge_token: String::new(),
             pki: None,
             operator: None,
+            cp_hosts: Vec::new(),
         };
         sb.add_node_process(1);
         sb
     }
 
     fn build(n: u64, tls: bool) -> Sandbox {
+        Self::build_on(n, tls, Vec::new())
+    }
+
+    fn build_on(n: u64, tls: bool, cp_hosts: Vec<netns::Host>) -> Sandbox {
         let dir = tempfile::tempdir().expect("temp dir");
         let pki = tls.then(|| Pki::create(&dir.path().join("pki")));
         let operator = pki.as_ref().map(|p| p.issue("operator", &[]));
@@ -483,6 +526,7 @@ impl Sandbox {
             edge_token: String::new(),
             pki,
             operator,
+            cp_hosts,
         };
         for id in 1..=n {
             sb.add_node_process(id);
@@ -518,13 +562,22 @@ impl Sandbox {
             .pki
             .as_ref()
             .map(|p| p.issue(&format!("cp{id}"), &["127.0.0.1"]));
+        let host = usize::try_from(id - 1)
+            .ok()
+            .and_then(|i| self.cp_hosts.get(i))
+            .cloned();
+        let (grpc, http) = match &host {
+            Some(h) => (netns::addr(h, 7700), netns::addr(h, 7780)),
+            None => (loopback(free_port()), loopback(free_port())),
+        };
         let mut node = CpNode {
             id,
             master_key: self.dir.path().join("master.key"),
-            grpc: loopback(free_port()),
-            http: loopback(free_port()),
+            grpc,
+            http,
             dir: self.dir.path().join(format!("cp{id}")),
             tls,
+            host,
             proc: None,
         };
         node.start();

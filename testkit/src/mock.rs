@@ -44,7 +44,12 @@ pub struct MockServer {
 
 impl MockServer {
     pub fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> MockServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the mock server");
+        Self::start_on("127.0.0.1", handler)
+    }
+
+    /// Like [`MockServer::start`], on a free port of address `ip` (a test network's).
+    pub fn start_on(ip: &str, handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> MockServer {
+        let listener = TcpListener::bind((ip, 0)).expect("binding the mock server");
         let addr = listener.local_addr().expect("mock server address");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -166,7 +171,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn start() -> Upstream {
-        let server = MockServer::start(|req| {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Like [`Upstream::start`], on a free port of address `ip`.
+    pub fn start_on(ip: &str) -> Upstream {
+        let server = MockServer::start_on(ip, |req| {
             (
                 200,
                 vec![("connection".into(), "close".into())],
@@ -179,7 +189,7 @@ impl Upstream {
         }
     }
 
-    /// `http://127.0.0.1:<port>`, for an upstream target.
+    /// `http://<address>:<port>`, for an upstream target.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
