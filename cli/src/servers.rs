@@ -139,6 +139,10 @@ pub struct ControlPlaneArgs {
     master_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: crate::cert::ClusterTlsArgs,
+    /// Without --tls-*, stream config (which carries secrets) to edges off loopback too;
+    /// only for a network protected otherwise (a service mesh's mTLS, a private link)
+    #[arg(long)]
+    allow_plaintext_stream: bool,
     #[command(flatten)]
     retention: RetentionArgs,
 }
@@ -222,6 +226,10 @@ pub struct EdgeArgs {
     // mTLS towards the control plane (then its URLs are https://).
     #[command(flatten)]
     pub(crate) tls: crate::cert::ClusterTlsArgs,
+    /// Without --tls-*, take a plaintext config stream (it carries secrets) from control
+    /// planes off loopback; only for a network protected otherwise
+    #[arg(long)]
+    allow_plaintext_stream: bool,
 }
 
 /// A positive duration such as `30s` or `500ms`.
@@ -279,6 +287,7 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
         tls: a.tls.files()?,
         rollup_retention: a.retention.retention()?,
         portal_gateway: a.portal_gateway,
+        allow_plaintext_stream: a.allow_plaintext_stream,
     };
     tollgate_control_plane::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -307,6 +316,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
             cert: f.cert,
             key: f.key,
         }),
+        allow_plaintext_stream: a.allow_plaintext_stream,
     };
     tollgate_edge::run(opts, shutdown_signal()).await?;
     Ok(())
@@ -325,6 +335,8 @@ pub async fn dev(a: DevArgs) -> CliResult {
         tls: None,
         rollup_retention: Default::default(),
         portal_gateway: Some(format!("http://{}", a.listen)),
+        // `tollgate dev`'s edge is in the same process, on loopback.
+        allow_plaintext_stream: false,
     })
     .await?;
     let server = format!("http://{}", cp.grpc_addr);
@@ -385,6 +397,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
             send_timeout: tollgate_edge::DEFAULT_SEND_TIMEOUT,
             header_read_timeout: tollgate_edge::DEFAULT_HEADER_READ_TIMEOUT,
             cluster_tls: None,
+            allow_plaintext_stream: false,
             observe: a.observe.options(&a.data_dir.join("edge"), "dev-edge"),
         },
         async move {

@@ -75,6 +75,8 @@ pub struct ControlPlaneOptions {
     pub rollup_retention: rollups::Retention,
     /// The edge address the portal's try-it console sends requests to (`http://host:port`).
     pub portal_gateway: Option<String>,
+    /// Without `tls`, stream config (which carries secrets) to edges off loopback too.
+    pub allow_plaintext_stream: bool,
 }
 
 /// A running control-plane node.
@@ -185,7 +187,11 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
                 .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(raft::MAX_MESSAGE_BYTES),
         )
-        .add_service(ConfigStreamServer::new(stream::StreamService::new(node.clone())))
+        .add_service(ConfigStreamServer::new(stream::StreamService::new(
+            node.clone(),
+            tls.is_none(),
+            opts.allow_plaintext_stream,
+        )))
         .add_service(
             RaftServer::new(raft::RaftService::new(
                 raft,

@@ -67,11 +67,32 @@ const PEER_KEY_PURPOSE: &str = "tollgate edge peers v1";
 
 pub struct StreamService {
     node: Arc<Node>,
+    /// Served without TLS and without `--allow-plaintext-stream`: only edges on loopback
+    /// get the stream.
+    loopback_only: bool,
 }
 
 impl StreamService {
-    pub fn new(node: Arc<Node>) -> Self {
-        Self { node }
+    /// `plaintext`: the gRPC port serves without TLS; `allow_plaintext`: the operator allows
+    /// plaintext streams to edges off loopback (`--allow-plaintext-stream`).
+    pub fn new(node: Arc<Node>, plaintext: bool, allow_plaintext: bool) -> Self {
+        Self {
+            node,
+            loopback_only: plaintext && !allow_plaintext,
+        }
+    }
+}
+
+/// Every stream carries secrets (the edges' peer key, and certificate keys, HS keys, client
+/// secrets and provider API keys when the config has them): in plaintext it goes to edges on
+/// loopback only, unless the operator allowed it.
+fn check_plaintext_peer(remote: Option<std::net::SocketAddr>) -> Result<(), Status> {
+    match remote {
+        Some(a) if a.ip().to_canonical().is_loopback() => Ok(()),
+        _ => Err(Status::failed_precondition(format!(
+            "the config stream carries secrets and this control plane serves it in plaintext: it is sent to edges on loopback only, and this edge connects from {}; set up mTLS inside the cluster (README, \"mTLS inside the cluster\"), or start the control plane with --allow-plaintext-stream if the network is protected otherwise",
+            remote.map_or_else(|| "an unknown address".to_string(), |a| a.ip().to_string())
+        ))),
     }
 }
 
@@ -284,6 +305,9 @@ impl ConfigStream for StreamService {
     type StreamStream = PushStream;
 
     async fn stream(&self, req: Request<Streaming<EdgeMessage>>) -> Result<Response<PushStream>, Status> {
+        if self.loopback_only {
+            check_plaintext_peer(req.remote_addr())?;
+        }
         self.node.authorize(&req, &[Role::Edge, Role::ClusterAdmin])?;
         let mut inbound = req.into_inner();
         let mut hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -853,5 +877,22 @@ mod tests {
         let long = "é".repeat(5000);
         let b = bounded(&long);
         assert!(b.len() <= MAX_REPORT_BYTES + 3 && b.ends_with("..."));
+    }
+
+    #[test]
+    fn plaintext_streams_go_to_loopback_edges_only() {
+        let at = |a: &str| Some(a.parse::<std::net::SocketAddr>().unwrap());
+        assert!(check_plaintext_peer(at("127.0.0.1:5000")).is_ok());
+        assert!(check_plaintext_peer(at("[::1]:5000")).is_ok());
+        assert!(check_plaintext_peer(at("[::ffff:127.0.0.1]:5000")).is_ok());
+        for remote in [at("10.0.0.5:5000"), at("[2001:db8::1]:5000"), None] {
+            let e = check_plaintext_peer(remote).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+            assert!(
+                e.message().contains("--allow-plaintext-stream"),
+                "{}",
+                e.message()
+            );
+        }
     }
 }

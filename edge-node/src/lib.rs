@@ -146,6 +146,9 @@ pub struct EdgeOptions {
     /// mTLS towards the control plane (`--tls-ca`, `--tls-cert`, `--tls-key`): the
     /// control-plane URLs are then `https://`. `None`: plaintext `http://` URLs.
     pub cluster_tls: Option<ClusterTlsFiles>,
+    /// Without `cluster_tls`, accept a plaintext stream (it carries secrets) from control
+    /// planes that are not on loopback.
+    pub allow_plaintext_stream: bool,
     /// How long a client may send no request body bytes before the request is abandoned
     /// (408 while no answer has started, else the exchange is cut).
     pub body_read_timeout: Duration,
@@ -288,6 +291,9 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             ),
             (false, true) => anyhow::bail!(
                 "--control-plane {url:?}: with --tls-ca/--tls-cert/--tls-key the control planes are reached over mTLS, so use https:// URLs"
+            ),
+            (false, false) if !opts.allow_plaintext_stream && !stream::is_local(url) => anyhow::bail!(
+                "--control-plane {url:?} is plaintext and not on loopback, but the config stream carries secrets: reach the control planes over mTLS (--tls-ca, --tls-cert, --tls-key and https:// URLs; README \"mTLS inside the cluster\"), or pass --allow-plaintext-stream if the network is protected otherwise"
             ),
             _ => {}
         }

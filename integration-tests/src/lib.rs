@@ -362,6 +362,8 @@ pub struct CpNode {
     pub tls: Option<TlsFiles>,
     /// The network namespace it runs in ([`Sandbox::cluster_in`]); `None`: loopback.
     pub host: Option<netns::Host>,
+    /// More flags for `tollgate control-plane`, kept across restarts.
+    pub extra_args: Vec<String>,
     pub proc: Option<Proc>,
 }
 
@@ -394,6 +396,7 @@ impl CpNode {
         if let Some(tls) = &self.tls {
             args.extend(tls.args());
         }
+        args.extend(self.extra_args.iter().cloned());
         let log = self.dir.with_extension("log");
         let name = format!("cp{}", self.id);
         self.proc = Some(Proc::spawn_on(
@@ -489,9 +492,16 @@ impl Sandbox {
         Self::build(n, true)
     }
 
-    /// Like [`Sandbox::cluster`], each node in a network namespace of `net` (hosts `cp1`..),
-    /// on the default ports of its own address, so that `net` can partition them.
+    /// Like [`Sandbox::cluster_tls`], each node in a network namespace of `net` (hosts
+    /// `cp1`..), on the default ports of its own address, so that `net` can partition them.
+    /// (mTLS, because a control plane streams config in plaintext to loopback edges only.)
     pub fn cluster_in(net: &netns::Net, n: u64) -> Sandbox {
+        let hosts = (1..=n).map(|id| net.host(&format!("cp{id}"))).collect();
+        Self::build_on(n, true, hosts)
+    }
+
+    /// Like [`Sandbox::cluster_in`] without mTLS (to see plaintext refused off loopback).
+    pub fn cluster_in_plaintext(net: &netns::Net, n: u64) -> Sandbox {
         let hosts = (1..=n).map(|id| net.host(&format!("cp{id}"))).collect();
         Self::build_on(n, false, hosts)
     }
@@ -558,14 +568,17 @@ impl Sandbox {
     /// Starts another control-plane process (not yet a member); under mTLS with a new
     /// certificate `cp<id>` for 127.0.0.1.
     pub fn add_node_process(&mut self, id: u64) {
-        let tls = self
-            .pki
-            .as_ref()
-            .map(|p| p.issue(&format!("cp{id}"), &["127.0.0.1"]));
         let host = usize::try_from(id - 1)
             .ok()
             .and_then(|i| self.cp_hosts.get(i))
             .cloned();
+        let ip = host
+            .as_ref()
+            .map_or("127.0.0.1".to_string(), |h| h.ip.to_string());
+        let tls = self
+            .pki
+            .as_ref()
+            .map(|p| p.issue(&format!("cp{id}"), &[ip.as_str()]));
         let (grpc, http) = match &host {
             Some(h) => (netns::addr(h, 7700), netns::addr(h, 7780)),
             None => (loopback(free_port()), loopback(free_port())),
@@ -578,6 +591,7 @@ impl Sandbox {
             dir: self.dir.path().join(format!("cp{id}")),
             tls,
             host,
+            extra_args: Vec::new(),
             proc: None,
         };
         node.start();
@@ -705,7 +719,8 @@ pub fn run_cli_tls(
     CliOutput::from(wait_child(child, Duration::from_secs(60)))
 }
 
-fn wait_child(child: Child, timeout: Duration) -> Output {
+/// Waits for `child` to exit, killing it after `timeout`; its output.
+pub fn wait_child(child: Child, timeout: Duration) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -15,7 +15,7 @@
 //!
 //! Needs root (CAP_NET_ADMIN), `ip` (iproute2) and `nft` (nftables; `.ci/run` installs it).
 //! Everything is removed when the [`Net`] drops, and leftovers of an earlier, killed run
-//! are removed when the next one starts.
+//! are removed when the next one starts. Tests of one binary take turns.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::Command;
@@ -53,9 +53,14 @@ pub struct Host {
     pub ip: Ipv4Addr,
 }
 
+/// One [`Net`] at a time in a test binary: they share the bridge's name and subnet.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 /// The bridge and the hosts on it.
 pub struct Net {
     hosts: Mutex<Vec<Host>>,
+    /// Released after `drop` has removed everything.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 impl Net {
@@ -64,6 +69,8 @@ impl Net {
 
     /// Creates the bridge, after removing whatever an earlier run left behind.
     pub fn create() -> Net {
+        // A test that panicked while holding its turn has still cleaned up (drop runs).
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         Self::remove_leftovers();
         let gateway = format!("{}/24", Self::GATEWAY);
         run("ip", &["link", "add", BRIDGE, "type", "bridge"]);
@@ -71,6 +78,7 @@ impl Net {
         run("ip", &["link", "set", BRIDGE, "up"]);
         Net {
             hosts: Mutex::new(Vec::new()),
+            _turn: turn,
         }
     }
 

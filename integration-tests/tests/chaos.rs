@@ -2,7 +2,8 @@
 //! namespace of its own on one bridge ([`netns`]), concurrent writers, steady traffic through
 //! every edge, and a nemesis that kills and restarts the leader, partitions a minority,
 //! partitions the leader, and isolates an edge from the control plane and from its peers
-//! (nftables drops). Afterwards:
+//! (nftables drops). Inside the cluster everything is mTLS, as it must be off loopback.
+//! Afterwards:
 //! - the write history is linearizable (the checker of `history.rs`, itself tested on
 //!   histories known to be bad);
 //! - no acknowledged write is lost: every marker write acknowledged during an event is in
@@ -11,6 +12,8 @@
 //! - the edges' error rate through the events stays at the baseline measured before them.
 //!
 //! CI runs one event of each kind; `scripts/chaos` runs many (`CHAOS_EVENTS`, default 24).
+//! A second test shows why the cluster runs mTLS here: off loopback, a plaintext config
+//! stream (it carries secrets) is refused by the edge and by the control plane.
 //! Needs root, iproute2 and nftables (`.ci/run` installs nftables).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use tollgate_integration_tests::edge::{send, EdgeNode, Upstream};
 use tollgate_integration_tests::history::Workload;
-use tollgate_integration_tests::netns::{addr, Net};
-use tollgate_integration_tests::{wait_for, Sandbox};
+use tollgate_integration_tests::netns::{addr, exec_in, Net};
+use tollgate_integration_tests::{tollgate_bin, wait_child, wait_for, Sandbox};
 use tollgate_proto::v1::ClusterStatusRequest;
 
 const EDGES: usize = 3;
@@ -242,7 +245,7 @@ async fn the_cluster_survives_kills_and_partitions_without_losing_a_write() {
                 format!("killed and restarted leader cp{leader}")
             }
             Event::PartitionMinority => {
-                let follower = (li + 1 + n % 2) % 3;
+                let follower = (li + 1 + n / KINDS.len() % 2) % 3;
                 let others: Vec<&str> = cps
                     .iter()
                     .filter(|c| **c != cps[follower])
@@ -384,4 +387,68 @@ async fn the_cluster_survives_kills_and_partitions_without_losing_a_write() {
     assert!(summary.acknowledged >= 20, "too few writes to judge: {summary:?}");
     drop(edges);
     drop(sb);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_config_streams_are_refused_off_loopback() {
+    let net = Net::create();
+    let mut sb = Sandbox::cluster_in_plaintext(&net, 1);
+    let host = net.host("edge1");
+    let url = sb.nodes[0].url();
+    assert!(url.starts_with("http://10."), "{url}");
+
+    // The edge refuses to start on a plaintext URL off loopback.
+    let args: Vec<String> = [
+        "edge",
+        "--control-plane",
+        &url,
+        "--join-token",
+        &sb.edge_token,
+        "--data-dir",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([sb.dir.path().join("refused").display().to_string()])
+    .collect();
+    let (program, args) = exec_in(&host, &tollgate_bin(), &args);
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_child(child, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the edge started on a plaintext remote URL: {stderr}"
+    );
+    assert!(
+        stderr.contains("is plaintext and not on loopback") && stderr.contains("--allow-plaintext-stream"),
+        "{stderr}"
+    );
+
+    // Told to accept plaintext, the edge starts, and the control plane refuses to send.
+    let mut edge = EdgeNode::for_sandbox(&sb, "e1", None);
+    (edge.proxy, edge.admin, edge.peer) = (addr(&host, 8080), addr(&host, 9901), addr(&host, 7900));
+    edge.host = Some(host);
+    edge.extra_args = vec!["--allow-plaintext-stream".into()];
+    edge.spawn();
+    wait_for(
+        "the control plane's refusal in the edge's log",
+        Duration::from_secs(20),
+        || {
+            let log = std::fs::read_to_string(&edge.log).unwrap_or_default();
+            log.contains("serves it in plaintext: it is sent to edges on loopback only")
+                .then_some(())
+        },
+    );
+    assert_eq!(edge.config_version(), Some(0), "a refused edge holds no config");
+
+    // Both sides allowing it, the stream flows.
+    sb.nodes[0].kill();
+    sb.nodes[0].extra_args = vec!["--allow-plaintext-stream".into()];
+    sb.nodes[0].start();
+    let version = committed_version(&sb).await;
+    edge.wait_for_version(version, Duration::from_secs(30));
 }

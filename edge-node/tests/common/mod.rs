@@ -115,6 +115,7 @@ pub fn options(cp: SocketAddr, data_dir: &std::path::Path) -> EdgeOptions {
         max_connections: tollgate_edge::DEFAULT_MAX_CONNECTIONS,
         tls_listen: None,
         cluster_tls: None,
+        allow_plaintext_stream: false,
         body_read_timeout: tollgate_edge::DEFAULT_BODY_READ_TIMEOUT,
         upgrade_idle_timeout: tollgate_edge::DEFAULT_UPGRADE_IDLE_TIMEOUT,
         send_timeout: tollgate_edge::DEFAULT_SEND_TIMEOUT,
