@@ -62,14 +62,22 @@ macro_rules! lead {
         loop {
             let result = match $self.node.route(&$req, deadline).await? {
                 Route::Forward(mut client) => client.$method(forwarded(&$req)).await,
-                Route::Local => {
-                    let token = $self.node.authorize(&$req, &$roles)?;
-                    $self
-                        .$local(&token, $req.get_ref().clone())
-                        .await
-                        .map(Response::new)
-                        .map_err(Status::from)
-                }
+                // A refusal (no permission, bad input) of a known token is audited.
+                Route::Local => match $self.node.authorize(&$req, &$roles) {
+                    Err(e) => {
+                        if let Some(token) = $self.node.token_of(&$req) {
+                            $self.node.audit_refusal(&token, stringify!($method), &e).await;
+                        }
+                        Err(Status::from(e))
+                    }
+                    Ok(token) => match $self.$local(&token, $req.get_ref().clone()).await {
+                        Ok(answer) => Ok(Response::new(answer)),
+                        Err(e) => {
+                            $self.node.audit_refusal(&token, stringify!($method), &e).await;
+                            Err(Status::from(e))
+                        }
+                    },
+                },
             };
             match result {
                 Err(s) if retryable(&s) && Instant::now() < deadline => {

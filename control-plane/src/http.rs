@@ -52,10 +52,13 @@ fn metrics(node: &Node) -> String {
          # HELP tollgate_cp_log_entries Raft log entries kept (last index less the purged one).\n\
          # TYPE tollgate_cp_log_entries gauge\ntollgate_cp_log_entries {}\n\
          # HELP tollgate_cp_leader_id The node this node believes leads (0: none known).\n\
-         # TYPE tollgate_cp_leader_id gauge\ntollgate_cp_leader_id {}\n",
+         # TYPE tollgate_cp_leader_id gauge\ntollgate_cp_leader_id {}\n\
+         # HELP tollgate_cp_audit_refusals_dropped_total Refused admin calls not audited (past the budget).\n\
+         # TYPE tollgate_cp_audit_refusals_dropped_total counter\ntollgate_cp_audit_refusals_dropped_total {}\n",
         m.current_term,
         last_log.saturating_sub(purged),
         m.current_leader.unwrap_or(0),
+        node.refusals.dropped(),
     );
     // Config lag of the edges streaming from this node (bounded by the edges that exist).
     out.push_str(

@@ -27,6 +27,7 @@ pub mod node;
 pub mod portal;
 pub mod raft;
 pub mod raft_types;
+pub mod refusals;
 pub mod rollups;
 pub mod secrets;
 pub mod state;
@@ -171,6 +172,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         channels,
         rollup_retention: opts.rollup_retention,
         tails: Default::default(),
+        refusals: Default::default(),
     });
     let edges = node.edges.clone();
 

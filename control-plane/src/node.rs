@@ -42,6 +42,8 @@ pub struct Node {
     pub rollup_retention: crate::rollups::Retention,
     /// The live tails open on this node.
     pub tails: Arc<crate::tails::Tails>,
+    /// Refused admin calls, audited within a budget.
+    pub refusals: crate::refusals::Refusals,
 }
 
 /// Who answers a call.
@@ -56,6 +58,9 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Longest a refusal waits for its audit record to commit.
+const REFUSAL_AUDIT_WAIT: Duration = Duration::from_secs(2);
 
 fn raft_unavailable<E: std::fmt::Display>(e: E) -> AdminError {
     AdminError::Unavailable(format!("raft: {e}"))
@@ -152,6 +157,44 @@ impl Node {
             if now.is_some() && now != old {
                 return;
             }
+        }
+    }
+
+    /// The token of a call, whatever its role (who was refused), if this node knows it.
+    pub fn token_of<T>(&self, req: &GrpcRequest<T>) -> Option<AdminToken> {
+        let token = req
+            .metadata()
+            .get("authorization")?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .trim();
+        let hash = sha256_hex(token.as_bytes());
+        self.sm.read(|s| s.has_admin_token(&hash).cloned())
+    }
+
+    /// Audits the refusal of `method` (a gRPC method name, `create_key`) asked for with
+    /// `token`, when it is one the audit log keeps ([`crate::refusals`]), before the caller
+    /// hears of it (waiting at most [`REFUSAL_AUDIT_WAIT`]: a refusal is never held up long
+    /// by a slow cluster).
+    pub async fn audit_refusal(&self, token: &AdminToken, method: &str, error: &AdminError) {
+        if !crate::refusals::is_audited(error) {
+            return;
+        }
+        let action = method.replace('_', " ");
+        if !self.refusals.admit(Instant::now()) {
+            tracing::warn!(token = %token.id, %action, "refused admin call not audited: too many refusals");
+            return;
+        }
+        let cmd = Command::Refused {
+            action,
+            tenants: token.tenant.iter().cloned().collect(),
+            error: crate::refusals::message(error),
+        };
+        match tokio::time::timeout(REFUSAL_AUDIT_WAIT, self.write(cmd, Some(Actor::of(token)))).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not audit a refused admin call"),
+            Err(_) => tracing::warn!("auditing a refused admin call is taking long; answering the caller"),
         }
     }
 

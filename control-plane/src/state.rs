@@ -71,6 +71,14 @@ pub enum Command {
     RevokeAdminToken {
         id: String,
     },
+    /// An admin call refused before it reached Raft (no permission, bad input): only an
+    /// audit record, with the call (`action`, like "apply") and the refusal (`error`).
+    /// Not config: no version.
+    Refused {
+        action: String,
+        tenants: Vec<String>,
+        error: String,
+    },
     /// Quota counts reported by edges (not config: no version, no audit record).
     RecordUsage(Vec<UsageRecord>),
     /// Traffic rollups reported by edges (not config either), stamped with the leader's
@@ -95,6 +103,7 @@ impl Command {
             | Command::DeleteSecret { tenant, .. } => vec![tenant.clone()],
             Command::PutSecret(s) => vec![s.tenant.clone()],
             Command::AddAdminToken(t) => t.tenant.iter().cloned().collect(),
+            Command::Refused { tenants, .. } => tenants.clone(),
             Command::Bootstrap { .. }
             | Command::RevokeAdminToken { .. }
             | Command::RecordUsage(_)
@@ -118,6 +127,7 @@ impl Command {
             Command::Bootstrap { .. } => "cluster init",
             Command::AddAdminToken(_) => "token create",
             Command::RevokeAdminToken { .. } => "token revoke",
+            Command::Refused { .. } => "refused",
             Command::RecordUsage(_) => "usage record",
             Command::RecordRollups { .. } => "rollup record",
         }
@@ -362,6 +372,18 @@ impl ConfigState {
                     .filter_map(|t| t.tenant.clone()),
             );
         }
+        if let Command::Refused { action, error, .. } = &req.command {
+            self.record_audit(AuditRecord {
+                index,
+                at_ms: req.at_ms,
+                actor: req.actor.clone(),
+                action: action.clone(),
+                tenants,
+                error: Some(error.clone()),
+                changes: Vec::new(),
+            });
+            return self.apply(index, &req.command);
+        }
         let result = self.apply(index, &req.command);
         let changes = match &result {
             Ok(out) => out
@@ -379,7 +401,7 @@ impl ConfigState {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        self.audit.push_back(AuditRecord {
+        self.record_audit(AuditRecord {
             index,
             at_ms: req.at_ms,
             actor: req.actor.clone(),
@@ -388,16 +410,27 @@ impl ConfigState {
             error: result.as_ref().err().map(ToString::to_string),
             changes,
         });
+        result
+    }
+
+    fn record_audit(&mut self, record: AuditRecord) {
+        self.audit.push_back(record);
         while self.audit.len() > AUDIT_CAPACITY {
             self.audit.pop_front();
         }
-        result
     }
 
     pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<Outcome, CommandError> {
         if let Command::RecordUsage(records) = cmd {
             // Not config: the version stays, nothing is pushed to edges as config.
             self.usage.record(records);
+            return Ok(Outcome {
+                version: self.version,
+                changes: Vec::new(),
+            });
+        }
+        if let Command::Refused { .. } = cmd {
+            // Only its audit record (`apply_request`).
             return Ok(Outcome {
                 version: self.version,
                 changes: Vec::new(),
@@ -625,6 +658,7 @@ impl ConfigState {
             Command::Bootstrap { .. }
             | Command::AddAdminToken(_)
             | Command::RevokeAdminToken { .. }
+            | Command::Refused { .. }
             | Command::RecordUsage(_)
             | Command::RecordRollups { .. } => {}
         }

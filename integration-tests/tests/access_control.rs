@@ -195,6 +195,7 @@ fn every_admin_write_is_audited() {
         [
             "secret set",
             "apply",
+            "apply",
             "token create",
             "apply",
             "token create",
@@ -202,8 +203,18 @@ fn every_admin_write_is_audited() {
         ],
         "{out}"
     );
+    // A refused write never reached Raft as a write, but is recorded with its reason.
+    let refused = &records[1];
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{refused}"
+    );
+    assert!(refused["changes"].as_array().unwrap().is_empty(), "{refused}");
     // The tenant admin's apply: who, when, what, versions before and after.
-    let by_alice = &records[1];
+    let by_alice = &records[2];
     assert_eq!(by_alice["actor_label"], "alice");
     assert_eq!(by_alice["actor_role"], "tenant-admin");
     assert!(by_alice["at_ms"].as_u64().unwrap() > 1_700_000_000_000);
@@ -218,12 +229,22 @@ fn every_admin_write_is_audited() {
     );
     assert!(change["version_before"].as_u64().unwrap() < change["version_after"].as_u64().unwrap());
     assert_eq!(change["version_after"], by_alice["index"]);
-    assert_eq!(records[5]["actor_token"], "bootstrap");
+    assert_eq!(records[6]["actor_token"], "bootstrap");
     // The secret's value is nowhere in the audit log.
     assert!(!out.contains("\"v\""));
-    // A refused write is not a write: it is not in the log (it never reached Raft)...
-    assert!(!out.contains("colour"));
-    // ...but one refused by the state machine is, with its reason.
+    // So is a call refused for want of permission: who tried what, and why not.
+    let elsewhere = sb.file("b.yaml", "apps: [{name: sneaky, tenant: b}]");
+    assert_ne!(as_token(&mut sb, &admin_a, &["apply", "-f", &elsewhere]).code, 0);
+    let out = sb.cli(0, &["audit", "--limit", "1", "-o", "json"]).ok().stdout;
+    let denied: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let denied = &denied[0];
+    assert_eq!(
+        (denied["action"].as_str(), denied["actor_label"].as_str()),
+        (Some("apply"), Some("alice")),
+        "{out}"
+    );
+    assert!(denied["error"].as_str().unwrap().contains("cannot"), "{out}");
+    // One refused by the state machine is recorded with its reason too.
     let conflict = sb.file(
         "stale.yaml",
         "apps: [{name: web, tenant: b, resource_version: 999}]",

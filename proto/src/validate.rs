@@ -202,8 +202,13 @@ fn check_url(value: &str, allow_internal: bool) -> Result<(), String> {
         None => return Err(format!("invalid URL {value:?}: no host")),
     };
     if !url.username().is_empty() || url.password().is_some() {
+        // Named without its credentials: errors are shown, logged and audited.
+        let mut shown = url.clone();
+        let _ = shown.set_username("");
+        let _ = shown.set_password(None);
         return Err(format!(
-            "invalid URL {value:?}: credentials in URLs are refused; use a secret"
+            "invalid URL {:?}: credentials in URLs are refused; use a secret",
+            shown.as_str()
         ));
     }
     if !allow_internal {
@@ -1276,6 +1281,11 @@ mod tests {
             (
                 "tenants: [{name: acme}]\nupstreams: [{name: md, tenant: acme, targets: [{url: 'http://169.254.169.254/'}]}]".to_string(),
                 "upstream acme/md: targets[0].url: URL \"http://169.254.169.254/\" points at a link-local or metadata address",
+            ),
+            // The refusal names the URL without the credentials (errors are audited).
+            (
+                "tenants: [{name: acme}]\nupstreams: [{name: be, tenant: acme, targets: [{url: 'http://u:hunter2@10.0.0.1/'}]}]".to_string(),
+                "upstream acme/be: targets[0].url: invalid URL \"http://10.0.0.1/\": credentials in URLs are refused; use a secret",
             ),
             // Found by fuzzing (issue 14): URLs the WHATWG parser forgives and edges refuse.
             (
