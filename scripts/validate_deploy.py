@@ -473,7 +473,7 @@ def check_systemd(root, defaults, cli):
         # Secrets come as systemd credentials, never as values in a unit.
         creds = {c.split(":", 1)[0] for c in svc("LoadCredential")}
         need = {"control-plane": ("master.key", "--master-key-file %d/master.key"),
-                "edge": ("join-token", "cat %d/join-token")}[sub]
+                "edge": ("join-token", "--join-token-file %d/join-token")}[sub]
         if need[0] not in creds or need[1] not in exec_start:
             fail(path, f"the {need[0]} credential is not loaded and used ({need[1]})")
         for env in svc("Environment"):

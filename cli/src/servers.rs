@@ -133,6 +133,10 @@ pub struct ControlPlaneArgs {
     /// Admin token --join presents to the running member
     #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the admin token for --join (instead of --token; kept out of the
+    /// environment and the process list)
+    #[arg(long, conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Master key for secrets at rest; every node of a cluster needs the same file
     /// (default <data-dir>/master.key, created when missing)
     #[arg(long, env = "TOLLGATE_MASTER_KEY_FILE")]
@@ -197,6 +201,10 @@ pub struct EdgeArgs {
     /// Token of role edge (`tollgate token create --role edge`) presented to the control plane
     #[arg(long, env = "TOLLGATE_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// A file holding the join token (instead of --join-token; kept out of the environment
+    /// and the process list)
+    #[arg(long, conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
     /// Most open client connections (upgraded ones included); past it, a new connection is
     /// answered 503 and closed
     #[arg(long, default_value_t = tollgate_edge::DEFAULT_MAX_CONNECTIONS)]
@@ -230,6 +238,25 @@ pub struct EdgeArgs {
     /// planes off loopback; only for a network protected otherwise
     #[arg(long)]
     allow_plaintext_stream: bool,
+}
+
+/// A token given on the command line or in the environment, or read from `file` (its first
+/// line, trimmed); the error names `flag` and the file, never its content.
+fn token_from(
+    given: Option<String>,
+    file: Option<&std::path::Path>,
+    flag: &str,
+) -> Result<Option<String>, crate::client::Failure> {
+    let Some(path) = file else { return Ok(given) };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| crate::client::Failure::other(format!("{flag} {}: {e}", path.display())))?;
+    match text.lines().next().map(str::trim) {
+        Some(t) if !t.is_empty() => Ok(Some(t.to_string())),
+        _ => Err(crate::client::Failure::other(format!(
+            "{flag} {}: the file holds no token",
+            path.display()
+        ))),
+    }
 }
 
 /// A positive duration such as `30s` or `500ms`.
@@ -282,7 +309,7 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
         http: a.http,
         advertise: a.advertise,
         join: a.join,
-        join_token: a.token,
+        join_token: token_from(a.token, a.token_file.as_deref(), "--token-file")?,
         master_key_file: a.master_key_file,
         tls: a.tls.files()?,
         rollup_retention: a.retention.retention()?,
@@ -304,7 +331,7 @@ pub async fn edge(a: EdgeArgs) -> CliResult {
         peer: a.peer,
         peer_advertise: a.peer_advertise,
         data_dir: a.data_dir,
-        join_token: a.join_token,
+        join_token: token_from(a.join_token, a.join_token_file.as_deref(), "--join-token-file")?,
         max_connections: a.max_connections,
         tls_listen: a.tls_listen,
         body_read_timeout: a.body_read_timeout,
@@ -435,5 +462,31 @@ pub async fn dev(a: DevArgs) -> CliResult {
         None | Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(e))) => Err(e.into()),
         Some(Err(e)) => Err(anyhow::anyhow!("edge task failed: {e}").into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_come_from_the_flag_or_the_first_line_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        assert_eq!(
+            token_from(Some("t1".into()), None, "--x").unwrap().as_deref(),
+            Some("t1")
+        );
+        assert_eq!(token_from(None, None, "--x").unwrap(), None);
+        std::fs::write(&file, "tg_secret_value\n").unwrap();
+        assert_eq!(
+            token_from(None, Some(&file), "--x").unwrap().as_deref(),
+            Some("tg_secret_value")
+        );
+        std::fs::write(&file, "\n").unwrap();
+        let e = token_from(None, Some(&file), "--x").unwrap_err();
+        assert!(e.message.contains("holds no token"), "{}", e.message);
+        let e = token_from(None, Some(&dir.path().join("missing")), "--x").unwrap_err();
+        assert!(e.message.starts_with("--x "), "{}", e.message);
     }
 }

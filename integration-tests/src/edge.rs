@@ -156,12 +156,14 @@ impl EdgeNode {
             &self.dir.display().to_string(),
             "--node-id",
             &self.node_id,
-            "--join-token",
-            &self.join_token,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Empty: the token comes another way (say `--join-token-file` in `extra_args`).
+        if !self.join_token.is_empty() {
+            args.extend(["--join-token".to_string(), self.join_token.clone()]);
+        }
         if let Some(tls) = self.tls {
             args.extend(["--tls-listen".to_string(), tls.to_string()]);
         }

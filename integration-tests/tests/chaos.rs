@@ -205,6 +205,10 @@ async fn the_cluster_survives_kills_and_partitions_without_losing_a_write() {
         let mut edge = EdgeNode::for_sandbox(&sb, &format!("e{i}"), None);
         (edge.proxy, edge.admin, edge.peer) = (addr(&host, 8080), addr(&host, 9901), addr(&host, 7900));
         edge.host = Some(host);
+        // The token from a file, as the deployment units give it.
+        let token_file = sb.file(&format!("e{i}.token"), &format!("{}\n", edge.join_token));
+        edge.join_token.clear();
+        edge.extra_args = vec!["--join-token-file".into(), token_file];
         edge.spawn();
         edges.push(edge);
     }
