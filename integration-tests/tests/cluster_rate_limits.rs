@@ -428,8 +428,11 @@ fn edges_on_different_control_plane_nodes_share_counts() {
         Duration::from_secs(4),
         Duration::from_secs(2),
     );
+    // Unshared counts would admit 120. The upper end is the declared bound; below, a 2 s
+    // measurement that does not line up with the limit's windows can miss a few admissions
+    // (75 seen once on the 2-core CI machine), which says nothing about sharing.
     assert!(
-        (76..=86).contains(&both.admitted),
+        (72..=86).contains(&both.admitted),
         "admitted {both:?} of 80 across two edges"
     );
 }
