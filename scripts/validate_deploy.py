@@ -271,7 +271,7 @@ def check_kubernetes(root, defaults, cli, dockerfile_uid):
 
     probe(ef, edge_spec, "edge", "readinessProbe", "/readyz", "admin")
     probe(ef, edge_spec, "edge", "livenessProbe", "/healthz", "admin")
-    probe(f, cp_spec, "control-plane", "readinessProbe", "/healthz", "http")
+    probe(f, cp_spec, "control-plane", "readinessProbe", "/readyz", "http")
     probe(f, cp_spec, "control-plane", "livenessProbe", "/healthz", "http")
 
     # Ports: container ports carry the code's default port numbers, and the flags bind them.

@@ -1,4 +1,5 @@
-//! The control plane's HTTP listener (`--http`): `/healthz`, a Prometheus `/metrics`, and
+//! The control plane's HTTP listener (`--http`): `/healthz`, `/readyz` (a leader known and
+//! every entry held applied), a Prometheus `/metrics`, and
 //! the developer portal under `/portal` (`portal/`).
 
 use std::convert::Infallible;
@@ -91,6 +92,18 @@ async fn handle(
             json,
             serde_json::json!({"status": "ok", "node_id": node.id, "role": node.role()}).to_string(),
         ),
+        ("GET", "/readyz") => match node.not_ready() {
+            None => respond(
+                StatusCode::OK,
+                json,
+                serde_json::json!({"status": "ready", "node_id": node.id, "role": node.role()}).to_string(),
+            ),
+            Some(reason) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json,
+                serde_json::json!({"status": "not_ready", "node_id": node.id, "reason": reason}).to_string(),
+            ),
+        },
         ("GET", "/metrics") => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(&node)),
         _ => respond(
             StatusCode::NOT_FOUND,

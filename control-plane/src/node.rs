@@ -233,6 +233,22 @@ impl Node {
         }
     }
 
+    /// Why this node should not take traffic yet (`/readyz`), or `None` when it may: it
+    /// must know a leader and have applied every log entry it holds (a node restarted
+    /// behind the others is not ready until it caught up with what it was sent).
+    pub fn not_ready(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let last = m.last_log_index.unwrap_or(0);
+        if m.current_leader.is_none() {
+            Some("no leader known (before `cluster init`, or during an election)".into())
+        } else if applied < last {
+            Some(format!("catching up: applied {applied} of {last} log entries"))
+        } else {
+            None
+        }
+    }
+
     pub fn role(&self) -> &'static str {
         match self.raft.metrics().borrow().state {
             ServerState::Leader => "leader",

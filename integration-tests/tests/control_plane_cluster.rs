@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tollgate_integration_tests::history::Workload;
-use tollgate_integration_tests::{wait_for, Sandbox};
+use tollgate_integration_tests::{http_get, wait_for, Sandbox};
 use tollgate_proto::v1::ApplyRequest;
 
 const CONFIG: &str = r#"
@@ -183,4 +183,34 @@ async fn a_node_added_after_compaction_catches_up_from_a_snapshot() {
     wait_for("node 2 after restart", Duration::from_secs(20), || {
         (local_export(&sb, 1) == want).then_some(())
     });
+}
+
+/// `/readyz` on the HTTP port: 503 with a reason before `cluster init` and on a node left
+/// without a quorum, 200 on every member of a healthy cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_needs_a_leader_and_a_caught_up_log() {
+    let readyz = |sb: &Sandbox, i: usize| http_get(sb.nodes[i].http, "/readyz");
+    let lone = Sandbox::uninitialized();
+    let (status, body) = readyz(&lone, 0).expect("an answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no leader known"), "{body}");
+    drop(lone);
+
+    let mut sb = Sandbox::cluster(3);
+    for i in 0..3 {
+        wait_for(&format!("cp{} ready", i + 1), Duration::from_secs(15), || {
+            readyz(&sb, i).filter(|(s, _)| *s == 200)
+        });
+    }
+    // Two of three gone: the survivor loses its leader and says so.
+    let survivor = (index_of(&sb, sb.leader().await) + 1) % 3;
+    for i in (0..3).filter(|&i| i != survivor) {
+        sb.nodes[i].kill();
+    }
+    let (_, body) = wait_for(
+        "the survivor to report not ready",
+        Duration::from_secs(20),
+        || readyz(&sb, survivor).filter(|(s, _)| *s == 503),
+    );
+    assert!(body.contains("no leader known"), "{body}");
 }
