@@ -141,6 +141,10 @@ pub struct ControlPlaneArgs {
     /// (default <data-dir>/master.key, created when missing)
     #[arg(long, env = "TOLLGATE_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
+    /// The master key `tollgate secret rotate-master` moves the cluster to (an existing
+    /// file, the same on every node; make it with `openssl rand -hex 32`)
+    #[arg(long, env = "TOLLGATE_NEXT_MASTER_KEY_FILE")]
+    next_master_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) tls: crate::cert::ClusterTlsArgs,
     /// Without --tls-*, stream config (which carries secrets) to edges off loopback too;
@@ -311,6 +315,7 @@ pub async fn control_plane(a: ControlPlaneArgs) -> CliResult {
         join: a.join,
         join_token: token_from(a.token, a.token_file.as_deref(), "--token-file")?,
         master_key_file: a.master_key_file,
+        next_master_key_file: a.next_master_key_file,
         tls: a.tls.files()?,
         rollup_retention: a.retention.retention()?,
         portal_gateway: a.portal_gateway,
@@ -359,6 +364,7 @@ pub async fn dev(a: DevArgs) -> CliResult {
         join: None,
         join_token: None,
         master_key_file: None,
+        next_master_key_file: None,
         tls: None,
         rollup_retention: Default::default(),
         portal_gateway: Some(format!("http://{}", a.listen)),

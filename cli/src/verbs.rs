@@ -184,6 +184,11 @@ pub enum SecretCmd {
         #[arg(long, env = "TOLLGATE_TENANT")]
         tenant: String,
     },
+    /// Move the cluster to a new master key without downtime: first restart every node,
+    /// one at a time, with --next-master-key-file NEW (the same file on each); then run
+    /// this (every secret is sealed again with NEW); then restart every node, one at a
+    /// time, with --master-key-file NEW and without --next-master-key-file
+    RotateMaster,
 }
 
 fn read_file(path: &PathBuf) -> Result<String, Failure> {
@@ -646,6 +651,30 @@ pub async fn secret(g: &Global, c: SecretCmd) -> CliResult {
         }
         SecretCmd::Delete { name, tenant } => {
             client.delete_secret(DeleteSecretRequest { tenant, name }).await?
+        }
+        SecretCmd::RotateMaster => {
+            let r = client
+                .rotate_master_key(RotateMasterKeyRequest {})
+                .await?
+                .into_inner();
+            #[derive(Serialize)]
+            struct Rotated {
+                from_key_id: String,
+                to_key_id: String,
+                secrets: u64,
+            }
+            let out = Rotated {
+                from_key_id: r.from_key_id,
+                to_key_id: r.to_key_id,
+                secrets: r.secrets,
+            };
+            print(g.output, &out, || {
+                format!(
+                    "master key {} -> {}: {} secrets sealed again; now restart each node with --master-key-file set to the new key and without --next-master-key-file\n",
+                    out.from_key_id, out.to_key_id, out.secrets
+                )
+            });
+            return Ok(());
         }
     };
     let out = apply_out(r.into_inner());

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, ChangeMembers};
 use tollgate_proto::keys::{format_key, parse_key, sha256_hex};
-use tollgate_proto::model::{ApiKey, SubscriptionStatus};
+use tollgate_proto::model::{ApiKey, SecretRecord, SubscriptionStatus};
 use tollgate_proto::v1::admin_client::AdminClient;
 use tollgate_proto::v1::admin_server::Admin;
 use tollgate_proto::v1::*;
@@ -391,6 +391,13 @@ impl Admin for AdminService {
         req: Request<DeleteSecretRequest>,
     ) -> Result<Response<ApplyResponse>, Status> {
         lead!(self, req, delete_secret, delete_secret_local)
+    }
+
+    async fn rotate_master_key(
+        &self,
+        req: Request<RotateMasterKeyRequest>,
+    ) -> Result<Response<RotateMasterKeyResponse>, Status> {
+        lead!(self, req, rotate_master_key, rotate_master_key_local)
     }
 
     async fn create_token(
@@ -799,7 +806,7 @@ impl AdminService {
                 format!("must be 1 to {MAX_SECRET_BYTES} bytes"),
             ));
         }
-        let key = &self.node.master_key;
+        let key = self.node.active_key();
         let cluster_key = self.node.sm.read(|s| s.master_key_id.clone());
         if cluster_key.as_deref().is_some_and(|k| k != key.id()) {
             return Err(AdminError::FailedPrecondition(format!(
@@ -817,6 +824,63 @@ impl AdminService {
                 .await?,
             false,
         ))
+    }
+
+    /// Seals every secret again with this node's next key and switches the cluster to it, in
+    /// one Raft entry; conditional on every secret being unchanged since it was read here.
+    async fn rotate_master_key_local(
+        &self,
+        t: &AdminToken,
+        _r: RotateMasterKeyRequest,
+    ) -> Result<RotateMasterKeyResponse, AdminError> {
+        access::cluster(t)?;
+        let Some(next) = self.node.keys.next() else {
+            return Err(AdminError::FailedPrecondition(
+                "this node holds no next master key: restart every node, one at a time, with --next-master-key-file (the same new key file on each), then rotate".into(),
+            ));
+        };
+        self.node.linearizable().await?;
+        let from = self.node.sm.read(|s| s.master_key_id.clone()).unwrap_or_default();
+        if from == next.id() {
+            return Err(AdminError::FailedPrecondition(format!(
+                "the cluster already uses master key {from}: restart the nodes with it as --master-key-file and without --next-master-key-file"
+            )));
+        }
+        let records: Vec<SecretRecord> = self.node.sm.read(|s| {
+            s.resources
+                .values()
+                .filter_map(|stored| match &stored.spec {
+                    Spec::Secret(r) => Some(r.clone()),
+                    _ => None,
+                })
+                .collect()
+        });
+        let mut resealed = Vec::with_capacity(records.len());
+        for r in &records {
+            let value = self.node.keys.open(r).map_err(|e| {
+                AdminError::FailedPrecondition(format!(
+                    "cannot open secret {}/{} to seal it again: {e}",
+                    r.tenant, r.name
+                ))
+            })?;
+            let record = next
+                .seal(&r.tenant, &r.name, &value, r.updated_ms)
+                .map_err(AdminError::internal)?;
+            resealed.push(crate::state::Resealed {
+                replaces: r.sealed.clone(),
+                record,
+            });
+        }
+        let cmd = Command::RotateMasterKey {
+            key_id: next.id().to_string(),
+            resealed,
+        };
+        self.node.write(cmd, Some(Actor::of(t))).await?;
+        Ok(RotateMasterKeyResponse {
+            from_key_id: from,
+            to_key_id: next.id().to_string(),
+            secrets: records.len() as u64,
+        })
     }
 
     async fn delete_secret_local(
@@ -994,7 +1058,7 @@ impl AdminService {
         node.write(
             Command::Bootstrap {
                 token: record,
-                master_key_id: node.master_key.id().to_string(),
+                master_key_id: node.keys.current().id().to_string(),
             },
             None,
         )
@@ -1023,7 +1087,7 @@ impl AdminService {
             return Err(AdminError::invalid("node_id", "must be above zero"));
         }
         check_peer_addr(&r.addr).map_err(|e| AdminError::invalid("addr", e))?;
-        crate::raft::probe(&self.node.channels, &self.node.credential, &r.addr, r.node_id)
+        crate::raft::probe(&self.node.channels, &self.node.credentials, &r.addr, r.node_id)
             .await
             .map_err(AdminError::FailedPrecondition)?;
         let raft = &self.node.raft;

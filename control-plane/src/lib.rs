@@ -68,6 +68,9 @@ pub struct ControlPlaneOptions {
     pub join_token: Option<String>,
     /// Master key for secrets; `<data-dir>/master.key` when not set.
     pub master_key_file: Option<PathBuf>,
+    /// The master key a rotation (`secret rotate-master`) moves the cluster to; every node
+    /// needs it before the rotation runs.
+    pub next_master_key_file: Option<PathBuf>,
     /// mTLS inside the cluster: this node's certificate and key and the cluster CA; `None`
     /// serves and connects in plaintext.
     pub tls: Option<mtls::TlsFiles>,
@@ -110,6 +113,14 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
         .clone()
         .unwrap_or_else(|| opts.data_dir.join("master.key"));
     let master_key = secrets::MasterKey::load_or_create(&key_path)?;
+    let next_key = match &opts.next_master_key_file {
+        // Never created here: a next key must be the same file on every node.
+        Some(p) => Some(
+            secrets::MasterKey::load(p).with_context(|| format!("--next-master-key-file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let keys = Arc::new(secrets::Keyring::new(master_key, next_key));
     let db = store::open(&opts.data_dir.join("raft")).with_context(|| {
         format!(
             "opening the store in {} (is another node using it?)",
@@ -147,7 +158,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
 
     // Peers prove membership with a credential derived from the shared master key (under
     // mTLS too: a certificate of the cluster CA does not tell a member from an edge).
-    let credential = master_key.derive("tollgate raft v1");
+    let credentials = raft::Credentials::new(keys.clone(), sm.clone());
     let channels = raft::Channels::new(tls.as_ref().map(|t| t.connector()));
     if let Some(url) = &opts.join {
         mtls::endpoint(url, channels.tls()).map_err(|e| anyhow::anyhow!("--join: {e}"))?;
@@ -155,19 +166,19 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
     let raft = raft_types::Raft::new(
         opts.node_id,
         Arc::new(raft::config().validate()?),
-        raft::Network::new(channels.clone(), &credential),
+        raft::Network::new(channels.clone(), credentials.clone()),
         log_store,
         sm.clone(),
     )
     .await?;
     let node = Arc::new(Node {
-        credential: credential.clone(),
+        credentials: credentials.clone(),
         id: opts.node_id,
         addr: addr.clone(),
         raft: raft.clone(),
         sm,
         data_dir: opts.data_dir.clone(),
-        master_key,
+        keys,
         edges: Default::default(),
         channels,
         rollup_retention: opts.rollup_retention,
@@ -198,7 +209,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
             RaftServer::new(raft::RaftService::new(
                 raft,
                 opts.node_id,
-                credential.clone(),
+                credentials.clone(),
                 edges,
             ))
             .max_decoding_message_size(raft::MAX_MESSAGE_BYTES)

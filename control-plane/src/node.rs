@@ -19,7 +19,7 @@ use crate::error::AdminError;
 use crate::forward::is_forwarded;
 use crate::raft::{Channels, MAX_MESSAGE_BYTES};
 use crate::raft_types::{NodeId, Raft};
-use crate::secrets::MasterKey;
+use crate::secrets::{Keyring, MasterKey};
 use crate::state::{Actor, AdminToken, Command, Outcome, Request, Role};
 use crate::store::StateMachineStore;
 
@@ -33,11 +33,12 @@ pub struct Node {
     pub raft: Raft,
     pub sm: StateMachineStore,
     pub data_dir: PathBuf,
-    pub master_key: MasterKey,
+    /// This node's master keys: its own and, during a rotation, the next.
+    pub keys: Arc<Keyring>,
     pub edges: Arc<EdgeRegistry>,
     pub channels: Channels,
-    /// The cluster credential Raft peers present (derived from the master key).
-    pub credential: String,
+    /// The cluster credential Raft peers present (derived from the active master key).
+    pub credentials: crate::raft::Credentials,
     /// How long rollups are kept, stamped on the rollup commands this node leads.
     pub rollup_retention: crate::rollups::Retention,
     /// The live tails open on this node.
@@ -158,6 +159,13 @@ impl Node {
                 return;
             }
         }
+    }
+
+    /// The cluster's active master key: the one that seals new secrets and derives the
+    /// credentials (this node's own before `cluster init`).
+    pub fn active_key(&self) -> &MasterKey {
+        let active = self.sm.read(|s| s.master_key_id.clone());
+        self.keys.active(active.as_deref())
     }
 
     /// The token of a call, whatever its role (who was refused), if this node knows it.

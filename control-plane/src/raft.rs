@@ -33,7 +33,8 @@ use tonic::{Request, Response, Status};
 use crate::edges::EdgeRegistry;
 use crate::mtls::{self, Connector};
 use crate::raft_types::{NodeId, Raft, TypeConfig};
-use crate::store::SNAPSHOT_EVERY;
+use crate::secrets::Keyring;
+use crate::store::{StateMachineStore, SNAPSHOT_EVERY};
 
 /// Raft timing for control planes on one LAN (or loopback): a leader is replaced within about
 /// a second of dying.
@@ -101,18 +102,58 @@ impl Channels {
     }
 }
 
+/// What the cluster credential is derived for from a master key.
+const CREDENTIAL_PURPOSE: &str = "tollgate raft v1";
+
+/// The cluster credential: a node presents the one of the cluster's active master key and
+/// accepts the one of any key it holds, so that a key rotation (`secret rotate-master`)
+/// never splits the cluster: first every node learns the next key, then the state switches
+/// the active one, then the old key goes.
+#[derive(Clone)]
+pub struct Credentials {
+    keys: Arc<Keyring>,
+    sm: StateMachineStore,
+}
+
+impl Credentials {
+    pub fn new(keys: Arc<Keyring>, sm: StateMachineStore) -> Self {
+        Self { keys, sm }
+    }
+
+    /// The credential to present now.
+    pub fn presented(&self) -> String {
+        let active = self.sm.read(|s| s.master_key_id.clone());
+        self.keys.active(active.as_deref()).derive(CREDENTIAL_PURPOSE)
+    }
+
+    fn metadata(&self) -> MetadataValue<tonic::metadata::Ascii> {
+        self.presented().parse().expect("credentials are hex")
+    }
+
+    /// Whether a presented credential is one of the keys this node holds.
+    pub fn accepts(&self, presented: &[u8]) -> bool {
+        self.keys.all().any(|k| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(
+                presented,
+                k.derive(CREDENTIAL_PURPOSE).as_bytes(),
+            )
+            .is_ok()
+        })
+    }
+}
+
 /// Makes connections to peers.
 #[derive(Clone)]
 pub struct Network {
     channels: Channels,
-    credential: MetadataValue<tonic::metadata::Ascii>,
+    credentials: Credentials,
 }
 
 impl Network {
-    pub fn new(channels: Channels, credential: &str) -> Self {
+    pub fn new(channels: Channels, credentials: Credentials) -> Self {
         Self {
             channels,
-            credential: credential.parse().expect("credentials are hex"),
+            credentials,
         }
     }
 }
@@ -132,7 +173,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                         .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 })
                 .map_err(|e| e.to_string()),
-            credential: self.credential.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -140,7 +181,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: NodeId,
     client: Result<RaftClient<Channel>, String>,
-    credential: MetadataValue<tonic::metadata::Ascii>,
+    credentials: Credentials,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +218,7 @@ impl Connection {
         request.set_timeout(option.hard_ttl());
         request
             .metadata_mut()
-            .insert(CLUSTER_CREDENTIAL, self.credential.clone());
+            .insert(CLUSTER_CREDENTIAL, self.credentials.metadata());
         let reply = match method {
             Method::Vote => client.vote(request).await,
             Method::Append => client.append_entries(request).await,
@@ -245,16 +286,16 @@ impl RaftNetwork<TypeConfig> for Connection {
 pub struct RaftService {
     raft: Raft,
     id: NodeId,
-    credential: String,
+    credentials: Credentials,
     edges: Arc<EdgeRegistry>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft, id: NodeId, credential: String, edges: Arc<EdgeRegistry>) -> Self {
+    pub fn new(raft: Raft, id: NodeId, credentials: Credentials, edges: Arc<EdgeRegistry>) -> Self {
         Self {
             raft,
             id,
-            credential,
+            credentials,
             edges,
         }
     }
@@ -266,7 +307,7 @@ impl RaftService {
             .get(CLUSTER_CREDENTIAL)
             .map(|v| v.as_bytes())
             .unwrap_or_default();
-        if aws_lc_rs::constant_time::verify_slices_are_equal(presented, self.credential.as_bytes()).is_err() {
+        if !self.credentials.accepts(presented) {
             return Err(Status::permission_denied(
                 "raft call without this cluster's credential (do all nodes share the master key file?)",
             ));
@@ -330,7 +371,7 @@ impl raft_server::Raft for RaftService {
 /// Checks that the node at `addr` is `expected` and holds this cluster's credential.
 pub async fn probe(
     channels: &Channels,
-    credential: &str,
+    credentials: &Credentials,
     addr: &str,
     expected: NodeId,
 ) -> Result<(), String> {
@@ -341,10 +382,8 @@ pub async fn probe(
         ..Default::default()
     });
     req.set_timeout(Duration::from_secs(3));
-    req.metadata_mut().insert(
-        CLUSTER_CREDENTIAL,
-        credential.parse().map_err(|_| "bad credential".to_string())?,
-    );
+    req.metadata_mut()
+        .insert(CLUSTER_CREDENTIAL, credentials.metadata());
     let reply = client.probe(req).await.map_err(|s| match s.code() {
         tonic::Code::PermissionDenied => format!(
             "node at {addr} refused this cluster's credential: it must use the same master key file as the cluster"

@@ -97,6 +97,15 @@ impl MasterKey {
         }
     }
 
+    /// Loads the key at `path`, which must exist.
+    pub fn load(path: &Path) -> Result<Self, SecretError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SecretError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
     fn parse(path: &Path, text: &str) -> Result<Self, SecretError> {
         let text = text.trim();
         match unhex(text) {
@@ -183,6 +192,58 @@ impl MasterKey {
     }
 }
 
+/// The master keys a node holds: its own (`--master-key-file`) and, while the cluster's key
+/// is being rotated, the next one (`--next-master-key-file`). The replicated state names the
+/// cluster's active key by id ([`crate::state::ConfigState::master_key_id`]); secrets are
+/// opened with the key that sealed them, whichever it is.
+#[derive(Debug)]
+pub struct Keyring {
+    current: MasterKey,
+    next: Option<MasterKey>,
+}
+
+impl Keyring {
+    pub fn new(current: MasterKey, next: Option<MasterKey>) -> Self {
+        let next = next.filter(|n| n.id != current.id);
+        Self { current, next }
+    }
+
+    /// This node's own key (from `--master-key-file`).
+    pub fn current(&self) -> &MasterKey {
+        &self.current
+    }
+
+    /// The key to rotate to, when the node was given one.
+    pub fn next(&self) -> Option<&MasterKey> {
+        self.next.as_ref()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&MasterKey> {
+        std::iter::once(&self.current)
+            .chain(&self.next)
+            .find(|k| k.id == id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &MasterKey> {
+        std::iter::once(&self.current).chain(&self.next)
+    }
+
+    /// The cluster's active key (`active_id`, from the state) when this node holds it, else its
+    /// own (before `cluster init`, or on a node that lacks the key, which then cannot open
+    /// secrets and says so).
+    pub fn active(&self, active_id: Option<&str>) -> &MasterKey {
+        active_id.and_then(|id| self.get(id)).unwrap_or(&self.current)
+    }
+
+    /// Opens a record with the key that sealed it.
+    pub fn open(&self, record: &SecretRecord) -> Result<Vec<u8>, SecretError> {
+        match self.get(&record.key_id) {
+            Some(k) => k.open(record),
+            None => self.current.open(record),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +275,27 @@ mod tests {
         assert_eq!(key.derive("raft"), again.derive("raft"));
         assert_ne!(key.derive("raft"), other.derive("raft"));
         assert_ne!(key.derive("raft"), key.derive("other"));
+    }
+
+    #[test]
+    fn a_keyring_opens_with_the_sealing_key_and_names_the_active_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = MasterKey::load_or_create(&dir.path().join("old.key")).unwrap();
+        let new = MasterKey::load_or_create(&dir.path().join("new.key")).unwrap();
+        let (old_id, new_id) = (old.id().to_string(), new.id().to_string());
+        let by_old = old.seal("t", "s", b"v1", 1).unwrap();
+        let by_new = new.seal("t", "s", b"v2", 1).unwrap();
+        let ring = Keyring::new(old, Some(new));
+        assert_eq!(ring.open(&by_old).unwrap(), b"v1");
+        assert_eq!(ring.open(&by_new).unwrap(), b"v2");
+        assert_eq!(ring.active(None).id(), old_id);
+        assert_eq!(ring.active(Some(&new_id)).id(), new_id);
+        assert_eq!(ring.active(Some("unknown")).id(), old_id);
+        assert_eq!(ring.all().count(), 2);
+        let alone = Keyring::new(
+            MasterKey::load_or_create(&dir.path().join("new.key")).unwrap(),
+            None,
+        );
+        assert!(matches!(alone.open(&by_old), Err(SecretError::WrongKey(..))));
     }
 }

@@ -71,6 +71,13 @@ pub enum Command {
     RevokeAdminToken {
         id: String,
     },
+    /// Moves the cluster to master key `key_id`: every secret's record sealed again with it
+    /// (by the leader), each given with the sealed value it replaces, which must still be
+    /// the stored one. No config version: edges get the same values.
+    RotateMasterKey {
+        key_id: String,
+        resealed: Vec<Resealed>,
+    },
     /// An admin call refused before it reached Raft (no permission, bad input): only an
     /// audit record, with the call (`action`, like "apply") and the refusal (`error`).
     /// Not config: no version.
@@ -104,6 +111,7 @@ impl Command {
             Command::PutSecret(s) => vec![s.tenant.clone()],
             Command::AddAdminToken(t) => t.tenant.iter().cloned().collect(),
             Command::Refused { tenants, .. } => tenants.clone(),
+            Command::RotateMasterKey { .. } => Vec::new(),
             Command::Bootstrap { .. }
             | Command::RevokeAdminToken { .. }
             | Command::RecordUsage(_)
@@ -128,6 +136,7 @@ impl Command {
             Command::AddAdminToken(_) => "token create",
             Command::RevokeAdminToken { .. } => "token revoke",
             Command::Refused { .. } => "refused",
+            Command::RotateMasterKey { .. } => "secret rotate-master",
             Command::RecordUsage(_) => "usage record",
             Command::RecordRollups { .. } => "rollup record",
         }
@@ -223,6 +232,13 @@ pub struct Request {
     /// `None` only for `cluster init`, which no token can have asked for.
     pub actor: Option<Actor>,
     pub at_ms: u64,
+}
+
+/// A secret sealed again for a master-key rotation, and the sealed value it replaces.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resealed {
+    pub replaces: String,
+    pub record: SecretRecord,
 }
 
 /// How many audit records the cluster keeps (older ones are dropped first).
@@ -413,6 +429,48 @@ impl ConfigState {
         result
     }
 
+    /// All or nothing: every stored secret must be in `resealed`, sealed with `key_id`, in
+    /// place of the value still stored (a secret set or deleted meanwhile: run it again).
+    fn rotate_master_key(&mut self, key_id: &str, resealed: &[Resealed]) -> Result<(), CommandError> {
+        if self.master_key_id.as_deref() == Some(key_id) {
+            return Err(CommandError::Conflict(format!(
+                "the cluster already uses master key {key_id}"
+            )));
+        }
+        let secrets: Vec<ResourceKey> = self
+            .resources
+            .iter()
+            .filter(|(_, s)| matches!(s.spec, Spec::Secret(_)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if secrets.len() != resealed.len() {
+            return Err(CommandError::Conflict(
+                "secrets changed during the rotation; run it again".into(),
+            ));
+        }
+        let mut next = Vec::with_capacity(secrets.len());
+        for key in &secrets {
+            let Some(Spec::Secret(stored)) = self.resources.get(key).map(|s| &s.spec) else {
+                unreachable!("filtered above");
+            };
+            let r = resealed
+                .iter()
+                .find(|r| r.record.tenant == stored.tenant && r.record.name == stored.name)
+                .filter(|r| r.replaces == stored.sealed && r.record.key_id == key_id)
+                .ok_or_else(|| {
+                    CommandError::Conflict("secrets changed during the rotation; run it again".into())
+                })?;
+            next.push((key.clone(), r.record.clone()));
+        }
+        for (key, record) in next {
+            if let Some(stored) = self.resources.get_mut(&key) {
+                stored.spec = Spec::Secret(record);
+            }
+        }
+        self.master_key_id = Some(key_id.to_string());
+        Ok(())
+    }
+
     fn record_audit(&mut self, record: AuditRecord) {
         self.audit.push_back(record);
         while self.audit.len() > AUDIT_CAPACITY {
@@ -431,6 +489,13 @@ impl ConfigState {
         }
         if let Command::Refused { .. } = cmd {
             // Only its audit record (`apply_request`).
+            return Ok(Outcome {
+                version: self.version,
+                changes: Vec::new(),
+            });
+        }
+        if let Command::RotateMasterKey { key_id, resealed } = cmd {
+            self.rotate_master_key(key_id, resealed)?;
             return Ok(Outcome {
                 version: self.version,
                 changes: Vec::new(),
@@ -659,6 +724,7 @@ impl ConfigState {
             | Command::AddAdminToken(_)
             | Command::RevokeAdminToken { .. }
             | Command::Refused { .. }
+            | Command::RotateMasterKey { .. }
             | Command::RecordUsage(_)
             | Command::RecordRollups { .. } => {}
         }

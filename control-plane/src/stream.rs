@@ -49,7 +49,7 @@ use tollgate_proto::{Kind, Spec};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::{now_ms, Node};
-use crate::secrets::{random_bytes, MasterKey};
+use crate::secrets::{random_bytes, Keyring};
 use crate::state::{ConfigState, Role, Stored};
 
 /// Most resource bytes (JSON) in one push; far below the gRPC message limit.
@@ -96,8 +96,8 @@ fn check_plaintext_peer(remote: Option<std::net::SocketAddr>) -> Result<(), Stat
     }
 }
 
-/// Opens secret `tenant/name` with this node's master key.
-fn open_secret(state: &ConfigState, keys: &MasterKey, tenant: &str, name: &str) -> Result<Vec<u8>, String> {
+/// Opens secret `tenant/name` with the master key that sealed it.
+fn open_secret(state: &ConfigState, keys: &Keyring, tenant: &str, name: &str) -> Result<Vec<u8>, String> {
     let secret_key = tollgate_proto::ResourceKey::new(Kind::Secret, tenant, name);
     match state.resources.get(&secret_key).map(|s| &s.spec) {
         Some(Spec::Secret(record)) => keys.open(record).map_err(|e| e.to_string()),
@@ -115,7 +115,7 @@ fn utf8(value: Vec<u8>, what: &str) -> Result<String, String> {
 /// goes without it and the edge refuses it, naming the resource. Values are never logged.
 fn streamed(
     state: &ConfigState,
-    keys: &MasterKey,
+    keys: &Keyring,
     key: &tollgate_proto::ResourceKey,
     stored: &Stored,
 ) -> Resource {
@@ -205,7 +205,7 @@ pub fn pushes_since(
     state: &ConfigState,
     since: u64,
     force_snapshot: bool,
-    keys: &MasterKey,
+    keys: &Keyring,
 ) -> Vec<ConfigPush> {
     let nonce = nonce();
     let delta = (!force_snapshot && since != 0)
@@ -376,7 +376,7 @@ fn peer_push(node: &Node) -> ConfigPush {
     ConfigPush {
         peers: Some(PeerList {
             edges: node.edges.peers(),
-            key: node.master_key.derive(PEER_KEY_PURPOSE),
+            key: node.active_key().derive(PEER_KEY_PURPOSE),
         }),
         ..Default::default()
     }
@@ -444,13 +444,23 @@ async fn session(
     let mut acked = hello.last_version;
     let mut force_snapshot = acked == 0;
     let mut refused: Option<u64> = None;
+    // The peer key is derived from the active master key: after a rotation, every edge gets
+    // the new one.
+    let mut peer_key_of = node.sm.read(|s| s.master_key_id.clone());
     loop {
         let current = *applied.borrow_and_update();
+        let key_now = node.sm.read(|s| s.master_key_id.clone());
+        if key_now != peer_key_of {
+            peer_key_of = key_now;
+            if tx.send(Ok(peer_push(node))).await.is_err() {
+                return "stream closed".into();
+            }
+        }
         let due = force_snapshot || (current > acked && refused.is_none_or(|r| current > r));
         if due {
             let pushes = node
                 .sm
-                .read(|s| pushes_since(s, acked, force_snapshot, &node.master_key));
+                .read(|s| pushes_since(s, acked, force_snapshot, &node.keys));
             let Some(first) = pushes.first() else {
                 return "nothing to push".into();
             };
@@ -554,10 +564,15 @@ mod tests {
     use super::*;
     use crate::state::Command;
 
-    /// A master key in a temporary file (the file may go: the key stays in memory).
-    fn test_key() -> MasterKey {
+    /// A keyring of one master key in a temporary file (the file may go: the key stays in
+    /// memory).
+    fn test_key() -> Keyring {
+        Keyring::new(master_key(), None)
+    }
+
+    fn master_key() -> crate::secrets::MasterKey {
         let dir = tempfile::tempdir().unwrap();
-        MasterKey::load_or_create(&dir.path().join("master.key")).unwrap()
+        crate::secrets::MasterKey::load_or_create(&dir.path().join("master.key")).unwrap()
     }
 
     fn apply(s: &mut ConfigState, index: u64, yaml: &str) {
@@ -665,8 +680,8 @@ mod tests {
         )
     }
 
-    fn put_secret(s: &mut ConfigState, index: u64, keys: &MasterKey, value: &str) -> crate::state::Outcome {
-        let record = keys.seal("t", "web-key", value.as_bytes(), 0).unwrap();
+    fn put_secret(s: &mut ConfigState, index: u64, keys: &Keyring, value: &str) -> crate::state::Outcome {
+        let record = keys.current().seal("t", "web-key", value.as_bytes(), 0).unwrap();
         s.apply(index, &Command::PutSecret(record)).unwrap()
     }
 
@@ -680,6 +695,43 @@ mod tests {
             Spec::Certificate(c) => Some(c),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_master_key_rotation_reseals_every_secret_and_refuses_a_stale_one() {
+        let (old, new) = (master_key(), master_key());
+        let new_id = new.id().to_string();
+        let mut s = ConfigState::default();
+        apply(&mut s, 1, "tenants: [{name: t}]");
+        s.master_key_id = Some(old.id().to_string());
+        let before = old.seal("t", "web-key", KEY_PEM.as_bytes(), 0).unwrap();
+        s.apply(2, &Command::PutSecret(before.clone())).unwrap();
+        apply(&mut s, 3, &certificate_doc());
+        let version = s.version;
+        let resealed = |replaces: &str| crate::state::Resealed {
+            replaces: replaces.to_string(),
+            record: new.seal("t", "web-key", KEY_PEM.as_bytes(), 0).unwrap(),
+        };
+        let rotate = |r| Command::RotateMasterKey {
+            key_id: new_id.clone(),
+            resealed: vec![r],
+        };
+        // A record that does not replace the stored value (a secret set meanwhile): refused.
+        assert!(s.apply(4, &rotate(resealed("stale"))).is_err());
+        assert_eq!(s.master_key_id.as_deref(), Some(old.id()));
+        s.apply(5, &rotate(resealed(&before.sealed))).unwrap();
+        assert_eq!(s.master_key_id.as_deref(), Some(new_id.as_str()));
+        assert_eq!(s.version, version, "a rotation is no config change");
+        // A node holding both keys, and one holding only the new, open the certificate's key.
+        let ring = Keyring::new(master_key(), Some(new));
+        let cert = pushed_certificate(&pushes_since(&s, 0, false, &ring)).unwrap();
+        assert_eq!(cert.key_pem.as_deref(), Some(KEY_PEM));
+        let only_old = Keyring::new(old, None);
+        let cert = pushed_certificate(&pushes_since(&s, 0, false, &only_old)).unwrap();
+        assert_eq!(
+            cert.key_pem, None,
+            "without the new key the secret cannot be opened"
+        );
     }
 
     #[test]
@@ -745,7 +797,7 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            let record = keys.seal("t", name, value.as_bytes(), 0).unwrap();
+            let record = keys.current().seal("t", name, value.as_bytes(), 0).unwrap();
             s.apply(2 + i as u64, &Command::PutSecret(record)).unwrap();
         }
         let doc = "tenants: [{name: t}]\nai_providers: [{name: oa, tenant: t, kind: openai, base_url: \"https://api.openai.com\", api_key_secret: k2, api_key_secrets: [k1]}]";
@@ -822,7 +874,7 @@ mod tests {
         let mut s = ConfigState::default();
         apply(&mut s, 1, "tenants: [{name: t}]");
         for (i, (name, value)) in [("hs", "first"), ("cs", "client-secret")].iter().enumerate() {
-            let record = keys.seal("t", name, value.as_bytes(), 0).unwrap();
+            let record = keys.current().seal("t", name, value.as_bytes(), 0).unwrap();
             s.apply(2 + i as u64, &Command::PutSecret(record)).unwrap();
         }
         apply(
@@ -849,7 +901,7 @@ mod tests {
         assert_eq!(o.client_secret.as_deref(), Some("client-secret"));
 
         // Setting the secret again re-sends the issuer with the new key.
-        let record = keys.seal("t", "hs", b"second", 0).unwrap();
+        let record = keys.current().seal("t", "hs", b"second", 0).unwrap();
         s.apply(5, &Command::PutSecret(record)).unwrap();
         let delta = pushes_since(&s, 4, false, &keys);
         assert!(!delta[0].snapshot);
