@@ -840,6 +840,25 @@ impl AdminService {
             ));
         };
         self.node.linearizable().await?;
+        // Every member must hold the next key first: one that does not could neither open
+        // the secrets it streams nor, after its restart, talk to the others.
+        let members: Vec<(crate::raft_types::NodeId, String)> = {
+            let m = self.node.raft.metrics().borrow().membership_config.clone();
+            m.nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+        };
+        for (id, addr) in members.into_iter().filter(|(id, _)| *id != self.node.id) {
+            let held = crate::raft::probe(&self.node.channels, &self.node.credentials, &addr, id)
+                .await
+                .map_err(|e| {
+                    AdminError::FailedPrecondition(format!("node {id} could not be asked for its keys: {e}"))
+                })?;
+            if !held.iter().any(|k| k == next.id()) {
+                return Err(AdminError::FailedPrecondition(format!(
+                    "node {id} ({addr}) does not hold the next master key {}: restart it with --next-master-key-file first",
+                    next.id()
+                )));
+            }
+        }
         let from = self.node.sm.read(|s| s.master_key_id.clone()).unwrap_or_default();
         if from == next.id() {
             return Err(AdminError::FailedPrecondition(format!(

@@ -130,6 +130,11 @@ impl Credentials {
         self.presented().parse().expect("credentials are hex")
     }
 
+    /// The ids of the master keys this node holds (ids are hashes: nothing of the key).
+    pub fn key_ids(&self) -> Vec<String> {
+        self.keys.all().map(|k| k.id().to_string()).collect()
+    }
+
     /// Whether a presented credential is one of the keys this node holds.
     pub fn accepts(&self, presented: &[u8]) -> bool {
         self.keys.all().any(|k| {
@@ -353,7 +358,10 @@ impl raft_server::Raft for RaftService {
 
     async fn probe(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let (_, _): (serde_json::Value, _) = self.decode(req)?;
-        encode::<_, ()>(Ok(serde_json::json!({ "node_id": self.id })))
+        let keys = self.credentials.key_ids();
+        encode::<_, ()>(Ok(
+            serde_json::json!({ "node_id": self.id, "master_key_ids": keys }),
+        ))
     }
 
     async fn edges(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -368,13 +376,14 @@ impl raft_server::Raft for RaftService {
     }
 }
 
-/// Checks that the node at `addr` is `expected` and holds this cluster's credential.
+/// Checks that the node at `addr` is `expected` and holds this cluster's credential; the
+/// ids of the master keys it holds.
 pub async fn probe(
     channels: &Channels,
     credentials: &Credentials,
     addr: &str,
     expected: NodeId,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     let channel = channels.get(addr).map_err(|e| format!("{addr}: {e}"))?;
     let mut client = RaftClient::new(channel);
     let mut req = Request::new(RaftPayload {
@@ -394,8 +403,16 @@ pub async fn probe(
         },
     })?;
     let v: serde_json::Value = serde_json::from_slice(&reply.into_inner().json).unwrap_or_default();
+    let keys = v["master_key_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
     match v["node_id"].as_u64() {
-        Some(id) if id == expected => Ok(()),
+        Some(id) if id == expected => Ok(keys),
         Some(id) => Err(format!("the node at {addr} is node {id}, not node {expected}")),
         None => Err(format!("node at {addr} gave a malformed answer")),
     }

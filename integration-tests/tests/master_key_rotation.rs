@@ -75,8 +75,13 @@ fn converged(sb: &Sandbox) {
 
 /// Restarts every node in turn, changing its flags with `change`, with a write after each and
 /// every node in step.
-fn rolling_restart(sb: &mut Sandbox, what: &str, change: impl Fn(&mut tollgate_integration_tests::CpNode)) {
-    for i in 0..sb.nodes.len() {
+fn rolling_restart(
+    sb: &mut Sandbox,
+    nodes: std::ops::Range<usize>,
+    what: &str,
+    change: impl Fn(&mut tollgate_integration_tests::CpNode),
+) {
+    for i in nodes {
         sb.nodes[i].kill();
         change(&mut sb.nodes[i]);
         sb.nodes[i].start();
@@ -119,10 +124,26 @@ fn the_master_key_rotates_without_downtime() {
     assert_ne!(out.code, 0, "{out:?}");
     assert!(out.stderr.contains("--next-master-key-file"), "{out:?}");
 
-    // 1. Every node learns the next key.
-    rolling_restart(&mut sb, "next", |n| {
+    // 1. Every node learns the next key. While one still lacks it, the rotation is refused
+    // (by the leader, whichever node that is: it lacks the key itself, or a member does).
+    let learn = |n: &mut tollgate_integration_tests::CpNode| {
         n.extra_args = vec!["--next-master-key-file".into(), new_arg.clone()];
-    });
+    };
+    rolling_restart(&mut sb, 0..2, "next", learn);
+    // Make a node that holds the next key the leader (restart the third, as it was), so the
+    // leader's check of the other members is what refuses.
+    sb.nodes[2].kill();
+    write_through(&sb, 0, "while-third-down");
+    sb.nodes[2].start();
+    converged(&sb);
+    let out = sb.cli(0, &["secret", "rotate-master"]);
+    assert!(
+        out.code != 0
+            && out.stderr.contains("node 3")
+            && out.stderr.contains("does not hold the next master key"),
+        "{out:?}"
+    );
+    rolling_restart(&mut sb, 2..3, "next", learn);
     assert_eq!(served(&edge, &jwt), 200);
 
     // 2. The rotation.
@@ -149,7 +170,7 @@ fn the_master_key_rotates_without_downtime() {
 
     // 3. The old key goes: every node restarts with only the new one, then the file is
     // deleted.
-    rolling_restart(&mut sb, "new-only", |n| {
+    rolling_restart(&mut sb, 0..3, "new-only", |n| {
         n.extra_args.clear();
         n.master_key = new_key.clone();
     });
