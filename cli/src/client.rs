@@ -127,27 +127,12 @@ pub type Client = AdminClient<InterceptedService<Channel, Auth>>;
 /// to another host.
 fn token(g: &Global) -> Option<String> {
     let explicit = g.token.clone().filter(|t| !t.trim().is_empty());
-    if explicit.is_some() || !is_loopback(&g.server) {
+    if explicit.is_some() || !tollgate_proto::validate::is_local_url(&g.server) {
         return explicit;
     }
     std::fs::read_to_string(Path::new("./tollgate-data/admin.token"))
         .ok()
         .map(|t| t.trim().to_string())
-}
-
-fn is_loopback(server: &str) -> bool {
-    let Ok(uri) = server.parse::<tonic::codegen::http::Uri>() else {
-        return false;
-    };
-    match uri.host() {
-        Some("localhost") => true,
-        Some(h) => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }
 
 /// The TLS connector for an `https://` server (`--tls-ca`, optional `--tls-cert`/`--tls-key`);
@@ -247,12 +232,12 @@ mod tests {
 
     #[test]
     fn only_loopback_servers_get_the_local_token_file() {
-        assert!(is_loopback("http://127.0.0.1:7700"));
-        assert!(is_loopback("http://localhost:7700"));
-        assert!(is_loopback("http://[::1]:7700"));
-        assert!(!is_loopback("http://10.0.0.5:7700"));
-        assert!(!is_loopback("https://cp.example.com"));
-        assert!(!is_loopback("not a url"));
+        assert!(tollgate_proto::validate::is_local_url("http://127.0.0.1:7700"));
+        assert!(tollgate_proto::validate::is_local_url("http://localhost:7700"));
+        assert!(tollgate_proto::validate::is_local_url("http://[::1]:7700"));
+        assert!(!tollgate_proto::validate::is_local_url("http://10.0.0.5:7700"));
+        assert!(!tollgate_proto::validate::is_local_url("https://cp.example.com"));
+        assert!(!tollgate_proto::validate::is_local_url("not a url"));
         // An explicit token is always used; without one, a remote server gets none (the
         // file in ./tollgate-data is only read for loopback servers).
         assert_eq!(

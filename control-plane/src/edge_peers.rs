@@ -76,7 +76,7 @@ async fn ask(node: &Node, addr: &str) -> Option<Vec<PeerEdge>> {
         });
         req.set_timeout(ASK_TIMEOUT);
         req.metadata_mut()
-            .insert(CLUSTER_CREDENTIAL, node.credentials.presented().parse().ok()?);
+            .insert(CLUSTER_CREDENTIAL, node.credentials.metadata());
         let reply = client.edges(req).await.ok()?.into_inner();
         let list: Vec<serde_json::Value> = serde_json::from_slice(&reply.json).ok()?;
         Some(

@@ -158,7 +158,7 @@ pub async fn start(opts: ControlPlaneOptions) -> anyhow::Result<ControlPlane> {
 
     // Peers prove membership with a credential derived from the shared master key (under
     // mTLS too: a certificate of the cluster CA does not tell a member from an edge).
-    let credentials = raft::Credentials::new(keys.clone(), sm.clone());
+    let credentials = raft::Credentials::new(&keys, sm.clone());
     let channels = raft::Channels::new(tls.as_ref().map(|t| t.connector()));
     if let Some(url) = &opts.join {
         mtls::endpoint(url, channels.tls()).map_err(|e| anyhow::anyhow!("--join: {e}"))?;

@@ -60,6 +60,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The bearer token of a call, if it carries one.
+fn bearer<T>(req: &GrpcRequest<T>) -> Option<&str> {
+    req.metadata()
+        .get("authorization")?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
 /// Longest a refusal waits for its audit record to commit.
 const REFUSAL_AUDIT_WAIT: Duration = Duration::from_secs(2);
 
@@ -77,18 +87,10 @@ impl Node {
     /// The token of a call, checked against this node's state: it must exist and have one
     /// of `roles`.
     pub fn authorize<T>(&self, req: &GrpcRequest<T>, roles: &[Role]) -> Result<AdminToken, AdminError> {
-        let token = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or(AdminError::Unauthenticated(
-                "missing token: pass --token or set TOLLGATE_TOKEN",
-            ))?;
-        let hash = sha256_hex(token.as_bytes());
-        let found = self.sm.read(|s| s.has_admin_token(&hash).cloned());
-        match found {
+        let token = bearer(req).ok_or(AdminError::Unauthenticated(
+            "missing token: pass --token or set TOLLGATE_TOKEN",
+        ))?;
+        match self.known_token(token) {
             Some(t) if roles.contains(&t.role) => Ok(t),
             Some(t) => Err(AdminError::PermissionDenied {
                 who: format!("a {} token", t.role.as_str()),
@@ -170,13 +172,10 @@ impl Node {
 
     /// The token of a call, whatever its role (who was refused), if this node knows it.
     pub fn token_of<T>(&self, req: &GrpcRequest<T>) -> Option<AdminToken> {
-        let token = req
-            .metadata()
-            .get("authorization")?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?
-            .trim();
+        self.known_token(bearer(req)?)
+    }
+
+    fn known_token(&self, token: &str) -> Option<AdminToken> {
         let hash = sha256_hex(token.as_bytes());
         self.sm.read(|s| s.has_admin_token(&hash).cloned())
     }

@@ -111,39 +111,45 @@ const CREDENTIAL_PURPOSE: &str = "tollgate raft v1";
 /// the active one, then the old key goes.
 #[derive(Clone)]
 pub struct Credentials {
-    keys: Arc<Keyring>,
+    /// (key id, credential) of every key the node holds, its own first: derived once.
+    by_key: Arc<[(String, MetadataValue<tonic::metadata::Ascii>)]>,
     sm: StateMachineStore,
 }
 
 impl Credentials {
-    pub fn new(keys: Arc<Keyring>, sm: StateMachineStore) -> Self {
-        Self { keys, sm }
+    pub fn new(keys: &Keyring, sm: StateMachineStore) -> Self {
+        let by_key = keys
+            .all()
+            .map(|k| {
+                let credential = k.derive(CREDENTIAL_PURPOSE).parse().expect("credentials are hex");
+                (k.id().to_string(), credential)
+            })
+            .collect();
+        Self { by_key, sm }
     }
 
-    /// The credential to present now.
-    pub fn presented(&self) -> String {
+    /// The credential to present now: of the cluster's active key when this node holds it,
+    /// else of its own (see [`Keyring::active`]).
+    pub(crate) fn metadata(&self) -> MetadataValue<tonic::metadata::Ascii> {
         let active = self.sm.read(|s| s.master_key_id.clone());
-        self.keys.active(active.as_deref()).derive(CREDENTIAL_PURPOSE)
-    }
-
-    fn metadata(&self) -> MetadataValue<tonic::metadata::Ascii> {
-        self.presented().parse().expect("credentials are hex")
+        let (_, credential) = self
+            .by_key
+            .iter()
+            .find(|(id, _)| Some(id) == active.as_ref())
+            .unwrap_or(&self.by_key[0]);
+        credential.clone()
     }
 
     /// The ids of the master keys this node holds (ids are hashes: nothing of the key).
     pub fn key_ids(&self) -> Vec<String> {
-        self.keys.all().map(|k| k.id().to_string()).collect()
+        self.by_key.iter().map(|(id, _)| id.clone()).collect()
     }
 
     /// Whether a presented credential is one of the keys this node holds.
     pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.keys.all().any(|k| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(
-                presented,
-                k.derive(CREDENTIAL_PURPOSE).as_bytes(),
-            )
-            .is_ok()
-        })
+        self.by_key
+            .iter()
+            .any(|(_, c)| aws_lc_rs::constant_time::verify_slices_are_equal(presented, c.as_bytes()).is_ok())
     }
 }
 

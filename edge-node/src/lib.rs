@@ -292,7 +292,7 @@ pub async fn start(opts: EdgeOptions) -> anyhow::Result<RunningEdge> {
             (false, true) => anyhow::bail!(
                 "--control-plane {url:?}: with --tls-ca/--tls-cert/--tls-key the control planes are reached over mTLS, so use https:// URLs"
             ),
-            (false, false) if !opts.allow_plaintext_stream && !stream::is_local(url) => anyhow::bail!(
+            (false, false) if !opts.allow_plaintext_stream && !tollgate_proto::validate::is_local_url(url) => anyhow::bail!(
                 "--control-plane {url:?} is plaintext and not on loopback, but the config stream carries secrets: reach the control planes over mTLS (--tls-ca, --tls-cert, --tls-key and https:// URLs; README \"mTLS inside the cluster\"), or pass --allow-plaintext-stream if the network is protected otherwise"
             ),
             _ => {}

@@ -320,46 +320,31 @@ fn per_key_history(events: &[Event], key: usize) -> Vec<(usize, Action<RegisterO
 mod tests {
     use super::*;
 
+    /// A call of `process` on register 0 and its return with `outcome`.
+    fn op(process: usize, op: RegisterOperation<u64>, outcome: Outcome) -> [Event; 2] {
+        [
+            Event::Call { process, key: 0, op },
+            Event::Return {
+                process,
+                key: 0,
+                op,
+                outcome,
+            },
+        ]
+    }
+
     /// The check must be able to fail: a write acknowledged before a read began, which the
     /// read does not see, is a lost write.
     #[test]
     fn the_checker_catches_a_lost_write() {
         let write = RegisterOperation::Write(7);
         let read = RegisterOperation::Read(None);
-        let events = vec![
-            Event::Call {
-                process: 0,
-                key: 0,
-                op: write,
-            },
-            Event::Return {
-                process: 0,
-                key: 0,
-                op: write,
-                outcome: Outcome::Written,
-            },
-            Event::Call {
-                process: 1,
-                key: 0,
-                op: read,
-            },
-            Event::Return {
-                process: 1,
-                key: 0,
-                op: read,
-                outcome: Outcome::Read(0),
-            },
-        ];
+        let events = [op(0, write, Outcome::Written), op(1, read, Outcome::Read(0))].concat();
         assert!(!is_linearizable(per_key_history(&events, 0)));
         // The same read is fine if the write's outcome was unknown (it may never have
         // happened)...
         let mut unknown = events.clone();
-        unknown[1] = Event::Return {
-            process: 0,
-            key: 0,
-            op: write,
-            outcome: Outcome::Unknown,
-        };
+        unknown[1] = op(0, write, Outcome::Unknown)[1].clone();
         assert!(is_linearizable(per_key_history(&unknown, 0)));
         // ...or if the read overlapped the write.
         let overlapping = vec![
@@ -370,32 +355,12 @@ mod tests {
         ];
         assert!(is_linearizable(per_key_history(&overlapping, 0)));
         // A stale read after a second acknowledged write is caught too.
-        let mut stale = events[..2].to_vec();
-        let second = RegisterOperation::Write(8);
-        stale.extend([
-            Event::Call {
-                process: 0,
-                key: 0,
-                op: second,
-            },
-            Event::Return {
-                process: 0,
-                key: 0,
-                op: second,
-                outcome: Outcome::Written,
-            },
-            Event::Call {
-                process: 1,
-                key: 0,
-                op: read,
-            },
-            Event::Return {
-                process: 1,
-                key: 0,
-                op: read,
-                outcome: Outcome::Read(7),
-            },
-        ]);
+        let stale = [
+            op(0, write, Outcome::Written),
+            op(0, RegisterOperation::Write(8), Outcome::Written),
+            op(1, read, Outcome::Read(7)),
+        ]
+        .concat();
         assert!(!is_linearizable(per_key_history(&stale, 0)));
     }
 }

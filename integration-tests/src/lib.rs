@@ -496,14 +496,17 @@ impl Sandbox {
     /// `cp1`..), on the default ports of its own address, so that `net` can partition them.
     /// (mTLS, because a control plane streams config in plaintext to loopback edges only.)
     pub fn cluster_in(net: &netns::Net, n: u64) -> Sandbox {
-        let hosts = (1..=n).map(|id| net.host(&format!("cp{id}"))).collect();
-        Self::build_on(n, true, hosts)
+        Self::build_in(net, n, true)
     }
 
     /// Like [`Sandbox::cluster_in`] without mTLS (to see plaintext refused off loopback).
     pub fn cluster_in_plaintext(net: &netns::Net, n: u64) -> Sandbox {
+        Self::build_in(net, n, false)
+    }
+
+    fn build_in(net: &netns::Net, n: u64, tls: bool) -> Sandbox {
         let hosts = (1..=n).map(|id| net.host(&format!("cp{id}"))).collect();
-        Self::build_on(n, false, hosts)
+        Self::build_on(n, tls, hosts)
     }
 
     /// One control-plane process, started but not initialized: no token exists yet.

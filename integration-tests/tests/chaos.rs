@@ -127,6 +127,16 @@ impl Traffic {
     }
 }
 
+/// The names in `names` but the one at `skip`.
+fn all_but(names: &[String], skip: usize) -> Vec<&str> {
+    names
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != skip)
+        .map(|(_, n)| n.as_str())
+        .collect()
+}
+
 fn live(sb: &Sandbox) -> impl Iterator<Item = usize> + '_ {
     (0..sb.nodes.len()).filter(|&i| sb.nodes[i].proc.is_some())
 }
@@ -250,11 +260,7 @@ async fn the_cluster_survives_kills_and_partitions_without_losing_a_write() {
             }
             Event::PartitionMinority => {
                 let follower = (li + 1 + n / KINDS.len() % 2) % 3;
-                let others: Vec<&str> = cps
-                    .iter()
-                    .filter(|c| **c != cps[follower])
-                    .map(String::as_str)
-                    .collect();
+                let others = all_but(&cps, follower);
                 net.cut(&[&cps[follower]], &others);
                 workload
                     .more_writes(3, "writes with a follower cut off", PROGRESS)
@@ -265,11 +271,7 @@ async fn the_cluster_survives_kills_and_partitions_without_losing_a_write() {
                 format!("cut follower {} from {others:?}", cps[follower])
             }
             Event::PartitionLeader => {
-                let others: Vec<&str> = cps
-                    .iter()
-                    .filter(|c| **c != cps[li])
-                    .map(String::as_str)
-                    .collect();
+                let others = all_but(&cps, li);
                 net.cut(&[&cps[li]], &others);
                 // The majority side elects a leader of its own.
                 let majority: Vec<usize> = (0..3).filter(|&i| i != li).collect();

@@ -226,6 +226,20 @@ fn check_url(value: &str, allow_internal: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a URL reaches this machine only: host `localhost`, a loopback address, or the
+/// unspecified address (which connects to loopback). A URL that does not parse is not.
+pub fn is_local_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else { return false };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback() || ip.is_unspecified())
+}
+
 /// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address.
 pub fn parse_cidr(value: &str) -> Result<ipnet::IpNet, String> {
     if let Ok(net) = value.parse::<ipnet::IpNet>() {
@@ -1220,6 +1234,28 @@ pub fn check_references(config: &BTreeMap<ResourceKey, Spec>, out: &mut Vec<Vali
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_urls_are_local() {
+        for url in [
+            "http://127.0.0.1:7700",
+            "http://127.9.9.9:7700",
+            "http://localhost:7700",
+            "http://[::1]:7700",
+            "http://0.0.0.0:7700",
+        ] {
+            assert!(is_local_url(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.5:7700",
+            "http://cp1.internal:7700",
+            "http://[2001:db8::1]:7700",
+            "http://127.0.0.1.example.com:7700",
+            "not a url",
+        ] {
+            assert!(!is_local_url(url), "{url}");
+        }
+    }
 
     fn errors_of(yaml: &str) -> Vec<String> {
         let specs = Document::parse(yaml).unwrap().into_specs();

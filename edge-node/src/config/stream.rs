@@ -86,20 +86,6 @@ pub fn endpoint(url: &str) -> Result<Endpoint, StreamError> {
         .map_err(|_| StreamError::BadUrl { url: url.to_string() })
 }
 
-/// Whether a control-plane URL reaches this machine only: `localhost`, a loopback address,
-/// or the unspecified address (which connects to loopback).
-pub fn is_local(url: &str) -> bool {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return false;
-    };
-    let Some(host) = uri.host() else { return false };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback() || ip.is_unspecified())
-}
-
 /// Exponential backoff with jitter: each delay is drawn from `[d/2, d]`, `d` doubling from
 /// `min` up to `max`.
 #[derive(Debug)]
@@ -500,28 +486,6 @@ async fn send(tx: &mpsc::Sender<EdgeMessage>, msg: Msg) -> Result<(), StreamErro
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_loopback_urls_are_local() {
-        for url in [
-            "http://127.0.0.1:7700",
-            "http://127.9.9.9:7700",
-            "http://localhost:7700",
-            "http://[::1]:7700",
-            "http://0.0.0.0:7700",
-        ] {
-            assert!(is_local(url), "{url}");
-        }
-        for url in [
-            "http://10.0.0.5:7700",
-            "http://cp1.internal:7700",
-            "http://[2001:db8::1]:7700",
-            "http://127.0.0.1.example.com:7700",
-            "not a url",
-        ] {
-            assert!(!is_local(url), "{url}");
-        }
-    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {
